@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine with Python >= 3.11:
+#   make demo   create .venv if needed, install, run the demo recipe end to end
+#   make test   create .venv if needed, install, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines pin the CPU build of torch; GPU users: make demo CONSTRAINTS=
+CONSTRAINTS ?= constraints/cpu.txt
+EXTRAS ?= all,dev
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) 2>/dev/null | cksum | cut -d' ' -f1)
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# torch first, from the constraint, so no dependency can pull a CUDA build
+	$(if $(CONSTRAINTS),$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch)
+	@echo "installing quantmill[$(EXTRAS)] (the first llama-cpp-python build takes ~11 min; pip caches it)"
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/quantmill validate recipes/
+	$(BIN)/quantmill plan recipes/demo.yaml
+	$(BIN)/quantmill run recipes/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs zoo .pytest_cache

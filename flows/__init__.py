@@ -1,0 +1,1 @@
+"""Prefect flows over quantmill's library (installed as ``quantmill.flows``)."""

@@ -1,0 +1,205 @@
+"""The ``quantmill`` command line: parse arguments, call one library function, render.
+
+Heavy libraries (torch, transformers, Prefect) are imported inside commands, so
+``quantmill --help`` and ``quantmill validate`` stay fast. Known errors become one
+message and an exit code (2: invalid recipe, 3: a required gate failed, 1: other);
+``QUANTMILL_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from quantmill import __version__
+from quantmill.errors import QuantmillError, RecipeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _recipe_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+            files.extend(found or [path])  # an empty folder is reported as not a recipe
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from quantmill.recipe import load_recipe
+
+    failed = 0
+    for file in _recipe_files(args.recipes):
+        try:
+            loaded = load_recipe(file)
+        except RecipeError as exc:
+            failed += 1
+            err_console.print(f"[red]✗[/red] {file}: {len(exc.problems)} problem(s)", soft_wrap=True)
+            for problem in exc.problems:
+                err_console.print(f"  {problem.format()}", markup=False, highlight=False, soft_wrap=True)
+            continue
+        console.print(f"[green]✓[/green] {file}: {len(loaded.variants)} variants", highlight=False)
+        if loaded.recipe.model.trust_remote_code:
+            console.print("  [yellow]trust_remote_code: true[/yellow] — the model's own code will run")
+    return 2 if failed else 0
+
+
+def _human_bytes(count: int | None) -> str:
+    if count is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
+        count /= 1000
+    return "?"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from quantmill.plan import build_plan
+    from quantmill.recipe import load_recipe
+
+    plan = build_plan(load_recipe(args.recipe))
+    if args.json:
+        sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
+        return 0
+    table = Table(title=f"{plan.recipe}: {plan.model} (baseline ≈ {_human_bytes(plan.baseline_bytes)} at 16-bit)")
+    table.add_column("variant", no_wrap=True)
+    for column in ("method", "setting", "bits/w", "≈ size", "gates", "publish as", "cache"):
+        table.add_column(column, overflow="fold")
+    shared = plan.variants[0].gates if plan.variants and all(v.gates == plan.variants[0].gates for v in plan.variants) else None
+    for row in plan.variants:
+        gates = "shared" if shared is not None else "\n".join(row.gates) or "-"
+        repo = row.publish_to.rsplit("/", 1)[-1] if row.publish_to else "-"
+        table.add_row(row.id, row.method, row.setting, f"{row.bits_per_weight:g}", _human_bytes(row.expected_bytes),
+                      gates, repo, row.cache)  # fmt: skip
+    console.print(table)
+    if shared:
+        console.print("gates for every variant: " + "; ".join(shared), highlight=False)
+    targets = {v.publish_to.rsplit("/", 1)[0] for v in plan.variants if v.publish_to}
+    if targets:
+        console.print(f"publish target: {', '.join(sorted(targets))} (accepted variants only)", highlight=False)
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from quantmill.recipe.jsonschema import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text)
+        console.print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target: Path = args.path
+    if target.exists() and not args.force:
+        raise QuantmillError(f"{target} already exists; pass --force to overwrite it")
+    template = resources.files("quantmill").joinpath("templates/starter.yaml").read_text()
+    from quantmill.runstore import atomic_write_text
+
+    atomic_write_text(target, template)
+    console.print(f"wrote {target}; check it with: quantmill validate {target}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from quantmill.pipeline import start_run
+
+    run = start_run(args.recipe, only=args.only)
+    console.print(f"run folder: {run.path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from quantmill.runstore import Run
+
+    results = Run(args.run).read_results()
+    table = Table(title=f"{results.get('recipe')} run {results.get('run_id')}: {results.get('status')}")
+    for column in ("variant", "method", "status"):
+        table.add_column(column)
+    for variant_id, variant in results.get("variants", {}).items():
+        table.add_row(variant_id, variant.get("method", "?"), variant.get("status", "?"))
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantmill",
+        description="Declarative quantize → evaluate → gate → publish pipelines for Hugging Face causal LMs.",
+        epilog="Exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a required gate failed. "
+        "Set QUANTMILL_DEBUG=1 for tracebacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"quantmill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    init = add("init", cmd_init, "write a commented starter recipe")
+    init.add_argument("path", type=Path, nargs="?", default=Path("recipe.yaml"), help="where to write it")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    schema = add("schema", cmd_schema, "print the recipe JSON Schema (for editor autocompletion)")
+    schema.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
+
+    validate = add("validate", cmd_validate, "check recipes and report every problem with its location")
+    validate.add_argument("recipes", type=Path, nargs="+", metavar="RECIPE", help="recipe files or folders")
+
+    plan = add("plan", cmd_plan, "show the variants a recipe expands to, their sizes, gates and targets")
+    plan.add_argument("recipe", type=Path)
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = add("run", cmd_run, "run a recipe (creates a run folder in the run store)")
+    run.add_argument("recipe", type=Path)
+    run.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
+
+    report = add("report", cmd_report, "summarise a run from its results.json")
+    report.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quantmill.settings import get_settings
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except RecipeError as exc:
+        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except QuantmillError as exc:
+        if get_settings().debug:
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback[/dim]")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,30 @@
+"""AWQ through llm-compressor's ``AWQModifier`` (AutoAWQ was adopted by llm-compressor)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+
+
+class AWQParams(MethodParams):
+    axes: ClassVar[tuple[str, ...]] = ("bits", "group_size")
+
+    bits: Literal[4] = Field(4, description="AWQ here supports 4-bit weights only")
+    group_size: int = Field(128, ge=-1)
+    symmetric: bool = False
+
+
+SPEC = MethodSpec(
+    name="awq",
+    params=AWQParams,
+    summary="activation-aware 4-bit weights (llm-compressor), calibrated",
+    output_format="compressed-tensors",
+    extra="llmcompressor",
+    requires_calibration=True,
+    variant_id=lambda p: f"awq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
+    bits_per_weight=lambda p: p.bits + (32 / p.group_size if p.group_size > 0 else 0),
+    check=lambda p, shape: group_size_findings(p.group_size, shape),
+)

@@ -1,0 +1,65 @@
+"""GGUF files for llama.cpp: convert with llama.cpp's own script, quantize with its tools."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from quantmill.methods.spec import MethodParams, MethodSpec
+
+# Nominal bits per weight of each llama.cpp type (llama.cpp's quantize table).
+GGUF_TYPES: dict[str, float] = {
+    "q2_k": 2.96, "q3_k_s": 3.50, "q3_k_m": 3.91, "q3_k_l": 4.27,
+    "q4_0": 4.50, "q4_1": 5.00, "q4_k_s": 4.58, "q4_k_m": 4.89,
+    "q5_0": 5.50, "q5_1": 6.00, "q5_k_s": 5.54, "q5_k_m": 5.69,
+    "q6_k": 6.56, "q8_0": 8.50,
+    "iq1_s": 1.56, "iq1_m": 1.75, "iq2_xxs": 2.06, "iq2_xs": 2.31, "iq2_s": 2.50, "iq2_m": 2.70,
+    "iq3_xxs": 3.06, "iq3_xs": 3.30, "iq3_s": 3.44, "iq3_m": 3.66, "iq4_nl": 4.50, "iq4_xs": 4.25,
+    "f16": 16.0, "bf16": 16.0, "f32": 32.0,
+}  # fmt: skip
+GGUFType = Literal[tuple(GGUF_TYPES)]  # type: ignore[valid-type]
+
+
+def needs_imatrix(gguf_type: str) -> bool:
+    """llama.cpp refuses the IQ types (except IQ4) without an importance matrix."""
+    return gguf_type.startswith("iq") and gguf_type not in ("iq4_nl", "iq4_xs")
+
+
+class GGUFParams(MethodParams):
+    axes: ClassVar[tuple[str, ...]] = ("type",)
+
+    type: GGUFType = Field(
+        "q4_k_m",
+        description="llama.cpp type, case-insensitive; Q4_K_M is the balanced default",
+        json_schema_extra={"_ci": True},
+    )
+    imatrix: bool | None = Field(None, description="use an importance matrix (default: on for IQ types)")
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _imatrix_for_iq(self) -> GGUFParams:
+        if self.imatrix is False and needs_imatrix(self.type):
+            raise ValueError(f"GGUF type {self.type.upper()} needs an importance matrix; remove 'imatrix: false'")
+        return self
+
+    @property
+    def use_imatrix(self) -> bool:
+        return needs_imatrix(self.type) if self.imatrix is None else self.imatrix
+
+
+SPEC = MethodSpec(
+    name="gguf",
+    params=GGUFParams,
+    summary="llama.cpp GGUF files, Q2_K…Q8_0, IQ types with an importance matrix",
+    output_format="gguf",
+    extra="gguf",
+    requires_calibration=False,
+    variant_id=lambda p: f"gguf-{p.type}",
+    bits_per_weight=lambda p: GGUF_TYPES[p.type],
+    quantizes_embeddings=True,
+)

@@ -1,0 +1,37 @@
+"""GPTQ through llm-compressor's ``GPTQModifier`` (compressed-tensors output).
+
+auto-gptq is end-of-life and does not import with transformers 5; llm-compressor
+is the maintained GPTQ implementation (see README).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+
+
+class GPTQParams(MethodParams):
+    axes: ClassVar[tuple[str, ...]] = ("bits", "group_size")
+
+    bits: Literal[2, 3, 4, 8] = Field(4, description="weight bits")
+    group_size: int = Field(128, description="weights per scale; -1 for per-channel", ge=-1)
+    symmetric: bool = True
+    act_order: bool = Field(False, description="quantize columns in order of decreasing activation")
+    dampening: float = Field(0.01, gt=0, lt=1, description="fraction of the Hessian diagonal added for stability")
+    block_size: int = Field(128, gt=0)
+
+
+SPEC = MethodSpec(
+    name="gptq",
+    params=GPTQParams,
+    summary="GPTQ (llm-compressor), 2/3/4/8-bit weights, calibrated",
+    output_format="compressed-tensors",
+    extra="llmcompressor",
+    requires_calibration=True,
+    variant_id=lambda p: f"gptq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
+    bits_per_weight=lambda p: p.bits + (16 / p.group_size if p.group_size > 0 else 0),
+    check=lambda p, shape: group_size_findings(p.group_size, shape),
+)

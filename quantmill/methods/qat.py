@@ -1,0 +1,50 @@
+"""Quantization-aware training with torchao's QAT API (prepare → train → convert)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantmill.dataref import DatasetRef
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+
+
+class TrainingSpec(BaseModel):
+    """The fine-tuning budget of a QAT variant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: DatasetRef | None = Field(None, description="defaults to the recipe's calibration data")
+    steps: int = Field(200, gt=0, le=1_000_000)
+    batch_size: int = Field(8, gt=0, le=4096)
+    seq_len: int = Field(128, gt=0, le=131072)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    gradient_accumulation: int = Field(1, gt=0, le=1024)
+    seed: int = 0
+    lora_rank: int | None = Field(None, gt=0, description="train LoRA adapters only, for large models")
+
+
+class QATParams(MethodParams):
+    axes: ClassVar[tuple[str, ...]] = ("bits",)
+
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: int = Field(32, gt=0)
+    activations: Literal["none", "int8"] = "none"
+    exclude: tuple[str, ...] = ("lm_head", "embed_tokens")
+    training: TrainingSpec = TrainingSpec()
+
+
+SPEC = MethodSpec(
+    name="qat",
+    params=QATParams,
+    summary="quantization-aware fine-tuning (torchao), 2-8 bit weights",
+    output_format="torchao",
+    extra="torchao",
+    requires_calibration=False,
+    variant_id=lambda p: f"qat-w{p.bits}-g{p.group_size}" + ("-a8" if p.activations == "int8" else ""),
+    bits_per_weight=lambda p: p.bits + 16 / p.group_size,
+    check=lambda p, shape: group_size_findings(p.group_size, shape),
+)

@@ -1,0 +1,30 @@
+"""Plain round-to-nearest through compressed-tensors: the baseline for GPTQ and AWQ."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+
+
+class RTNParams(MethodParams):
+    axes: ClassVar[tuple[str, ...]] = ("bits", "group_size")
+
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: int = Field(128, ge=-1, description="weights per scale; -1 for per-channel")
+    symmetric: bool = True
+
+
+SPEC = MethodSpec(
+    name="rtn",
+    params=RTNParams,
+    summary="round-to-nearest weights (compressed-tensors), no calibration",
+    output_format="compressed-tensors",
+    extra="llmcompressor",
+    requires_calibration=False,
+    variant_id=lambda p: f"rtn-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
+    bits_per_weight=lambda p: p.bits + (16 / p.group_size if p.group_size > 0 else 0),
+    check=lambda p, shape: group_size_findings(p.group_size, shape),
+)

@@ -1,0 +1,131 @@
+"""The plan: what a run of a recipe will produce, before anything runs.
+
+``quantmill plan`` renders it; ``--json`` writes :meth:`Plan.to_dict`, which
+:meth:`Plan.from_dict` reads back unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quantmill.recipe.checks import render_repo_name
+from quantmill.recipe.load import LoadedRecipe
+from quantmill.recipe.matrix import Variant
+
+PLAN_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One row of the plan.
+
+    Attributes:
+        id: the variant id.
+        method: method name.
+        setting: the variant's matrix axes, e.g. ``bits=4 group_size=128``.
+        output_format: ``compressed-tensors``, ``gguf`` …
+        bits_per_weight: nominal bits per quantized weight.
+        expected_bytes: estimated size of the weights (None when the model's size is unknown).
+        gates: the rules that apply, as text.
+        publish_to: where an accepted variant would go, or None.
+        cache: ``cached``, ``stale`` or ``not run``.
+    """
+
+    id: str
+    method: str
+    setting: str
+    output_format: str
+    bits_per_weight: float
+    expected_bytes: int | None
+    gates: list[str]
+    publish_to: str | None
+    cache: str = "not run"
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str
+    model: str
+    revision: str | None
+    baseline_bytes: int | None
+    variants: list[PlannedVariant]
+    schema_version: int = PLAN_SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        fields = dict(data)
+        fields["variants"] = [PlannedVariant(**v) for v in data["variants"]]
+        return cls(**fields)
+
+
+def describe_gate(gate) -> str:
+    text = f"{gate.metric} {gate.rule} {gate.threshold:g}"
+    if gate.significance:
+        text += f" (>{gate.significance:g}σ)"
+    return text + (" [warn]" if gate.level == "warn" else "")
+
+
+_SHORT = {"bits": "w{}", "group_size": "g{}", "weight_bits": "w{}"}
+
+
+def variant_setting(variant: Variant) -> str:
+    """The variant's matrix axes, compactly: ``w4 g128``, ``nf4``, ``q4_k_m``."""
+    params = variant.params
+    return " ".join(_SHORT.get(axis, "{}").format(getattr(params, axis)) for axis in params.axes) or "-"
+
+
+def expected_bytes(loaded: LoadedRecipe, variant: Variant) -> int | None:
+    """Quantized weights at the method's nominal bits, the rest kept at 16 bits."""
+    shape = loaded.shape
+    if shape is None or shape.parameters is None or shape.linear_parameters is None:
+        return None
+    bpw = variant.spec.bits_per_weight(variant.params)
+    quantized = shape.parameters if variant.spec.quantizes_embeddings else shape.linear_parameters
+    return int(quantized * bpw / 8 + (shape.parameters - quantized) * 2)
+
+
+def publish_destination(loaded: LoadedRecipe, variant: Variant) -> str | None:
+    publish = loaded.recipe.publish
+    if publish.target == "none":
+        return None
+    repo = f"{publish.namespace}/{render_repo_name(publish.repo_name, loaded.recipe, variant, loaded.name)}"
+    if publish.target == "local":
+        return f"{loaded.resolve(publish.path)}/{repo}"
+    return f"{(publish.endpoint or 'https://huggingface.co').rstrip('/')}/{repo}"
+
+
+def build_plan(loaded: LoadedRecipe, cache_status: dict[str, str] | None = None) -> Plan:
+    """The plan for ``loaded``; ``cache_status`` maps variant ids to their cache state."""
+    shape = loaded.shape
+    rows = [
+        PlannedVariant(
+            id=v.id,
+            method=v.method,
+            setting=variant_setting(v),
+            output_format=v.spec.output_format,
+            bits_per_weight=round(v.spec.bits_per_weight(v.params), 3),
+            expected_bytes=expected_bytes(loaded, v),
+            gates=[describe_gate(g) for g in v.gates],
+            publish_to=publish_destination(loaded, v),
+            cache=(cache_status or {}).get(v.id, "not run"),
+        )
+        for v in loaded.variants
+    ]
+    notes = []
+    if shape is None:
+        notes.append("model not on disk: sizes are unknown until the first run downloads it")
+    if loaded.recipe.model.trust_remote_code:
+        notes.append("trust_remote_code is ON: the model's own Python code will run")
+    return Plan(
+        recipe=loaded.name,
+        model=loaded.recipe.model.id,
+        revision=loaded.recipe.model.revision,
+        baseline_bytes=shape.parameters * 2 if shape and shape.parameters else None,
+        variants=rows,
+        notes=notes,
+    )

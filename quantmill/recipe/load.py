@@ -1,0 +1,108 @@
+"""Load a recipe file: parse, validate the schema, expand the matrix, check semantics.
+
+Every problem is collected before anything is raised, so one run of
+``quantmill validate`` lists them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from quantmill.errors import RecipeError, RecipeProblem
+from quantmill.modelinfo import ModelShape
+from quantmill.recipe import checks
+from quantmill.recipe.errors import problems_from_validation
+from quantmill.recipe.matrix import Variant, expand_matrix
+from quantmill.recipe.schema import SLUG, Recipe
+from quantmill.yamlio import LocatedDocument, load_yaml_file, load_yaml_text
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A valid recipe with its expanded variants and where it came from.
+
+    Attributes:
+        recipe: the validated recipe.
+        variants: expanded variants in matrix order.
+        name: the recipe's name (its ``name:`` or the file's stem).
+        path: the recipe file (None when loaded from a string).
+        base_dir: folder that relative paths in the recipe are resolved against.
+        text: the recipe's source text.
+        shape: the model's shape when it could be read without downloading.
+    """
+
+    recipe: Recipe
+    variants: tuple[Variant, ...]
+    name: str
+    path: Path | None
+    base_dir: Path
+    text: str
+    shape: ModelShape | None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the recipe, resolved against the recipe's folder."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def variant(self, variant_id: str) -> Variant:
+        for variant in self.variants:
+            if variant.id == variant_id:
+                return variant
+        raise KeyError(variant_id)
+
+
+def _stem_name(path: Path | None) -> str:
+    stem = (path.stem if path else "recipe").lower().replace(" ", "-")
+    return stem if SLUG.match(stem) else "recipe"
+
+
+def validate_document(doc: LocatedDocument, base_dir: Path, path: Path | None, text: str) -> LoadedRecipe:
+    """Validate a parsed document; raises :class:`RecipeError` listing every problem."""
+    problems: list[RecipeProblem] = []
+    if not isinstance(doc.data, dict):
+        raise RecipeError([doc.problem((), "a recipe must be a mapping of keys to values", "see 'quantmill init'")])
+    recipe: Recipe | None = None
+    try:
+        recipe = Recipe.model_validate(doc.data)
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, doc, Recipe)
+    global_gates = list(recipe.gates) if recipe else []
+    variants = expand_matrix(doc, global_gates, problems)
+    shape = None
+    if recipe is not None:
+        name = recipe.name or _stem_name(path)
+        shape, model_problems = checks.check_model(recipe, doc, base_dir)
+        problems += model_problems
+        problems += checks.check_variants(variants, shape, doc)
+        problems += checks.check_data(recipe, variants, doc, base_dir)
+        problems += checks.check_gates(recipe, variants, doc, base_dir)
+        problems += checks.check_publish(recipe, variants, doc, name)
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0, p.column or 0))
+        raise RecipeError(problems)
+    assert recipe is not None
+    return LoadedRecipe(recipe, tuple(variants), name, path, base_dir, text, shape)
+
+
+def load_recipe(path: str | Path) -> LoadedRecipe:
+    """Load and fully validate the recipe at ``path``.
+
+    Raises:
+        RecipeError: listing every problem with file, line, column and field path.
+    """
+    path = Path(path)
+    doc = load_yaml_file(path)
+    return validate_document(doc, path.resolve().parent, path, path.read_text(encoding="utf-8"))
+
+
+def load_recipe_text(text: str, base_dir: Path, file: str = "<string>") -> LoadedRecipe:
+    """Like :func:`load_recipe` for a recipe held in memory."""
+    return validate_document(load_yaml_text(text, file), base_dir, None, text)

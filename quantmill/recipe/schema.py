@@ -1,0 +1,197 @@
+"""The recipe language: pydantic models for what a YAML recipe may say.
+
+Every default lives here, in the field definitions. Unknown keys are errors.
+``quantmill schema`` exports these models (with the method rows) as JSON Schema.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from quantmill.dataref import DatasetRef
+from quantmill.metrics import EXTRA_METRIC_GROUPS, ExtraMetricGroup
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(Strict):
+    """The model to quantize."""
+
+    id: str = Field(..., min_length=1, max_length=512, description="hub id (org/name) or local folder")
+    revision: str | None = Field(
+        None, max_length=128, description="commit, tag or branch to pin; hub models should pin a commit"
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="load dtype")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; only when you trust it")
+    tokenizer: str | None = Field(None, description="tokenizer hub id or folder, if not the model's own")
+
+
+class Calibration(Strict):
+    """Data fed to methods that calibrate (GPTQ, AWQ, INT8, static FP8, GGUF imatrix)."""
+
+    dataset: DatasetRef | None = Field(None, description="required when a calibrated method is in the matrix")
+    num_samples: int = Field(128, gt=0, le=100_000, description="samples drawn (128, as in the GPTQ paper)")
+    seq_len: int = Field(512, gt=0, le=131_072, description="tokens per sample")
+    seed: int = Field(0, ge=0, description="sampling seed")
+
+
+class Perplexity(Strict):
+    """Sliding-window token perplexity on a text corpus."""
+
+    dataset: DatasetRef
+    max_length: int = Field(256, gt=1, le=131_072, description="window length in tokens")
+    stride: int = Field(128, gt=0, le=131_072, description="window step; tokens scored once each")
+    max_documents: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> Perplexity:
+        if self.stride > self.max_length:
+            raise ValueError(f"stride ({self.stride}) must not exceed max_length ({self.max_length})")
+        return self
+
+
+class Evaluation(Strict):
+    """What every variant (and the baseline, once) is measured on."""
+
+    tasks: list[str] = Field(default_factory=list, description="lm-eval task names")
+    include_paths: list[str] = Field(default_factory=list, description="folders of local lm-eval task YAMLs")
+    limit: int | None = Field(None, gt=0, description="examples per task (None: all)")
+    num_fewshot: int = Field(0, ge=0, le=64)
+    batch_size: int | Literal["auto"] = Field("auto", description="'auto' or a positive integer")
+    apply_chat_template: bool = False
+    perplexity: Perplexity | None = None
+    metrics: list[ExtraMetricGroup] = Field(
+        default_factory=lambda: list(EXTRA_METRIC_GROUPS), description="extra measurements: size, speed, memory"
+    )
+    seed: int = Field(1234, ge=0, description="lm-eval's random, numpy and torch seeds")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("batch_size must be 'auto' or a positive integer")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a task is listed twice")
+        return value
+
+
+THRESHOLD_KEYS = ("min", "max", "max_drop", "max_drop_pct", "min_recovery", "max_increase", "max_increase_pct")
+
+
+class GateRule(Strict):
+    """One pass/fail rule on one metric; exactly one threshold per rule."""
+
+    metric: str = Field(..., min_length=1, description="'ppl', 'size_gb', … or '<task>/<metric>'")
+    min: float | None = Field(None, description="value must be at least this")
+    max: float | None = Field(None, description="value must be at most this")
+    max_drop: float | None = Field(None, ge=0, description="baseline - value, at most (higher-is-better metrics)")
+    max_drop_pct: float | None = Field(None, ge=0, le=100, description="drop in % of baseline, at most")
+    min_recovery: float | None = Field(None, gt=0, description="value / baseline, at least (llm-compressor's recovery)")
+    max_increase: float | None = Field(None, ge=0, description="value - baseline, at most (lower-is-better metrics)")
+    max_increase_pct: float | None = Field(None, ge=0, description="increase in % of baseline, at most")
+    significance: float | None = Field(
+        None, ge=0, le=10, description="fail a relative rule only if the change also exceeds k·stderr"
+    )
+    level: Literal["required", "warn"] = Field("required", description="'warn' reports but never fails a variant")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> GateRule:
+        given = [key for key in THRESHOLD_KEYS if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a gate needs exactly one threshold, got {len(given)} ({', '.join(given) or 'none'}); "
+                f"use one of {', '.join(THRESHOLD_KEYS)}"
+            )
+        return self
+
+    @property
+    def rule(self) -> str:
+        return next(key for key in THRESHOLD_KEYS if getattr(self, key) is not None)
+
+    @property
+    def threshold(self) -> float:
+        return getattr(self, self.rule)
+
+
+class Variants(Strict):
+    """The matrix: one row per method; list-valued axes (bits, types …) expand."""
+
+    methods: list[dict[str, Any]] = Field(
+        ..., min_length=1, description="rows like {method: gptq, bits: [4, 8], group_size: 128}"
+    )
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-variant changes keyed by variant id"
+    )
+
+
+class Publish(Strict):
+    """Where accepted variants go."""
+
+    target: Literal["local", "hub", "none"] = Field("local", description="'local' folder zoo, the 'hub', or 'none'")
+    path: str = Field("zoo", description="local zoo folder (target: local), relative to the recipe")
+    namespace: str = Field("quantmill", description="user or organisation")
+    repo_name: str = Field("{model}-{variant}", description="template: {model} {variant} {method} {recipe}")
+    private: bool = False
+    collection: str | None = Field(None, max_length=128, description="zoo collection title")
+    license: str | None = Field(None, description="license id; inherited from the base model when unset")
+    card_template: str | None = Field(None, description="Jinja model card template replacing the built-in one")
+    card_extras: dict[str, str] = Field(default_factory=dict, description="extra sections for the model card")
+    endpoint: str | None = Field(None, description="hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    create_pr: bool = Field(False, description="open a pull request instead of committing to main")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("endpoint must be an http(s) URL")
+        return value
+
+
+class Recipe(Strict):
+    """A quantize → evaluate → gate → publish recipe."""
+
+    name: str | None = Field(None, description="slug naming runs and repos (default: file name)")
+    description: str = Field("", max_length=4000)
+    model: ModelRef
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    calibration: Calibration = Field(default_factory=Calibration)
+    evaluation: Evaluation
+    variants: Variants
+    gates: list[GateRule] = Field(default_factory=list, description="rules every variant must pass")
+    publish: Publish = Field(default_factory=Publish)
+    schedule: str | None = Field(None, description="cron expression for nightly runs, e.g. '0 2 * * *'")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str | None) -> str | None:
+        if value is not None and not SLUG.match(value):
+            raise ValueError("name must be lowercase letters, digits, '.', '_' or '-' (at most 64)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d{1,2})?)$", value):
+            raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from quantmill.recipe.cron import check_cron
+
+            check_cron(value)
+        return value

@@ -1,0 +1,146 @@
+"""The run store: where a run's inputs, outputs and results live on disk.
+
+Layout (``QUANTMILL_RUNS_DIR``, default ``./runs``)::
+
+    runs/<recipe>/<run-id>/
+        recipe.yaml          the recipe text exactly as run
+        plan.json            the plan (quantmill.plan.Plan.to_dict)
+        results.json         the results, with "schema_version"
+        variants/<id>/       one folder per variant's output; COMPLETE is written last
+        logs/run.log         the run's log
+
+Every file is written atomically (temporary file in the same folder, fsync,
+rename), so a crash leaves either the old or the new file, never half of one.
+A variant folder counts as finished only once its ``COMPLETE`` marker exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from quantmill.errors import RunStoreError
+
+RESULTS_SCHEMA_VERSION = 1
+COMPLETE_MARKER = "COMPLETE"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RunStoreError(f"could not write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RunStoreError(f"could not write {path}: {exc.strerror or exc}") from exc
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunStoreError(f"{path} does not exist") from None
+    except ValueError as exc:
+        raise RunStoreError(f"{path} is not valid JSON: {exc}") from None
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable and unique: ``20261127T083000Z-1a2b3c``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's folder in the store."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.json"
+
+    def variant_dir(self, variant_id: str) -> Path:
+        return self.path / "variants" / variant_id
+
+    def is_complete(self, variant_id: str) -> bool:
+        return (self.variant_dir(variant_id) / COMPLETE_MARKER).is_file()
+
+    def mark_complete(self, variant_id: str, details: dict[str, Any] | None = None) -> None:
+        atomic_write_json(self.variant_dir(variant_id) / COMPLETE_MARKER, details or {})
+
+    def read_results(self) -> dict[str, Any]:
+        return read_json(self.results_path)
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        atomic_write_json(self.results_path, {**results, "schema_version": RESULTS_SCHEMA_VERSION})
+
+
+class RunStore:
+    """All runs under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def recipe_dir(self, recipe_name: str) -> Path:
+        return self.root / recipe_name
+
+    def create_run(self, recipe_name: str, recipe_text: str, plan: dict[str, Any]) -> Run:
+        """A new run folder with the recipe and plan written; ids never collide (mkdir is atomic)."""
+        parent = self.recipe_dir(recipe_name)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                path = parent / new_run_id()
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    continue
+        except OSError as exc:
+            raise RunStoreError(f"cannot create a run under {parent}: {exc.strerror or exc}") from exc
+        (path / "logs").mkdir()
+        (path / "variants").mkdir()
+        run = Run(path)
+        atomic_write_text(path / "recipe.yaml", recipe_text)
+        atomic_write_json(path / "plan.json", plan)
+        return run
+
+    def runs(self, recipe_name: str) -> list[Run]:
+        """Runs of a recipe, oldest first."""
+        parent = self.recipe_dir(recipe_name)
+        if not parent.is_dir():
+            return []
+        return [Run(p) for p in sorted(parent.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+    def latest(self, recipe_name: str) -> Run | None:
+        runs = self.runs(recipe_name)
+        return runs[-1] if runs else None

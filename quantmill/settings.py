@@ -1,0 +1,30 @@
+"""quantmill's environment settings, read once, in one place (``QUANTMILL_*``)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment variables that change quantmill's behaviour.
+
+    Attributes:
+        runs_dir: the run store's root (``QUANTMILL_RUNS_DIR``).
+        cache_dir: downloads and built tools (``QUANTMILL_CACHE_DIR``).
+        debug: show tracebacks in the CLI (``QUANTMILL_DEBUG=1``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="QUANTMILL_", extra="ignore")
+
+    runs_dir: Path = Field(Path("runs"))
+    cache_dir: Path = Field(Path.home() / ".cache" / "quantmill")
+    debug: bool = False
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over quantmill's library calls (installed as ``quantmill.tasks``)."""

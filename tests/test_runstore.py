@@ -1,0 +1,79 @@
+"""The run store's layout and atomic writes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from quantmill.cli import main
+from quantmill.errors import RunStoreError
+from quantmill.pipeline import start_run
+from quantmill.runstore import RESULTS_SCHEMA_VERSION, RunStore, atomic_write_json, new_run_id
+from tests.conftest import REPO
+
+
+def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
+    target = tmp_path / "results.json"
+    atomic_write_json(target, {"ok": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {("tuple", "key"): 1})  # JSON keys must be strings
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
+
+
+def test_atomic_write_reports_a_path_that_cannot_be_a_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunStoreError, match="could not write"):
+        atomic_write_json(blocker / "results.json", {})
+
+
+def test_disk_full_during_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    atomic_write_json(target, {"ok": 1})
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(RunStoreError, match="No space left on device"):
+        atomic_write_json(target, {"ok": 2})
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_run_ids_sort_by_time_and_do_not_collide():
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+
+
+def test_start_run_lays_out_the_run_folder(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    run = start_run(REPO / "recipes" / "demo.yaml", only=["bnb-int8", "gguf-q8_0"], store=store)
+    assert run.path.parent == tmp_path / "runs" / "demo"
+    assert (run.path / "recipe.yaml").read_text() == (REPO / "recipes" / "demo.yaml").read_text()
+    assert json.loads((run.path / "plan.json").read_text())["recipe"] == "demo"
+    results = run.read_results()
+    assert results["schema_version"] == RESULTS_SCHEMA_VERSION
+    assert list(results["variants"]) == ["bnb-int8", "gguf-q8_0"]
+    assert (run.path / "variants").is_dir() and (run.path / "logs").is_dir()
+    assert store.latest("demo") == run
+    assert not run.is_complete("bnb-int8")
+    run.mark_complete("bnb-int8", {"seconds": 1})
+    assert run.is_complete("bnb-int8")
+
+
+def test_run_with_unknown_only_variant_is_a_recipe_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QUANTMILL_RUNS_DIR", str(tmp_path))
+    from quantmill.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["run", str(REPO / "recipes" / "demo.yaml"), "--only", "bnb-nf5"]) == 2
+        assert "did you mean 'bnb-nf4'?" in capsys.readouterr().err
+        assert not any(tmp_path.iterdir())  # nothing half-written
+    finally:
+        get_settings.cache_clear()
