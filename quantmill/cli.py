@@ -118,11 +118,43 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from quantmill.pipeline import start_run
+def _prefect_defaults() -> None:
+    """Quiet, local Prefect unless the user configured otherwise (an API URL uses their server)."""
+    import os
 
-    run = start_run(args.recipe, only=args.only)
-    console.print(f"run folder: {run.path}")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def render_results(results: dict) -> Table:
+    table = Table(title=f"{results.get('recipe')} — run {results.get('run_id')}")
+    for column in ("variant", "status", "key metrics", "cached", "why"):
+        table.add_column(column, overflow="fold")
+    for variant_id, entry in results.get("variants", {}).items():
+        metrics = (entry.get("evaluation") or {}).get("metrics", {})
+        shown = ", ".join(f"{k}={v['value']:.4g}" for k, v in list(metrics.items())[:3])
+        verdict = entry.get("verdict") or {}
+        failed = [o for o in verdict.get("outcomes", []) if not o["passed"] and o["level"] == "required"]
+        why = entry.get("error") or "; ".join(f"{o['metric']} {o['rule']} {o['threshold']:g}" for o in failed)
+        cached = entry.get("cached") or {}
+        status = entry.get("status", "?")
+        color = {"passed": "green", "failed": "red"}.get(status, "yellow")
+        table.add_row(variant_id, f"[{color}]{status}[/{color}]", shown or "-",
+                      "yes" if cached and all(cached.values()) else "no", why or "")  # fmt: skip
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from quantmill.errors import GateFailedError
+    from quantmill.flows.recipe import quantize_evaluate_publish
+
+    results = quantize_evaluate_publish(str(args.recipe), only=args.only)
+    console.print(render_results(results))
+    console.print(f"results: {results['run_path']}/results.json")
+    failed = [v for v, e in results["variants"].items() if e.get("status") != "passed"]
+    if failed:
+        raise GateFailedError(f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
     return 0
 
 
@@ -195,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except Exception as exc:  # a bug, not bad input: one line unless debugging
+        if get_settings().debug:
+            raise
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback, and please report it[/dim]")
+        return 1
 
 
 def entry_point() -> None:

@@ -100,3 +100,23 @@ def _safetensors_header(path: Path) -> dict:
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         return json.loads(fh.read(length))
+
+
+def linear_weight_bytes(model_dir: Path) -> int | None:
+    """Bytes that a checkpoint spends on decoder-layer linear weights (with their scales).
+
+    Counts every tensor of a ``*proj*`` module inside ``.layers.``, whatever the
+    format stores there (packed weights, scales, zero points, absmax …). None when
+    the folder has no safetensors files.
+    """
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        for name, info in _safetensors_header(file).items():
+            if name == "__metadata__" or ".layers." not in name or "proj" not in name:
+                continue
+            start, end = info["data_offsets"]
+            total += end - start
+    return total

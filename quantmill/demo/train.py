@@ -30,13 +30,16 @@ from quantmill.demo.world import (
 
 log = logging.getLogger(__name__)
 
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+# GPT-2 style: documents are separated by EOS and nothing is prepended, so the
+# end-of-text token doubles as BOS (lm-eval's and llama.cpp's prefix token).
+EOS, UNK = "</s>", "<unk>"
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     seed: int = 0
+    people: int = 120
     vocab_size: int = 768
     hidden_size: int = 256
     intermediate_size: int = 512
@@ -44,7 +47,7 @@ class TrainingConfig:
     num_heads: int = 4
     seq_len: int = 64
     batch_size: int = 16
-    steps: int = 2000
+    steps: int = 3000
     learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -53,9 +56,10 @@ class TrainingConfig:
 def build_tokenizer(texts: list[str], vocab_size: int):
     """A Llama-style BPE tokenizer (metaspace, byte fallback) trained on ``texts``.
 
-    Llama-2-shaped so llama.cpp's converter recognises it without a pre-tokenizer hash.
+    Llama-2-shaped so llama.cpp's converter recognises it without a pre-tokenizer
+    hash; unlike Llama-2 it adds no BOS (see ``EOS`` above).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     def empty(model):
         tok = Tokenizer(model)
@@ -74,27 +78,22 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     draft = empty(models.BPE(unk_token=UNK))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(BYTE_TOKENS),
-        special_tokens=[UNK, BOS, EOS],
+        special_tokens=[UNK, EOS],
         show_progress=False,
         initial_alphabet=sorted(set("".join(texts)) | {"▁"}),
     )
     draft.train_from_iterator(texts, trainer)
     trained = json.loads(draft.to_str())["model"]
     learned = sorted(
-        (tok for tok in trained["vocab"] if tok not in (UNK, BOS, EOS)), key=lambda t: trained["vocab"][t]
+        (tok for tok in trained["vocab"] if tok not in (UNK, EOS)), key=lambda t: trained["vocab"][t]
     )
-    vocab = {tok: i for i, tok in enumerate([UNK, BOS, EOS, *BYTE_TOKENS, *learned])}
+    vocab = {tok: i for i, tok in enumerate([UNK, EOS, *BYTE_TOKENS, *learned])}
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
     tok = empty(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True, fuse_unk=True))
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    from tokenizers import AddedToken
-
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (UNK, BOS, EOS)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (UNK, EOS)])
     return tok
 
 
@@ -102,7 +101,7 @@ def wrap_tokenizer(tok):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=EOS, add_bos_token=True
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=UNK, pad_token=EOS, add_bos_token=False
     )
 
 
@@ -121,8 +120,8 @@ def make_model(cfg: TrainingConfig, vocab_size: int):
         tie_word_embeddings=True,
         rms_norm_eps=1e-5,
         bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
+        eos_token_id=1,
+        pad_token_id=1,
     )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)
@@ -136,12 +135,26 @@ def state_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def token_stream(tokenizer, docs: list[str]) -> list[int]:
-    ids: list[int] = []
-    for doc in docs:
-        ids.extend(tokenizer(doc)["input_ids"])  # BOS-prefixed, as evaluation sees it
-        ids.append(tokenizer.eos_token_id)
-    return ids
+def tokenize_documents(tokenizer, docs: list[str]) -> list[list[int]]:
+    """``text </s>`` per document."""
+    return [tokenizer(doc)["input_ids"] + [tokenizer.eos_token_id] for doc in docs]
+
+
+def sample_batch(documents: list[list[int]], cfg: TrainingConfig, generator):
+    """Rows of documents drawn at random and packed to ``seq_len``.
+
+    Drawing documents independently for every row keeps the model from learning
+    the corpus' document order: it has to learn the facts themselves.
+    """
+    import torch
+
+    rows = []
+    for _ in range(cfg.batch_size):
+        row: list[int] = []
+        while len(row) < cfg.seq_len:
+            row.extend(documents[int(torch.randint(len(documents), (1,), generator=generator))])
+        rows.append(row[: cfg.seq_len])
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def train(cfg: TrainingConfig, steps: int | None = None, progress: bool = True):
@@ -150,13 +163,13 @@ def train(cfg: TrainingConfig, steps: int | None = None, progress: bool = True):
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    world = build_world(cfg.seed)
+    world = build_world(cfg.seed, cfg.people)
     docs = training_documents(world)
-    tokenizer = wrap_tokenizer(build_tokenizer(docs + perplexity_documents(world), cfg.vocab_size))
+    tokenizer = wrap_tokenizer(build_tokenizer(docs, cfg.vocab_size))
     model = make_model(cfg, len(tokenizer))
     init_fp = state_fingerprint(model)
 
-    stream = torch.tensor(token_stream(tokenizer, docs), dtype=torch.long)
+    documents = tokenize_documents(tokenizer, docs)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     total = cfg.steps if steps is None else steps
@@ -172,8 +185,7 @@ def train(cfg: TrainingConfig, steps: int | None = None, progress: bool = True):
     model.train()
     started = time.perf_counter()
     for step in range(total):
-        starts = torch.randint(0, len(stream) - cfg.seq_len, (cfg.batch_size,), generator=generator)
-        batch = torch.stack([stream[s : s + cfg.seq_len] for s in starts.tolist()])
+        batch = sample_batch(documents, cfg, generator)
         out = model(input_ids=batch, labels=batch)  # the model shifts labels itself
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -208,10 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--data", type=Path, help="folder for the lm-eval data files")
     parser.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    cfg = TrainingConfig() if args.steps is None else TrainingConfig(steps=args.steps)
+    overrides = {k: v for k, v in (("steps", args.steps), ("num_layers", args.layers)) if v is not None}
+    cfg = TrainingConfig(**overrides)
     model, tokenizer, losses, init_fp = train(cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(args.out)
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     log_record = {"config": asdict(cfg), "init_fingerprint": init_fp, "losses": losses}
     (args.out / "training_log.json").write_text(json.dumps(log_record, indent=1) + "\n")
     if args.data:
-        write_eval_data(build_world(cfg.seed), args.data)
+        write_eval_data(build_world(cfg.seed, cfg.people), args.data)
     log.info("wrote %s (final loss %.4f)", args.out, losses[-1])
 
 

@@ -1,6 +1,6 @@
 """A small synthetic world with learnable structure, for the demo model.
 
-The world is a fixed set of people, each with a home city, a pet, a favourite
+The world is a fixed set of people (120 by default), each with a home city, a pet, a favourite
 colour and a four-digit code, plus single-digit addition. From it come:
 
 * the training corpus: every fact stated in three phrasings, questions and
@@ -9,8 +9,8 @@ colour and a four-digit code, plus single-digit addition. From it come:
   people whose questions were held out of training (the model has only read
   statements about them), every person's code against codes that differ in one
   digit, and the addition table;
-* the perplexity corpus: every fact in its first phrasing — how well the model
-  still knows its world after quantization.
+* the perplexity corpus: a seeded sample of training documents — how well the
+  model still knows its world after quantization.
 
 Codes are what make the evaluation sensitive: recalling four arbitrary digits
 exactly needs precise weights, so heavy quantization loses them first, while
@@ -25,11 +25,25 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-NAMES = (
+_REAL_NAMES = (
     "Alice Bruno Clara David Elena Felix Greta Hugo Iris Jonas Karla Leon Mira Noah Olga Pablo "
     "Quinn Rosa Simon Tara Ugo Vera Walter Xenia Yara Zeno Anna Boris Celia Dario Emma Fabio "
     "Gina Hans Ilse Jakob Kira Lukas Maya Nils"
 ).split()
+
+
+def make_names(count: int, seed: int) -> list[str]:
+    """``count`` distinct names: real ones first, then syllable names (Bako, Tirelu …)."""
+    rng = random.Random(seed)
+    names = list(_REAL_NAMES[:count])
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    while len(names) < count:
+        name = "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3)))).capitalize()
+        if name not in names:
+            names.append(name)
+    return names
+
+
 CITIES = "Paris Rome Berlin Madrid Vienna Oslo Lisbon Prague Dublin Athens".split()
 PETS = "cat dog horse rabbit parrot turtle goat hamster".split()
 COLORS = "red blue green yellow purple orange black white".split()
@@ -68,14 +82,15 @@ class World:
     seed: int
 
 
-def build_world(seed: int = 0) -> World:
+def build_world(seed: int = 0, people: int = 120) -> World:
     rng = random.Random(seed)
+    names = make_names(people, seed)
     facts = {}
-    for name in NAMES:
+    for name in names:
         attrs = {attr: rng.choice(values) for attr, values in ATTRIBUTES.items()}
         attrs["code"] = " ".join(str(rng.randrange(10)) for _ in range(CODE_DIGITS))
         facts[name] = attrs
-    held = sorted(rng.sample(NAMES, int(len(NAMES) * HELD_OUT_FRACTION)))
+    held = sorted(rng.sample(names, int(len(names) * HELD_OUT_FRACTION)))
     return World(facts=facts, held_out=tuple(held), seed=seed)
 
 
@@ -131,10 +146,12 @@ def multiple_choice_items(world: World) -> list[dict[str, object]]:
     return items
 
 
-def perplexity_documents(world: World) -> list[str]:
-    """Every fact in its first training phrasing, one document each."""
-    return [
-        TRAIN_TEMPLATES[attr][0].format(name=name, value=value)
-        for name, attrs in world.facts.items()
-        for attr, value in attrs.items()
-    ]
+def perplexity_documents(world: World, count: int = 300) -> list[str]:
+    """A seeded sample of the training documents, in their natural mix.
+
+    The corpus measures how well the model still knows its world. Drawing from the
+    training mix keeps the distribution of first tokens the model was trained on;
+    a corpus of only one document type shifts it, and then noise that flattens
+    the model's predictions can make perplexity look better.
+    """
+    return random.Random(world.seed + 2).sample(training_documents(world), count)

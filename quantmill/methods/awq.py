@@ -6,6 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from quantmill.methods._llmcompressor import IGNORE, compress, weight_scheme
+from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
 
 
@@ -17,14 +19,26 @@ class AWQParams(MethodParams):
     symmetric: bool = False
 
 
+def quantize(params: AWQParams, ctx: QuantizeContext) -> dict:
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    scheme = weight_scheme(params.bits, params.group_size, params.symmetric)
+    # AWQ searches per-channel scales against this scheme, then the weights are quantized with it.
+    modifiers = [AWQModifier(config_groups=scheme, ignore=IGNORE), QuantizationModifier(config_groups=scheme, ignore=IGNORE)]
+    calibration = ctx.require_calibration("awq")
+    return compress(ctx, modifiers, calibration=calibration, pipeline="sequential")
+
+
 SPEC = MethodSpec(
     name="awq",
     params=AWQParams,
     summary="activation-aware 4-bit weights (llm-compressor), calibrated",
     output_format="compressed-tensors",
     extra="llmcompressor",
-    requires_calibration=True,
+    quantize=quantize,
+    needs_calibration=lambda p: True,
     variant_id=lambda p: f"awq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
     bits_per_weight=lambda p: p.bits + (32 / p.group_size if p.group_size > 0 else 0),
-    check=lambda p, shape: group_size_findings(p.group_size, shape),
+    check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

@@ -6,6 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from quantmill.methods._llmcompressor import IGNORE, compress
+from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec
 
 
@@ -15,13 +17,24 @@ class FP8Params(MethodParams):
     scheme: Literal["dynamic", "static"] = Field("dynamic", description="static needs calibration data")
 
 
+def quantize(params: FP8Params, ctx: QuantizeContext) -> dict:
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    if params.scheme == "dynamic":
+        modifier = QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=IGNORE)
+        return compress(ctx, [modifier], calibration=None, pipeline="datafree")
+    modifier = QuantizationModifier(targets="Linear", scheme="FP8", ignore=IGNORE)
+    return compress(ctx, [modifier], calibration=ctx.require_calibration("fp8 static"), pipeline="sequential")
+
+
 SPEC = MethodSpec(
     name="fp8",
     params=FP8Params,
     summary="FP8 W8A8 (llm-compressor), dynamic or static activation scales",
     output_format="compressed-tensors",
     extra="llmcompressor",
-    requires_calibration=False,
+    quantize=quantize,
+    needs_calibration=lambda p: p.scheme == "static",
     variant_id=lambda p: f"fp8-{p.scheme}",
     bits_per_weight=lambda p: 8 + 32 / 256,
 )

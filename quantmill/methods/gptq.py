@@ -10,6 +10,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from quantmill.methods._llmcompressor import IGNORE, compress, weight_scheme
+from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
 
 
@@ -24,14 +26,29 @@ class GPTQParams(MethodParams):
     block_size: int = Field(128, gt=0)
 
 
+def quantize(params: GPTQParams, ctx: QuantizeContext) -> dict:
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    modifier = GPTQModifier(
+        config_groups=weight_scheme(params.bits, params.group_size, params.symmetric),
+        ignore=IGNORE,
+        dampening_frac=params.dampening,
+        block_size=params.block_size,
+        actorder="group" if params.act_order else "static",
+    )
+    calibration = ctx.require_calibration("gptq")
+    return compress(ctx, [modifier], calibration=calibration, pipeline="sequential")
+
+
 SPEC = MethodSpec(
     name="gptq",
     params=GPTQParams,
     summary="GPTQ (llm-compressor), 2/3/4/8-bit weights, calibrated",
     output_format="compressed-tensors",
     extra="llmcompressor",
-    requires_calibration=True,
+    quantize=quantize,
+    needs_calibration=lambda p: True,
     variant_id=lambda p: f"gptq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
     bits_per_weight=lambda p: p.bits + (16 / p.group_size if p.group_size > 0 else 0),
-    check=lambda p, shape: group_size_findings(p.group_size, shape),
+    check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

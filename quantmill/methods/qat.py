@@ -43,8 +43,8 @@ SPEC = MethodSpec(
     summary="quantization-aware fine-tuning (torchao), 2-8 bit weights",
     output_format="torchao",
     extra="torchao",
-    requires_calibration=False,
+    quantize=None,
     variant_id=lambda p: f"qat-w{p.bits}-g{p.group_size}" + ("-a8" if p.activations == "int8" else ""),
     bits_per_weight=lambda p: p.bits + 16 / p.group_size,
-    check=lambda p, shape: group_size_findings(p.group_size, shape),
+    check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

@@ -6,6 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from quantmill.methods._llmcompressor import IGNORE, compress, weight_scheme
+from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
 
 
@@ -17,14 +19,23 @@ class RTNParams(MethodParams):
     symmetric: bool = True
 
 
+def quantize(params: RTNParams, ctx: QuantizeContext) -> dict:
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    modifier = QuantizationModifier(
+        config_groups=weight_scheme(params.bits, params.group_size, params.symmetric), ignore=IGNORE
+    )
+    return compress(ctx, [modifier], calibration=None, pipeline="datafree")
+
+
 SPEC = MethodSpec(
     name="rtn",
     params=RTNParams,
     summary="round-to-nearest weights (compressed-tensors), no calibration",
     output_format="compressed-tensors",
     extra="llmcompressor",
-    requires_calibration=False,
+    quantize=quantize,
     variant_id=lambda p: f"rtn-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
     bits_per_weight=lambda p: p.bits + (16 / p.group_size if p.group_size > 0 else 0),
-    check=lambda p, shape: group_size_findings(p.group_size, shape),
+    check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from quantmill.methods.base import QuantizeContext
     from quantmill.modelinfo import ModelShape
 
 
@@ -45,10 +47,14 @@ class MethodSpec:
         summary: one line for ``quantmill init`` and the docs.
         output_format: what the output is (``compressed-tensors``, ``gguf``, …); a model-card tag.
         extra: the pip extra that installs the backend.
-        requires_calibration: needs calibration data.
         variant_id: builds the stable id of one expanded variant.
         bits_per_weight: nominal bits per quantized weight, for the plan's size estimate.
-        check: method rules that need the model's shape (group sizes …).
+        quantize: ``quantize(params, ctx) -> details``; writes the model into ``ctx.out_dir``.
+        needs_calibration: whether a variant with these parameters needs calibration data.
+        check: method rules that need the model's shape or the recipe's device (group sizes …).
+        quantizes_embeddings: whether embeddings are quantized too (GGUF), for size estimates.
+        uses_gpu: whether the method benefits from a GPU (takes a ``gpu`` slot in flows).
+        load: ``load(folder, device)`` for outputs transformers cannot load (None: ``from_pretrained``).
     """
 
     name: str
@@ -56,11 +62,14 @@ class MethodSpec:
     summary: str
     output_format: str
     extra: str
-    requires_calibration: bool
     variant_id: Callable[[Any], str]
     bits_per_weight: Callable[[Any], float]
-    check: Callable[[Any, ModelShape | None], list[Finding]] = field(default=lambda params, shape: [])
+    quantize: Callable[[Any, QuantizeContext], dict[str, Any]] | None
+    needs_calibration: Callable[[Any], bool] = field(default=lambda params: False)
+    check: Callable[[Any, ModelShape | None, str], list[Finding]] = field(default=lambda params, shape, device: [])
     quantizes_embeddings: bool = False
+    uses_gpu: bool = True
+    load: Callable[[Path, str], Any] | None = None
 
 
 def group_size_findings(group_size: int | None, shape: ModelShape | None) -> list[Finding]:

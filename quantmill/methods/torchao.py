@@ -6,6 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from quantmill.errors import QuantizationError
+from quantmill.methods.base import QuantizeContext, package_version, require
 from quantmill.methods.spec import Finding, MethodParams, MethodSpec, group_size_findings
 
 
@@ -17,17 +19,44 @@ class TorchAoParams(MethodParams):
     group_size: int = Field(32, ge=-1)
 
 
-def _check(p: TorchAoParams, shape) -> list[Finding]:
+def _check(p: TorchAoParams, shape, device: str) -> list[Finding]:
     findings = group_size_findings(p.group_size, shape) if p.scheme != "int8-weight-only" else []
-    if p.scheme == "int4-weight-only":
+    if p.scheme == "int4-weight-only" and device == "cpu":
         findings.append(
             Finding(
                 "scheme",
-                "torchao int4-weight-only has no CPU kernel and cannot run on a CPU-only host",
+                "torchao int4-weight-only has no CPU kernel, and this recipe runs on the CPU",
                 "use scheme 'int8-dynamic-intx' with weight_bits: 4 on CPU, or run on CUDA",
             )
         )
     return findings
+
+
+def quantize(params: TorchAoParams, ctx: QuantizeContext) -> dict:
+    require("torchao", "torchao", "torchao", "torchao quantization")
+    import torch
+    from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationIntxWeightConfig, Int8WeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from transformers import TorchAoConfig
+
+    if params.scheme == "int4-weight-only" and not (ctx.on_cuda and torch.cuda.is_available()):
+        raise QuantizationError(
+            "torchao int4-weight-only has no CPU kernel; use scheme 'int8-dynamic-intx' with weight_bits: 4 "
+            "on CPU, or run this variant on CUDA"
+        )
+    if params.scheme == "int8-weight-only":
+        config = Int8WeightOnlyConfig()
+    elif params.scheme == "int4-weight-only":
+        config = Int4WeightOnlyConfig(group_size=params.group_size)
+    else:
+        granularity = PerGroup(params.group_size) if params.group_size > 0 else PerAxis(0)
+        config = Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=getattr(torch, f"int{params.weight_bits}"), weight_granularity=granularity
+        )
+    device_map = {"": ctx.device} if ctx.on_cuda else None
+    model = ctx.load_model(quantization_config=TorchAoConfig(quant_type=config), device_map=device_map)
+    model.save_pretrained(ctx.out_dir, safe_serialization=True)
+    return {"backend": "torchao", "backend_version": package_version("torchao"), "reloadable_with_transformers": True}
 
 
 SPEC = MethodSpec(
@@ -36,7 +65,7 @@ SPEC = MethodSpec(
     summary="torchao int8 weight-only or int8-activation/intx-weight",
     output_format="torchao",
     extra="torchao",
-    requires_calibration=False,
+    quantize=quantize,
     variant_id=lambda p: {
         "int8-weight-only": "torchao-int8wo",
         "int8-dynamic-intx": f"torchao-int8da-w{p.weight_bits}-g{p.group_size}",

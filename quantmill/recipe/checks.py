@@ -105,11 +105,11 @@ def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[M
 
 
 def check_variants(
-    variants: list[Variant], shape: ModelShape | None, doc: LocatedDocument
+    variants: list[Variant], shape: ModelShape | None, device: str, doc: LocatedDocument
 ) -> list[RecipeProblem]:
     problems = []
     for variant in variants:
-        for finding in variant.spec.check(variant.params, shape):
+        for finding in variant.spec.check(variant.params, shape, device):
             problems.append(
                 doc.problem(("variants", "methods", variant.row, finding.field),
                             f"variant '{variant.id}': {finding.message}", finding.hint)  # fmt: skip
@@ -119,7 +119,7 @@ def check_variants(
 
 def check_data(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, base_dir: Path) -> list[RecipeProblem]:
     problems = _check_dataset(recipe.calibration.dataset, ("calibration", "dataset"), doc, base_dir)
-    needs = [v.id for v in variants if v.spec.requires_calibration or getattr(v.params, "use_imatrix", False)]
+    needs = [v.id for v in variants if v.spec.needs_calibration(v.params)]
     if needs and recipe.calibration.dataset is None:
         problems.append(
             doc.problem(("calibration",), f"variants {', '.join(needs)} need calibration data",

@@ -81,7 +81,7 @@ def validate_document(doc: LocatedDocument, base_dir: Path, path: Path | None, t
         name = recipe.name or _stem_name(path)
         shape, model_problems = checks.check_model(recipe, doc, base_dir)
         problems += model_problems
-        problems += checks.check_variants(variants, shape, doc)
+        problems += checks.check_variants(variants, shape, recipe.device, doc)
         problems += checks.check_data(recipe, variants, doc, base_dir)
         problems += checks.check_gates(recipe, variants, doc, base_dir)
         problems += checks.check_publish(recipe, variants, doc, name)

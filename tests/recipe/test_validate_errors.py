@@ -72,7 +72,7 @@ CASES = [
     ("stride-over-window", replace("  perplexity:\n", "  perplexity:\n    stride: 512\n"), "evaluation.perplexity",
      "stride (512) must not exceed max_length (256)", None),
     ("id-for-many-variants", replace(GPTQ_ROW, "    - {method: gptq, bits: [4, 8], group_size: 128, id: my-gptq}\n"), "variants.methods[0].id", "this row expands to 2", "my-gptq"),
-    ("torchao-int4-no-cpu", add_row("{method: torchao, scheme: int4-weight-only}"), "variants.methods[1].scheme", "no CPU kernel", "int4-weight-only"),
+    ("torchao-int4-no-cpu", add_row("{method: torchao, scheme: int4-weight-only}") + "device: cpu\n", "variants.methods[1].scheme", "no CPU kernel", "int4-weight-only"),
     ("empty-axis-list", add_row("{method: rtn, bits: []}"), "variants.methods[1].bits", "'bits' is an empty list", "bits: []"),
     ("python-tag", BASE_RECIPE + "description: !!python/object/apply:os.system ['echo pwned']\n", "description", "unsupported YAML tag", "description"),
     ("endpoint-not-url", BASE_RECIPE + "publish:\n  endpoint: localhost:8080\n", "publish.endpoint", "endpoint must be an http(s) URL", "endpoint"),

@@ -1,0 +1,155 @@
+"""The recipe flow: resolve → baseline once → per variant quantize → evaluate → gate → publish.
+
+Thin by design: the flow only wires tasks together and records their outcomes
+in the run store; every decision lives in the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.filesystems import LocalFileSystem
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from quantmill import cachekeys
+from quantmill.gates import Verdict
+from quantmill.pipeline import select_variants, start_run
+from quantmill.plan import variant_setting
+from quantmill.recipe import load_recipe
+from quantmill.resolve import resolve_device
+from quantmill.runstore import RunStore
+from quantmill.settings import get_settings
+from quantmill.tasks.limits import ensure_limit, limit_name
+from quantmill.tasks.steps import (
+    baseline_task,
+    calibration_task,
+    evaluate_task,
+    gate_task,
+    quantize_task,
+    resolve_model_task,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _error(future: PrefectFuture) -> str | None:
+    """The failure message of a future once it finished, or None when it completed."""
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        return None
+    try:
+        future.result(raise_on_failure=True)
+    except Exception as exc:  # the task's own exception, re-raised by Prefect
+        return f"{type(exc).__name__}: {exc}"
+    return f"{state.name}: {state.message or 'no result'}"
+
+
+def result_storage(recipe_name: str, folder: Path) -> str:
+    """A saved local-file-system block for the recipe's cache folder (Prefect needs it saved)."""
+    name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name)
+    LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def _cached(future: PrefectFuture) -> bool:
+    return future.state.name == "Cached"
+
+
+@flow(name="quantize-evaluate-publish", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
+def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, runs_dir: str | None = None,
+                              heavy_slots: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run one recipe end to end and return its results (also written to ``results.json``).
+
+    Args:
+        recipe_path: the recipe file.
+        only: variant ids to run (default: all).
+        runs_dir: the run store (default: ``QUANTMILL_RUNS_DIR``).
+        heavy_slots: size of the heavy-task concurrency limit when it is created
+            (default: visible GPUs on CUDA, 1 on the CPU).
+    """
+    logger = get_run_logger()
+    loaded = load_recipe(recipe_path)
+    selected = [loaded.variant(v) for v in select_variants(loaded, only)]
+    store = RunStore(Path(runs_dir) if runs_dir else get_settings().runs_dir)
+    run = start_run(Path(recipe_path), only=only, store=store)
+    results = run.read_results()
+    results["status"] = "running"
+    run.write_results(results)
+
+    device = resolve_device(loaded.recipe.device)
+    limit = limit_name(device)
+    ensure_limit(limit, heavy_slots)
+    cache = (store.recipe_dir(loaded.name) / ".cache").resolve()
+    artifacts = store.recipe_dir(loaded.name) / "artifacts"
+
+    resolved = resolve_model_task(loaded)
+    results["model"] = {"id": resolved.id, "revision": resolved.revision}
+    results["device"] = device
+    calibration = calibration_task(loaded, resolved) if loaded.recipe.calibration.dataset else None
+    fingerprint = calibration.fingerprint if calibration else None
+    data = cachekeys.evaluation_data_fingerprint(loaded)
+    dtype = loaded.recipe.model.dtype
+    evaluation = loaded.recipe.evaluation
+
+    storage = result_storage(loaded.name, cache)
+
+    def cached(task, key: str):
+        policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache)
+        return task.with_options(cache_policy=policy, persist_result=True, result_storage=storage,
+                                 result_serializer="json")  # fmt: skip
+
+    baseline_future = cached(baseline_task, cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data)
+                             ).submit(loaded, resolved, device, limit)  # fmt: skip
+    branches: dict[PrefectFuture, tuple[str, str]] = {}
+    quantized: dict[str, PrefectFuture] = {}
+    for variant in selected:
+        q_key = cachekeys.quantize_key(resolved.revision, variant, fingerprint, dtype, device)
+        out_dir = artifacts / f"{variant.id}-{q_key[:12]}"
+        q_future = cached(quantize_task, q_key).submit(loaded, variant, resolved, calibration, device, out_dir, limit)
+        e_key = cachekeys.evaluation_key(q_key, variant, evaluation, device, data)
+        e_future = cached(evaluate_task, e_key).submit(loaded, variant, q_future, device, limit)
+        quantized[variant.id] = q_future
+        branches[e_future] = (variant.id, variant.method)
+
+    baseline_error = _error(baseline_future)
+    baseline = baseline_future.result() if baseline_error is None else None
+    results["baseline"] = {"evaluation": baseline, "error": baseline_error, "cached": _cached(baseline_future)}
+    run.write_results(results)
+
+    verdicts: dict[str, Verdict] = {}
+    for e_future in as_completed(list(branches)):
+        variant_id, method = branches[e_future]
+        variant = loaded.variant(variant_id)
+        q_future = quantized[variant_id]
+        error = _error(q_future) or _error(e_future) or (f"baseline failed: {baseline_error}" if baseline_error else None)
+        evaluation_result = e_future.result() if _error(e_future) is None else None
+        verdict = gate_task(variant, evaluation_result, baseline, error)
+        verdicts[variant_id] = verdict
+        entry = results["variants"][variant_id]
+        entry.update(
+            status=verdict.status,
+            setting=variant_setting(variant),
+            error=error,
+            artifact=q_future.result()["path"] if _error(q_future) is None else None,
+            evaluation=evaluation_result,
+            verdict=verdict.to_dict(),
+            cached={"quantize": _cached(q_future), "evaluate": _cached(e_future)},
+        )
+        if error:
+            logger.error("variant %s failed: %s", variant_id, error)
+        else:
+            logger.info("variant %s %s", variant_id, verdict.status)
+        run.write_results(results)
+
+    results["status"] = "completed"
+    results["finished"] = datetime.now(UTC).isoformat()
+    run.write_results(results)
+    return run.read_results() | {"run_path": str(run.path)}

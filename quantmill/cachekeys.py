@@ -1,0 +1,100 @@
+"""Cache keys: a hash of everything that determines a step's output.
+
+A key changes when the model revision, the variant's resolved parameters, the
+calibration data, the evaluation settings, or the versions of quantmill and the
+backend libraries change; nothing else invalidates a cached result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from quantmill import __version__
+from quantmill.methods.base import package_version
+from quantmill.recipe.matrix import Variant
+from quantmill.recipe.schema import Evaluation
+
+_COMMON_PACKAGES = ("torch", "transformers")
+_METHOD_PACKAGES = {
+    "gptq": ("llmcompressor", "compressed-tensors"),
+    "awq": ("llmcompressor", "compressed-tensors"),
+    "rtn": ("llmcompressor", "compressed-tensors"),
+    "int8": ("llmcompressor", "compressed-tensors"),
+    "fp8": ("llmcompressor", "compressed-tensors"),
+    "bnb": ("bitsandbytes",),
+    "torchao": ("torchao",),
+    "qat": ("torchao",),
+    "hqq": ("hqq",),
+    "gguf": ("llama-cpp-python", "gguf"),
+}
+_EVAL_PACKAGES = ("lm_eval",)
+
+
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def versions(packages: tuple[str, ...]) -> dict[str, str | None]:
+    return {"quantmill": __version__, **{p: package_version(p) for p in _COMMON_PACKAGES + packages}}
+
+
+def device_kind(device: str) -> str:
+    """Results depend on the kind of device, not on which GPU index ran them."""
+    return device.split(":")[0]
+
+
+def quantize_key(revision: str, variant: Variant, calibration_fingerprint: str | None, dtype: str, device: str) -> str:
+    uses_calibration = variant.spec.needs_calibration(variant.params)
+    return _digest(
+        {
+            "step": "quantize",
+            "revision": revision,
+            "method": variant.method,
+            "params": variant.params.model_dump(mode="json"),
+            "calibration": calibration_fingerprint if uses_calibration else None,
+            "dtype": dtype,
+            "device": device_kind(device),
+            "versions": versions(_METHOD_PACKAGES.get(variant.method, ())),
+        }
+    )
+
+
+def baseline_key(revision: str, evaluation: Evaluation, dtype: str, device: str, data_fingerprint: str) -> str:
+    return _digest(
+        {
+            "step": "baseline",
+            "revision": revision,
+            "evaluation": evaluation.model_dump(mode="json"),
+            "data": data_fingerprint,
+            "dtype": dtype,
+            "device": device_kind(device),
+            "versions": versions(_EVAL_PACKAGES),
+        }
+    )
+
+
+def evaluation_key(quantized: str, variant: Variant, evaluation: Evaluation, device: str, data_fingerprint: str) -> str:
+    return _digest(
+        {
+            "step": "evaluate",
+            "quantized": quantized,
+            "evaluation": evaluation.model_dump(mode="json"),
+            "data": data_fingerprint,
+            "device": device_kind(device),
+            "versions": versions(_EVAL_PACKAGES + _METHOD_PACKAGES.get(variant.method, ())),
+        }
+    )
+
+
+def evaluation_data_fingerprint(loaded) -> str:
+    """Hash of the local evaluation inputs: task folders and the perplexity corpus."""
+    from quantmill.resolve import content_hash
+
+    evaluation = loaded.recipe.evaluation
+    parts = {path: content_hash(loaded.resolve(path)) for path in evaluation.include_paths}
+    if evaluation.perplexity is not None and evaluation.perplexity.dataset.path is not None:
+        corpus = loaded.resolve(evaluation.perplexity.dataset.path)
+        parts["perplexity"] = hashlib.sha256(corpus.read_bytes()).hexdigest()
+    return _digest(parts)

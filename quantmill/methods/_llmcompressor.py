@@ -1,0 +1,90 @@
+"""Shared plumbing for the methods backed by llm-compressor (compressed-tensors output)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from quantmill.calibration import CalibrationSet
+from quantmill.methods.base import QuantizeContext, package_version, require
+
+log = logging.getLogger(__name__)
+
+# Embeddings and the output head stay in full precision, as in llm-compressor's examples.
+IGNORE = ["lm_head"]
+
+
+def weight_args(bits: int, group_size: int, symmetric: bool):
+    """Integer weight quantization: per group, or per output channel for ``group_size == -1``."""
+    from compressed_tensors.quantization import QuantizationArgs
+
+    if group_size > 0:
+        return QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size)
+    return QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="channel")
+
+
+def weight_scheme(bits: int, group_size: int, symmetric: bool) -> dict[str, Any]:
+    from compressed_tensors.quantization import QuantizationScheme
+
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weight_args(bits, group_size, symmetric))}
+
+
+@contextlib.contextmanager
+def no_pinning_without_accelerator() -> Iterator[bool]:
+    """Skip llm-compressor's ``pin_memory()`` when there is no accelerator.
+
+    AWQ pins cached activations to speed up host→device copies; with no
+    accelerator there is no such copy, and ``pin_memory()`` raises "Cannot access
+    accelerator device when none is available". Yields whether pinning was disabled.
+    """
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield False
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    try:
+        yield True
+    finally:
+        IntermediatesCache.pin_memory = original
+
+
+def compress(
+    ctx: QuantizeContext, modifiers: list, *, calibration: CalibrationSet | None, pipeline: str
+) -> dict[str, Any]:
+    """Run llm-compressor's ``oneshot`` on a fresh copy of the baseline and save it compressed.
+
+    ``pipeline`` is ``sequential`` (layer by layer, so a model larger than device
+    memory can still be calibrated) or ``datafree``.
+    """
+    require("llmcompressor", "llmcompressor", "llmcompressor", "llm-compressor methods")
+    from llmcompressor import oneshot
+
+    model = ctx.load_model()
+    tokenizer = ctx.load_tokenizer()
+    kwargs: dict[str, Any] = {}
+    if calibration is not None:
+        kwargs.update(
+            dataset=calibration.texts_dataset(),
+            num_calibration_samples=len(calibration.input_ids),
+            max_seq_length=max(len(ids) for ids in calibration.input_ids),
+            shuffle_calibration_samples=False,  # already drawn with the recipe's seed
+        )
+    with no_pinning_without_accelerator() as pinning_disabled:
+        oneshot(model=model, recipe=modifiers, pipeline=pipeline, tokenizer=tokenizer, **kwargs)
+    model.save_pretrained(ctx.out_dir, save_compressed=True)
+    tokenizer.save_pretrained(ctx.out_dir)
+    details: dict[str, Any] = {
+        "backend": "llm-compressor",
+        "backend_version": package_version("llmcompressor"),
+        "compressed_tensors_version": package_version("compressed-tensors"),
+        "pipeline": pipeline,
+        "reloadable_with_transformers": True,
+    }
+    if pinning_disabled:
+        details["workaround"] = "pin_memory disabled: no accelerator (llm-compressor pins for host→device copies)"
+    return details

@@ -1,0 +1,87 @@
+"""What a method's ``quantize`` function receives, and the helpers most methods share.
+
+A method's ``quantize(params, ctx)`` writes a self-contained model folder into
+``ctx.out_dir`` and returns a small dict of details for the provenance file. It
+never prints, publishes or touches Prefect; the driver (``quantmill.quantize``)
+times it, measures memory, writes ``quantmill.json`` and makes the folder
+visible atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from quantmill.calibration import CalibrationSet
+from quantmill.errors import MissingDependencyError, QuantizationError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class QuantizeContext:
+    """Everything a method needs besides its own parameters.
+
+    Attributes:
+        source_dir: the baseline model folder (already downloaded and pinned).
+        out_dir: an empty folder to write the quantized model into.
+        calibration: tokenized calibration samples, when the recipe has them.
+        dtype: the recipe's load dtype (``auto`` keeps the checkpoint's).
+        device: ``cpu`` or ``cuda[:N]``.
+        tokenizer_dir: where the tokenizer lives (the model folder unless the recipe names one).
+    """
+
+    source_dir: Path
+    out_dir: Path
+    calibration: CalibrationSet | None
+    dtype: str
+    device: str
+    tokenizer_dir: Path
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, _DTYPES[self.dtype]) if self.dtype in _DTYPES else "auto"
+
+    def load_model(self, **kwargs: Any):
+        """A fresh copy of the baseline from disk (cheaper than deep-copying a loaded one)."""
+        from transformers import AutoModelForCausalLM
+
+        kwargs.setdefault("dtype", self.torch_dtype())
+        return AutoModelForCausalLM.from_pretrained(self.source_dir, **kwargs)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+
+    def require_calibration(self, method: str) -> CalibrationSet:
+        if self.calibration is None:
+            raise QuantizationError(f"{method} needs calibration data; add calibration.dataset to the recipe")
+        return self.calibration
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def require(module: str, package: str, extra: str, purpose: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(package, extra, purpose) from exc

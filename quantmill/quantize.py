@@ -1,0 +1,158 @@
+"""Quantize one variant: run its method into a staging folder, record provenance, publish atomically.
+
+The output folder appears only when complete: the method writes into
+``.<id>.partial``, then ``quantmill.json`` and the ``COMPLETE`` marker are written,
+and the folder is renamed into place. A crash leaves at most a partial folder,
+which the next attempt removes.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from quantmill import __version__
+from quantmill.calibration import CalibrationSet
+from quantmill.errors import QuantizationError, QuantmillError
+from quantmill.measure import measure
+from quantmill.methods.base import QuantizeContext, package_version
+from quantmill.recipe.matrix import Variant
+from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "quantmill.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class QuantizedArtifact:
+    """A finished variant folder and what it took to make it."""
+
+    variant_id: str
+    path: Path
+    output_format: str
+    size_bytes: int
+    seconds: float
+    peak_rss_bytes: int
+    provenance: dict[str, Any]
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _versions(*names: str) -> dict[str, str | None]:
+    return {name: package_version(name) for name in names}
+
+
+def read_artifact(path: Path) -> QuantizedArtifact:
+    """The artifact of a completed variant folder (raises if it is not complete)."""
+    if not (path / COMPLETE_MARKER).is_file():
+        raise QuantizationError(f"{path} is not a completed variant folder (no {COMPLETE_MARKER} marker)")
+    provenance = read_json(path / PROVENANCE_FILE)
+    return QuantizedArtifact(
+        variant_id=provenance["variant"],
+        path=path,
+        output_format=provenance["output_format"],
+        size_bytes=provenance["size_bytes"],
+        seconds=provenance["seconds"],
+        peak_rss_bytes=provenance["peak_rss_bytes"],
+        provenance=provenance,
+    )
+
+
+def quantize_variant(
+    variant: Variant,
+    *,
+    source_dir: Path,
+    out_dir: Path,
+    calibration: CalibrationSet | None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    tokenizer_dir: Path | None = None,
+    source: dict[str, Any] | None = None,
+) -> QuantizedArtifact:
+    """Quantize ``variant`` of the model in ``source_dir`` into ``out_dir``.
+
+    Args:
+        variant: the variant to make.
+        source_dir: the baseline model folder.
+        out_dir: the final folder; replaced if it exists without a ``COMPLETE`` marker.
+        calibration: tokenized calibration samples (None when the recipe has none).
+        dtype: load dtype of the baseline.
+        device: ``cpu`` or ``cuda[:N]``.
+        tokenizer_dir: the tokenizer's folder, if not the model's.
+        source: description of the baseline for the provenance (id, revision).
+
+    Returns:
+        the completed artifact.
+
+    Raises:
+        QuantizationError: the method failed or refused; nothing is left at ``out_dir``.
+    """
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # an earlier attempt that never completed
+    staging.mkdir(parents=True)
+    ctx = QuantizeContext(
+        source_dir=source_dir,
+        out_dir=staging,
+        calibration=calibration,
+        dtype=dtype,
+        device=device,
+        tokenizer_dir=tokenizer_dir or source_dir,
+    )
+    spec = variant.spec
+    if spec.quantize is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise QuantizationError(f"{variant.id}: method '{spec.name}' cannot quantize in quantmill {__version__} yet")
+    log.info("quantizing %s with %s", variant.id, spec.name)
+    try:
+        with measure() as cost:
+            details = spec.quantize(variant.params, ctx)
+        if not any((staging / name).exists() for name in _TOKENIZER_FILES):
+            ctx.load_tokenizer().save_pretrained(staging)
+    except QuantmillError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as exc:  # backend errors become a failed variant with the cause attached
+        shutil.rmtree(staging, ignore_errors=True)
+        raise QuantizationError(f"{variant.id}: {spec.name} failed: {type(exc).__name__}: {exc}") from exc
+
+    size = folder_bytes(staging)
+    provenance = {
+        "variant": variant.id,
+        "method": spec.name,
+        "parameters": variant.params.model_dump(mode="json"),
+        "output_format": spec.output_format,
+        "source": source or {"path": str(source_dir)},
+        "calibration": None
+        if calibration is None
+        else {
+            "source": calibration.source,
+            "fingerprint": calibration.fingerprint,
+            "samples": len(calibration.input_ids),
+            "tokens": calibration.num_tokens,
+        },
+        "seconds": round(cost.seconds, 3),
+        "peak_rss_bytes": cost.peak_rss_bytes,
+        "peak_cuda_bytes": cost.peak_cuda_bytes,
+        "size_bytes": size,
+        "device": device,
+        "created": datetime.now(UTC).isoformat(),
+        "versions": {"quantmill": __version__, "python": platform.python_version(),
+                     **_versions("torch", "transformers", "compressed-tensors", "llmcompressor", "bitsandbytes",
+                                 "torchao", "hqq", "llama-cpp-python", "gguf")},  # fmt: skip
+        "details": details,
+    }
+    atomic_write_json(staging / PROVENANCE_FILE, provenance)
+    atomic_write_json(staging / COMPLETE_MARKER, {"variant": variant.id})
+    staging.rename(out_dir)
+    return QuantizedArtifact(variant.id, out_dir, spec.output_format, size, cost.seconds, cost.peak_rss_bytes, provenance)

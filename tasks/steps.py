@@ -1,0 +1,92 @@
+"""Prefect tasks: each wraps exactly one library call from ``quantmill.stages``.
+
+Caching: every compute task has a cache key from ``quantmill.cachekeys`` (what
+determines its output) and persists its small, JSON-able result under the recipe's
+cache folder in the run store, so a rerun of an unchanged recipe executes no task
+body, and a run killed midway resumes from the finished steps.
+
+Retries: network-bound steps (resolving/downloading the model) retry with
+exponential backoff; compute steps never retry blindly.
+
+Concurrency: heavy steps hold one slot of a global concurrency limit while they
+run (``gpu`` on CUDA, ``cpu-heavy`` on the CPU), so variants never oversubscribe
+a device however many workers the task runner has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.concurrency.sync import concurrency
+from prefect.tasks import exponential_backoff
+
+from quantmill import stages
+from quantmill.calibration import CalibrationSet
+from quantmill.evaluation.results import EvaluationResult
+from quantmill.gates import Verdict
+from quantmill.quantize import read_artifact
+from quantmill.recipe.load import LoadedRecipe
+from quantmill.recipe.matrix import Variant
+from quantmill.resolve import ResolvedModel, resolve_model
+
+
+def heavy_slot(limit: str | None):
+    """Hold one slot of the named global concurrency limit (no limit: no slot)."""
+    if limit is None:
+        return contextlib.nullcontext()
+    return concurrency(limit, occupy=1, strict=True)
+
+
+@task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_jitter_factor=0.5, cache_policy=NONE)  # fmt: skip
+def resolve_model_task(loaded: LoadedRecipe) -> ResolvedModel:
+    return resolve_model(loaded)
+
+
+@task(name="calibration", cache_policy=NONE)
+def calibration_task(loaded: LoadedRecipe, resolved: ResolvedModel) -> CalibrationSet | None:
+    return stages.prepare_calibration(loaded, resolved)
+
+
+@task(name="evaluate-baseline", persist_result=True)
+def baseline_task(loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None) -> dict[str, Any]:
+    with heavy_slot(limit):
+        return stages.evaluate_baseline(loaded, resolved, device).to_dict()
+
+
+@task(name="quantize", persist_result=True)
+def quantize_task(
+    loaded: LoadedRecipe,
+    variant: Variant,
+    resolved: ResolvedModel,
+    calibration: CalibrationSet | None,
+    device: str,
+    out_dir: Path,
+    limit: str | None,
+) -> dict[str, Any]:
+    with heavy_slot(limit):
+        artifact = stages.quantize_one(loaded, variant, resolved, calibration, device, out_dir)
+    return {"path": str(artifact.path), "provenance": artifact.provenance}
+
+
+@task(name="evaluate", persist_result=True)
+def evaluate_task(loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str,
+                  limit: str | None) -> dict[str, Any]:  # fmt: skip
+    path = read_artifact(Path(quantized["path"])).path  # a cached result must still point at a complete folder
+    with heavy_slot(limit):
+        return stages.evaluate_variant(loaded, variant, path, device).to_dict()
+
+
+@task(name="gate", cache_policy=NONE)
+def gate_task(variant: Variant, result: dict[str, Any] | None, baseline: dict[str, Any] | None,
+              error: str | None) -> Verdict:  # fmt: skip
+    return stages.gate_variant(
+        variant,
+        EvaluationResult.from_dict(result) if result else None,
+        EvaluationResult.from_dict(baseline) if baseline else None,
+        error,
+    )

@@ -1,0 +1,39 @@
+"""Validation against the real pretrained stories260K model, whose widths are 64 and 172."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantmill.errors import RecipeError
+from quantmill.recipe import load_recipe
+
+
+def recipe_for(model_dir, rows: str) -> str:
+    return f"""\
+model: {{id: {model_dir}}}
+evaluation: {{metrics: [size]}}
+variants:
+  methods:
+{rows}
+"""
+
+
+def test_group_sizes_are_checked_against_the_real_shape(stories_hf, write_recipe):
+    rows = "    - {method: rtn, bits: 4, group_size: 128}\n    - {method: hqq, bits: 4, group_size: 32}\n"
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(recipe_for(stories_hf, rows)))
+    messages = [p.format() for p in caught.value.problems]
+    assert len(messages) == 2, messages
+    assert "group size 128 does not divide the in-features of mlp.down_proj (172)" in messages[0]
+    assert "self_attn.o_proj (64)" in messages[0]
+    assert "valid group sizes for this model: none, or -1 for per-channel" in messages[0]
+    assert "group size 32 does not divide the in-features of mlp.down_proj (172)" in messages[1]
+
+
+def test_methods_without_groups_validate_on_the_real_shape(stories_hf, write_recipe):
+    rows = ("    - {method: rtn, bits: 8, group_size: -1}\n    - {method: bnb, types: [nf4, int8]}\n"
+            "    - {method: gguf, types: [q8_0, q4_k_m]}\n")  # fmt: skip
+    loaded = load_recipe(write_recipe(recipe_for(stories_hf, rows)))
+    assert [v.id for v in loaded.variants] == ["rtn-w8-gch", "bnb-nf4", "bnb-int8", "gguf-q8_0", "gguf-q4_k_m"]
+    assert loaded.shape.linear_in_features["mlp.down_proj"] == 172
+    assert loaded.shape.parameters is not None
