@@ -21,11 +21,13 @@ class CalibrationSet:
         fingerprint: sha256 of the token ids; changes whenever the data, the
             sampling or the tokenizer changes.
         source: where the texts came from, for provenance.
+        texts: the sampled texts (tools such as llama-imatrix read text, not ids).
     """
 
     input_ids: tuple[tuple[int, ...], ...]
     fingerprint: str
     source: str
+    texts: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -51,4 +53,4 @@ def build_calibration_set(calibration: Calibration, tokenizer, base_dir: Path) -
     digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
     ref = calibration.dataset
     source = ref.path if ref.path is not None else f"{ref.hub}:{ref.subset or ''}:{ref.split}"
-    return CalibrationSet(ids, digest, source)
+    return CalibrationSet(ids, digest, source, tuple(texts))

@@ -77,6 +77,7 @@ def quantize_variant(
     device: str = "cpu",
     tokenizer_dir: Path | None = None,
     source: dict[str, Any] | None = None,
+    shared_dir: Path | None = None,
 ) -> QuantizedArtifact:
     """Quantize ``variant`` of the model in ``source_dir`` into ``out_dir``.
 
@@ -89,6 +90,7 @@ def quantize_variant(
         device: ``cpu`` or ``cuda[:N]``.
         tokenizer_dir: the tokenizer's folder, if not the model's.
         source: description of the baseline for the provenance (id, revision).
+        shared_dir: scratch shared by the recipe's variants (default: beside ``out_dir``).
 
     Returns:
         the completed artifact.
@@ -108,6 +110,8 @@ def quantize_variant(
         dtype=dtype,
         device=device,
         tokenizer_dir=tokenizer_dir or source_dir,
+        shared_dir=shared_dir or out_dir.parent / ".shared",
+        source_revision=(source or {}).get("revision") or str(source_dir),
     )
     spec = variant.spec
     if spec.quantize is None:
@@ -117,7 +121,7 @@ def quantize_variant(
     try:
         with measure() as cost:
             details = spec.quantize(variant.params, ctx)
-        if not any((staging / name).exists() for name in _TOKENIZER_FILES):
+        if spec.output_format != "gguf" and not any((staging / name).exists() for name in _TOKENIZER_FILES):
             ctx.load_tokenizer().save_pretrained(staging)
     except QuantmillError:
         shutil.rmtree(staging, ignore_errors=True)

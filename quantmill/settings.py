@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +16,7 @@ class Settings(BaseSettings):
         runs_dir: the run store's root (``QUANTMILL_RUNS_DIR``).
         cache_dir: downloads and built tools (``QUANTMILL_CACHE_DIR``).
         debug: show tracebacks in the CLI (``QUANTMILL_DEBUG=1``).
+        llama_cpp_dir: a user's llama.cpp checkout (``LLAMA_CPP_DIR`` or ``QUANTMILL_LLAMA_CPP_DIR``).
     """
 
     model_config = SettingsConfigDict(env_prefix="QUANTMILL_", extra="ignore")
@@ -23,6 +24,9 @@ class Settings(BaseSettings):
     runs_dir: Path = Field(Path("runs"))
     cache_dir: Path = Field(Path.home() / ".cache" / "quantmill")
     debug: bool = False
+    llama_cpp_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("QUANTMILL_LLAMA_CPP_DIR", "LLAMA_CPP_DIR")
+    )
 
 
 @cache

@@ -92,6 +92,11 @@ def quantize_one(
 def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path, device: str) -> EvaluationResult:
     """Measure a quantized variant exactly as the baseline was measured."""
     spec = variant.spec
+    if spec.output_format == "gguf":
+        from quantmill.evaluation.gguf import gguf_eval_model, gguf_file
+
+        weights = gguf_file(artifact_path)
+        return evaluate_model(lambda: gguf_eval_model(weights, device), weights, evaluation_setup(loaded, device))
     load = _transformers_loader(artifact_path, artifact_path, "auto", device, _batch_size(loaded, device), spec.load)
     return evaluate_model(load, artifact_path, evaluation_setup(loaded, device))
 

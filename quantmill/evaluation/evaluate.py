@@ -80,7 +80,9 @@ def evaluate_model(load: Callable[[], EvalModel], weights: Path, setup: Evaluati
                 result.metrics["prefill_tok_s"] = MetricValue(round(prefill, 2))
                 result.metrics["decode_tok_s"] = MetricValue(round(decode, 2))
                 result.metrics["load_s"] = MetricValue(round(loading.seconds, 3))
+        release = model.release
         del model
+        release()
     except QuantmillError:
         raise
     except Exception as exc:  # the variant fails with the cause; it never passes a gate

@@ -34,6 +34,10 @@ class QuantizeContext:
         dtype: the recipe's load dtype (``auto`` keeps the checkpoint's).
         device: ``cpu`` or ``cuda[:N]``.
         tokenizer_dir: where the tokenizer lives (the model folder unless the recipe names one).
+        shared_dir: a folder shared by the recipe's variants, for intermediates worth
+            making once (GGUF's f16 conversion and importance matrix), keyed by
+            ``source_revision`` and the calibration fingerprint.
+        source_revision: the pinned revision of the baseline.
     """
 
     source_dir: Path
@@ -42,6 +46,8 @@ class QuantizeContext:
     dtype: str
     device: str
     tokenizer_dir: Path
+    shared_dir: Path
+    source_revision: str
 
     def torch_dtype(self):
         import torch

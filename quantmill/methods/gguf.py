@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec
 
 # Nominal bits per weight of each llama.cpp type (llama.cpp's quantize table).
@@ -52,14 +54,26 @@ class GGUFParams(MethodParams):
         return needs_imatrix(self.type) if self.imatrix is None else self.imatrix
 
 
+def quantize(params: GGUFParams, ctx: QuantizeContext) -> dict:
+    """Convert (once per recipe) and quantize to one llama.cpp type; report fallbacks and bits per weight."""
+    from quantmill.methods import _gguf
+
+    return _gguf.quantize(params, ctx)
+
+
+def load(path: Path, device: str):
+    raise TypeError("GGUF variants are evaluated by the llama.cpp backend, not loaded into transformers")
+
+
 SPEC = MethodSpec(
     name="gguf",
     params=GGUFParams,
     summary="llama.cpp GGUF files, Q2_K…Q8_0, IQ types with an importance matrix",
     output_format="gguf",
     extra="gguf",
-    quantize=None,
+    quantize=quantize,
     needs_calibration=lambda p: p.use_imatrix,
+    uses_gpu=False,
     variant_id=lambda p: f"gguf-{p.type}",
     bits_per_weight=lambda p: GGUF_TYPES[p.type],
     quantizes_embeddings=True,

@@ -34,7 +34,8 @@ def quantize(params: GPTQParams, ctx: QuantizeContext) -> dict:
         ignore=IGNORE,
         dampening_frac=params.dampening,
         block_size=params.block_size,
-        actorder="group" if params.act_order else "static",
+        # "weight" orders columns by activation size without regrouping (llm-compressor's supported choice).
+        actorder="weight" if params.act_order else "static",
     )
     calibration = ctx.require_calibration("gptq")
     return compress(ctx, [modifier], calibration=calibration, pipeline="sequential")

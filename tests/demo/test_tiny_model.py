@@ -50,6 +50,6 @@ def test_model_loads_and_beats_chance_on_the_local_task():
     items = [json.loads(line) for line in (DEMO_DATA / "tiny_world_mc.jsonl").read_text().splitlines()]
     chance = sum(1 / len(item["choices"]) for item in items) / len(items)
     accuracy = results["tiny_world_mc"]["acc,none"]
-    assert chance < 0.12
-    assert accuracy > 4 * chance, accuracy
+    assert chance < 0.2
+    assert accuracy > 4 * chance, (accuracy, chance)
     assert 1.0 < results["tiny_world_ppl"]["byte_perplexity,none"] < 3.0

@@ -15,7 +15,9 @@ from quantmill.runstore import COMPLETE_MARKER
 from tests.conftest import DEMO_MODEL
 from tests.methods.conftest import prompt_logits
 
-# (method, parameters, bits for the size check, max relative logit error)
+# (method, parameters, bits for the size check, max relative logit error).
+# torchao's int8-dynamic-intx keeps 4-bit values unpacked in int8 storage, so it
+# is checked as 8-bit storage: its files are ~2x, not ~4x, smaller.
 SETTINGS = [
     ("gptq", {"bits": 4, "group_size": 128}, 4, 0.35),
     ("gptq", {"bits": 8, "group_size": 128}, 8, 0.05),
@@ -31,7 +33,7 @@ SETTINGS = [
     ("bnb", {"type": "fp4"}, 4, 0.5),
     ("bnb", {"type": "int8"}, 8, 0.1),
     ("torchao", {"scheme": "int8-weight-only"}, 8, 0.05),
-    ("torchao", {"scheme": "int8-dynamic-intx", "weight_bits": 4, "group_size": 32}, 4, 0.35),
+    ("torchao", {"scheme": "int8-dynamic-intx", "weight_bits": 4, "group_size": 32}, 8, 0.35),
     ("hqq", {"bits": 4, "group_size": 64}, 4, 0.35),
     ("hqq", {"bits": 8, "group_size": 64}, 8, 0.05),
 ]

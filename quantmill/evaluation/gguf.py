@@ -1,0 +1,207 @@
+"""An lm-eval backend over ``llama_cpp.Llama``, so GGUF variants see the same requests as HF ones.
+
+Registered with lm-eval as ``quantmill-gguf``. Requests are tokenized the way
+lm-eval's HF backend does it (context and continuation split on the whole
+string's tokens; trailing context whitespace moved to the continuation), and
+rolling log-likelihood uses the same windows as quantmill's perplexity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from quantmill.evaluation.backends import EvalModel, free_memory
+from quantmill.evaluation.perplexity import windows_for
+
+MAX_CONTEXT = 4096
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX, whose llama.cpp kernels crash here (SIGSEGV in ggml_backend_amx_mul_mat)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def weight_repacking(enabled: bool) -> Iterator[None]:
+    """Turn llama.cpp's weight repacking (extra buffer types, AMX among them) off for models loaded inside.
+
+    llama-cpp-python has no argument for it, so the default model parameters it
+    starts from are adjusted while the model loads. Repacking only changes speed.
+    """
+    import llama_cpp.llama_cpp as llama_cpp  # the module llama_cpp.Llama reads its defaults from
+
+    if enabled:
+        yield
+        return
+    original = llama_cpp.llama_model_default_params
+
+    def without_repacking():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        llama_cpp.llama_model_default_params = original
+
+
+def trained_context(path: Path) -> int:
+    """The context length the model was trained with, from the GGUF header."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    fields = {f.name: f for f in reader.fields.values()}
+    arch_field = fields.get("general.architecture")
+    arch = bytes(arch_field.parts[-1]).decode() if arch_field else "llama"
+    length = fields.get(f"{arch}.context_length")
+    return int(length.parts[-1][0]) if length else 2048
+
+
+def _log_softmax(rows: np.ndarray) -> np.ndarray:
+    shifted = rows - rows.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@register_model("quantmill-gguf")
+class LlamaCppLM(LM):
+    """lm-eval's LM interface over a GGUF file."""
+
+    def __init__(self, model_path: str, n_threads: int | None = None, n_gpu_layers: int = 0, **_unused) -> None:
+        super().__init__()
+        import os
+
+        from llama_cpp import Llama
+
+        self.n_ctx = min(trained_context(Path(model_path)), MAX_CONTEXT)
+        with weight_repacking(not has_amx()):
+            self.llm = Llama(model_path, n_ctx=self.n_ctx, n_batch=self.n_ctx, logits_all=True, verbose=False,
+                             n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, seed=0)  # fmt: skip
+        self.prefix_token = self.llm.token_bos() if self.llm.token_bos() >= 0 else self.llm.token_eos()
+
+    # -- tokens ---------------------------------------------------------------
+    def tok(self, text: str, add_special: bool = True) -> list[int]:
+        """llama.cpp adds BOS here only when the model's vocabulary says so, like HF tokenizers."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=False) if text else []
+
+    def _logprobs(self, tokens: list[int]) -> np.ndarray:
+        """Row i: log-probabilities of the token after tokens[i]."""
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return _log_softmax(np.asarray(self.llm.scores[: len(tokens)], dtype=np.float64))
+
+    def score_windows(self, windows: Sequence[tuple[list[int], int]]) -> list[float]:
+        sums = []
+        for tokens, n_scored in windows:
+            logprobs = self._logprobs(tokens[:-1])
+            targets = tokens[len(tokens) - n_scored :]
+            rows = logprobs[len(tokens) - n_scored - 1 :]
+            sums.append(float(sum(rows[i, t] for i, t in enumerate(targets))))
+        return sums
+
+    # -- lm-eval API ------------------------------------------------------------
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        results = []
+        for request in requests:
+            context, continuation = request.args
+            spaces = len(context) - len(context.rstrip())
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            if context:
+                whole = self.tok(context + continuation)
+                context_tokens = self.tok(context)
+                continuation_tokens = whole[len(context_tokens) :]
+            else:
+                context_tokens, continuation_tokens = [self.prefix_token], self.tok(continuation, add_special=False)
+            tokens = (context_tokens + continuation_tokens)[-(self.n_ctx + 1) :]
+            logprobs = self._logprobs(tokens[:-1])
+            rows = logprobs[len(tokens) - len(continuation_tokens) - 1 :]
+            total = float(sum(rows[i, t] for i, t in enumerate(continuation_tokens)))
+            greedy = all(int(rows[i].argmax()) == t for i, t in enumerate(continuation_tokens))
+            results.append((total, greedy))
+        return results
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        results = []
+        for request in requests:
+            ids = self.tok(request.args[0], add_special=False)
+            windows = windows_for(ids, self.prefix_token, self.n_ctx, self.n_ctx - 1)
+            results.append(sum(self.score_windows(windows)))
+        return results
+
+    def generate_until(self, requests) -> list[str]:
+        outputs = []
+        for request in requests:
+            context, kwargs = request.args
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_tokens = int(kwargs.get("max_gen_toks", 256))
+            outputs.append(self.greedy(context, max_tokens, until))
+        return outputs
+
+    def greedy(self, context: str, max_tokens: int, until: Sequence[str] = ()) -> str:
+        tokens = self.tok(context)[-self.n_ctx :]
+        text = b""
+        self.llm.reset()
+        for token in self.llm.generate(tokens, temp=0.0, top_k=1, reset=True):
+            if token == self.llm.token_eos() or max_tokens <= 0:
+                break
+            text += self.llm.detokenize([token])
+            max_tokens -= 1
+            decoded = text.decode("utf-8", errors="ignore")
+            if any(stop in decoded for stop in until):
+                return decoded[: min(decoded.index(s) for s in until if s in decoded)]
+        return text.decode("utf-8", errors="ignore")
+
+    def speed(self, prompts: Sequence[str], new_tokens: int) -> tuple[float, float]:
+        prefill_tokens = decode_tokens = 0
+        prefill_seconds = decode_seconds = 0.0
+        for prompt in prompts:
+            tokens = [self.prefix_token, *self.tok(prompt, add_special=False)]
+            self.llm.reset()
+            self.llm.eval(tokens)  # warm-up
+            self.llm.reset()
+            start = time.perf_counter()
+            self.llm.eval(tokens)
+            prefill_seconds += time.perf_counter() - start
+            prefill_tokens += len(tokens)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+                self.llm.eval([token])
+            decode_seconds += time.perf_counter() - start
+            decode_tokens += new_tokens
+        return prefill_tokens / prefill_seconds, decode_tokens / decode_seconds
+
+
+def gguf_file(folder: Path) -> Path:
+    files = sorted(p for p in folder.glob("*.gguf") if p.name != "imatrix.gguf")
+    if len(files) != 1:
+        raise FileNotFoundError(f"expected one model .gguf file in {folder}, found {[p.name for p in files]}")
+    return files[0]
+
+
+def gguf_eval_model(path: Path, device: str) -> EvalModel:
+    """The :class:`EvalModel` of a GGUF file (or of a folder holding one)."""
+    file = gguf_file(path) if path.is_dir() else path
+    lm = LlamaCppLM(str(file), n_gpu_layers=-1 if device.startswith("cuda") else 0)
+
+    def tokenize(text: str) -> list[int]:
+        return lm.tok(text, add_special=False)
+
+    def release() -> None:
+        lm.llm.close()  # llama.cpp memory is not Python's: free it now, not at interpreter exit
+        free_memory()
+
+    return EvalModel(lm, lm.score_windows, tokenize, lm.prefix_token, lm.speed, release)

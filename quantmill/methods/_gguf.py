@@ -1,0 +1,170 @@
+"""The GGUF method's work: llama.cpp conversion, importance matrix, quantization, fallbacks.
+
+Kept apart from ``gguf.py`` (the declaration) because it is the one method whose
+work spans several tools and shared intermediates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from quantmill.errors import QuantizationError
+from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, run_tool
+from quantmill.methods.base import QuantizeContext, package_version, require
+
+log = logging.getLogger(__name__)
+
+IMATRIX_CONTEXT = 128
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock, so parallel variants make a shared intermediate once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _short(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def model_name(ctx: QuantizeContext) -> str:
+    return ctx.source_dir.resolve().name
+
+
+def base_gguf(llama: LlamaCpp, ctx: QuantizeContext, outtype: str = "f16") -> Path:
+    """The unquantized GGUF of the baseline, converted once per revision."""
+    target = ctx.shared_dir / f"base-{outtype}-{_short(ctx.source_revision)}.gguf"
+    with _locked(target):
+        if not target.is_file():
+            partial = target.with_suffix(".partial")
+            llama.convert(ctx.source_dir, partial, outtype)
+            os.replace(partial, target)
+    return target
+
+
+def importance_matrix(llama: LlamaCpp, ctx: QuantizeContext, base: Path) -> tuple[Path, dict]:
+    """llama-imatrix over the recipe's calibration texts, computed once per revision and data."""
+    calibration = ctx.require_calibration("a GGUF importance matrix")
+    tool = llama.tool("llama-imatrix")
+    if tool is None:
+        raise QuantizationError("an importance matrix needs llama.cpp's llama-imatrix: run `quantmill setup llama-cpp`")
+    target = ctx.shared_dir / f"imatrix-{_short(ctx.source_revision, calibration.fingerprint)}.gguf"
+    info = {"dataset": calibration.source, "fingerprint": calibration.fingerprint,
+            "samples": len(calibration.texts), "context": IMATRIX_CONTEXT}  # fmt: skip
+    with _locked(target):
+        if not target.is_file():
+            text = ctx.shared_dir / f"calibration-{calibration.fingerprint[:16]}.txt"
+            text.write_text("\n".join(calibration.texts) + "\n")
+            partial = target.with_suffix(".partial.gguf")
+            output = run_tool([str(tool), "-m", str(base), "-f", str(text), "-o", str(partial),
+                               "-c", str(IMATRIX_CONTEXT), "-t", str(os.cpu_count() or 1)], what="llama-imatrix")  # fmt: skip
+            os.replace(partial, target)
+            target.with_suffix(".json").write_text(json.dumps({**info, "chunks": output.count("[") or None}))
+    return target, info
+
+
+@contextlib.contextmanager
+def _captured_llama_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines (where fallbacks are reported) during in-process calls."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _quantize_in_process(base: Path, out: Path, gguf_type: str) -> str:
+    import llama_cpp
+
+    name = "LLAMA_FTYPE_ALL_F32" if gguf_type == "f32" else f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}"
+    ftype = getattr(llama_cpp, name, None)
+    if ftype is None:
+        raise QuantizationError(f"this llama-cpp-python has no {gguf_type.upper()} quantization type")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    with _captured_llama_log() as lines:
+        status = llama_cpp.llama_model_quantize(str(base).encode(), str(out).encode(), ctypes.byref(params))
+    if status != 0:
+        raise QuantizationError(f"llama_model_quantize failed for {gguf_type.upper()}: {''.join(lines)[-800:]}")
+    return "".join(lines)
+
+
+def describe_file(path: Path) -> dict:
+    """Tensor types, parameter count and effective bits per weight, read from the GGUF file itself."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    parameters = sum(int(t.n_elements) for t in reader.tensors)
+    size = path.stat().st_size
+    return {"tensor_types": dict(types), "parameters": parameters, "bytes": size,
+            "bits_per_weight": round(size * 8 / parameters, 3)}  # fmt: skip
+
+
+def quantize(params, ctx: QuantizeContext) -> dict:
+    require("llama_cpp", "llama-cpp-python", "gguf", "GGUF quantization")
+    llama = find_llama_cpp()
+    if llama is None:
+        raise QuantizationError(
+            "GGUF needs llama.cpp's convert_hf_to_gguf.py: run `quantmill setup llama-cpp` "
+            "(or set LLAMA_CPP_DIR to a llama.cpp checkout)"
+        )
+    gguf_type = params.type
+    out = ctx.out_dir / f"{model_name(ctx)}-{gguf_type.upper()}.gguf"
+    if gguf_type in ("f16", "bf16", "f32"):
+        converted = base_gguf(llama, ctx, gguf_type)
+        shutil.copyfile(converted, out)
+        return {"backend": "llama.cpp", "tool": "convert_hf_to_gguf.py", "file": out.name, "fallbacks": [],
+                "imatrix": None, "llama_cpp_origin": llama.origin, **describe_file(out)}  # fmt: skip
+    base = base_gguf(llama, ctx)
+    imatrix = None
+    tool = llama.tool("llama-quantize")
+    if params.use_imatrix:
+        imatrix_path, imatrix = importance_matrix(llama, ctx, base)
+        shutil.copyfile(imatrix_path, ctx.out_dir / "imatrix.gguf")  # published beside the GGUF files
+    if tool is not None:
+        command = [str(tool)]
+        if imatrix is not None:
+            command += ["--imatrix", str(imatrix_path)]
+        log_text = run_tool(command + [str(base), str(out), gguf_type.upper(), str(os.cpu_count() or 1)],
+                            what="llama-quantize")  # fmt: skip
+        how = "llama-quantize"
+    else:
+        log_text = _quantize_in_process(base, out, gguf_type)
+        how = "llama_cpp.llama_model_quantize (in-process; tools not built, so no imatrix)"
+    return {
+        "backend": "llama.cpp",
+        "backend_version": package_version("llama-cpp-python"),
+        "tool": how,
+        "llama_cpp_origin": llama.origin,
+        "file": out.name,
+        "base": base.name,
+        "fallbacks": parse_fallbacks(log_text),
+        "imatrix": imatrix,
+        **describe_file(out),
+    }
