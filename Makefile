@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install tools browser demo test bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,20 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-demo: install
+# llama.cpp's converter and tools, built once into ~/.cache/quantmill (a no-op afterwards)
+tools: install
+	$(BIN)/quantmill setup llama-cpp
+
+# Debian's Chromium, for the test that opens report.html headless
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium: the HTML rendering test will be skipped"
+
+demo: tools
 	$(BIN)/quantmill validate recipes/
 	$(BIN)/quantmill plan recipes/demo.yaml
 	$(BIN)/quantmill run recipes/demo.yaml
 
-test: install
+test: tools browser
 	$(BIN)/python -m pytest
 
 clean:

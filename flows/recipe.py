@@ -23,6 +23,7 @@ from quantmill.gates import Verdict
 from quantmill.pipeline import select_variants, start_run
 from quantmill.plan import variant_setting
 from quantmill.recipe import load_recipe
+from quantmill.report.render import write_report
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
@@ -30,6 +31,7 @@ from quantmill.tasks.limits import ensure_limit, limit_name
 from quantmill.tasks.steps import (
     baseline_task,
     calibration_task,
+    publish_task,
     evaluate_task,
     gate_task,
     quantize_task,
@@ -65,7 +67,8 @@ def _cached(future: PrefectFuture) -> bool:
 
 @flow(name="quantize-evaluate-publish", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
 def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, runs_dir: str | None = None,
-                              heavy_slots: int | None = None) -> dict[str, Any]:  # fmt: skip
+                              heavy_slots: int | None = None, publish: bool = True, target: str | None = None,
+                              inputs_fingerprint: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run one recipe end to end and return its results (also written to ``results.json``).
 
     Args:
@@ -74,6 +77,9 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
         runs_dir: the run store (default: ``QUANTMILL_RUNS_DIR``).
         heavy_slots: size of the heavy-task concurrency limit when it is created
             (default: visible GPUs on CUDA, 1 on the CPU).
+        publish: publish the variants that pass (to the recipe's target).
+        target: ``local`` or ``hub``, overriding the recipe's publish target.
+        inputs_fingerprint: what the zoo flow compares to decide whether a recipe changed.
     """
     logger = get_run_logger()
     loaded = load_recipe(recipe_path)
@@ -82,6 +88,7 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
     run = start_run(Path(recipe_path), only=only, store=store)
     results = run.read_results()
     results["status"] = "running"
+    results["inputs_fingerprint"] = inputs_fingerprint
     run.write_results(results)
 
     device = resolve_device(loaded.recipe.device)
@@ -99,10 +106,10 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
     dtype = loaded.recipe.model.dtype
     evaluation = loaded.recipe.evaluation
 
-    storage = result_storage(loaded.name, cache)
+    storage = result_storage(loaded.name, cache / "results")
 
     def cached(task, key: str):
-        policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache)
+        policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache / "keys")
         return task.with_options(cache_policy=policy, persist_result=True, result_storage=storage,
                                  result_serializer="json")  # fmt: skip
 
@@ -149,7 +156,69 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
             logger.info("variant %s %s", variant_id, verdict.status)
         run.write_results(results)
 
+    publish_to = (target or loaded.recipe.publish.target) if publish else "none"
+    if publish_to != "none":
+        _publish_passed(loaded, results, publish_to, run)
     results["status"] = "completed"
     results["finished"] = datetime.now(UTC).isoformat()
+    previous = _previous_results(store, loaded.name, run.run_id)
+    regressions = write_report(run.path, results, previous)
+    results["regressions"] = [r.to_dict() for r in regressions]
     run.write_results(results)
+    _publish_artifacts(results, run.path)
     return run.read_results() | {"run_path": str(run.path)}
+
+
+def _previous_results(store: RunStore, recipe: str, current: str) -> dict[str, Any] | None:
+    """The latest earlier run of the recipe that completed, for regression checks."""
+    for earlier in reversed(store.runs(recipe)):
+        if earlier.run_id >= current:
+            continue
+        try:
+            results = earlier.read_results()
+        except Exception:  # an unreadable old run is skipped, not fatal  # noqa: BLE001
+            continue
+        if results.get("status") == "completed":
+            return results
+    return None
+
+
+def _publish_artifacts(results: dict[str, Any], run_path: Path) -> None:
+    """A table artifact (variant × metrics × verdict) and the markdown report, for the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from quantmill.report.render import COLUMNS, rows
+
+    key = re.sub(r"[^a-z0-9-]", "-", f"quantmill-{results['recipe']}")
+    create_table_artifact([dict(zip(COLUMNS, row, strict=True)) for row in rows(results)], key=f"{key}-table",
+                          description=f"{results['recipe']} run {results['run_id']}")  # fmt: skip
+    create_markdown_artifact((run_path / "report.md").read_text(), key=f"{key}-report",
+                             description=f"{results['recipe']} run {results['run_id']}")  # fmt: skip
+
+
+def _publish_passed(loaded, results: dict[str, Any], publish_to: str, run) -> None:
+    """Publish every passing variant, each as one commit; related repos link to each other."""
+    from quantmill.publish.publisher import make_target, repo_id_for
+
+    target = make_target(loaded, publish_to)
+    passed = [v for v, entry in results["variants"].items() if entry.get("status") == "passed"]
+    related = [{"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))),
+                "note": results["variants"][v]["method"]} for v in passed]  # fmt: skip
+    for variant_id in passed:
+        future = publish_task.submit(loaded, loaded.variant(variant_id), results["variants"][variant_id],
+                                     results["baseline"]["evaluation"], results["model"]["revision"], publish_to,
+                                     run.run_id, related)  # fmt: skip
+        error = _error(future)
+        results["variants"][variant_id]["publish"] = future.result() if error is None else {"status": "failed",
+                                                                                              "error": error}  # fmt: skip
+        run.write_results(results)
+
+
+def run_recipe(recipe_path: str, *, only: list[str] | None = None, runs_dir: str | None = None,
+               workers: int = 4, heavy_slots: int | None = None, publish: bool = True, target: str | None = None,
+               task_runner=None) -> dict[str, Any]:  # fmt: skip
+    """Run the recipe flow with ``workers`` concurrent tasks (or a given task runner, e.g. Dask)."""
+    runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
+    return quantize_evaluate_publish.with_options(task_runner=runner)(
+        recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots, publish=publish, target=target
+    )

@@ -147,9 +147,10 @@ def render_results(results: dict) -> Table:
 def cmd_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from quantmill.errors import GateFailedError
-    from quantmill.flows.recipe import quantize_evaluate_publish
+    from quantmill.flows.recipe import run_recipe
 
-    results = quantize_evaluate_publish(str(args.recipe), only=args.only)
+    results = run_recipe(str(args.recipe), only=args.only, workers=args.workers, publish=not args.no_publish,
+                         target=args.target)  # fmt: skip
     console.print(render_results(results))
     console.print(f"results: {results['run_path']}/results.json")
     failed = [v for v, e in results["variants"].items() if e.get("status") != "passed"]
@@ -158,16 +159,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from quantmill.publish.publish_run import publish_run
+
+    for result in publish_run(args.run, force=args.force or [], target=args.target):
+        console.print(f"{result.variant}: {result.status} → {result.url}", highlight=False)
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from quantmill.flows.zoo import zoo
+
+    outcomes = zoo(str(args.recipes), publish=not args.no_publish)
+    for name, outcome in outcomes.items():
+        console.print(f"{name}: {outcome['status']}" + (f" (failed: {', '.join(outcome['failed'])})"
+                                                      if outcome.get("failed") else ""), highlight=False)  # fmt: skip
+    return 3 if any(o.get("failed") or o["status"] == "invalid" for o in outcomes.values()) else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from quantmill.flows.deploy import deploy
+
+    for name, cron in deploy(args.recipes, work_pool=args.work_pool, zoo_cron=args.cron).items():
+        console.print(f"deployment {name}: cron '{cron}'", highlight=False)
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from quantmill.llamacpp import setup_llama_cpp
+
+    found = setup_llama_cpp(build=not args.no_build, cuda=args.cuda, say=lambda line: console.print(f"• {line}"))
+    for name, path in sorted(found.tools.items()):
+        console.print(f"  {name}: {path}", highlight=False)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from quantmill.report.render import write_report
     from quantmill.runstore import Run
 
     results = Run(args.run).read_results()
-    table = Table(title=f"{results.get('recipe')} run {results.get('run_id')}: {results.get('status')}")
-    for column in ("variant", "method", "status"):
-        table.add_column(column)
-    for variant_id, variant in results.get("variants", {}).items():
-        table.add_row(variant_id, variant.get("method", "?"), variant.get("status", "?"))
-    console.print(table)
+    previous = Run(args.compare).read_results() if args.compare else None
+    regressions = write_report(args.run, results, previous)
+    console.print(render_results(results))
+    for regression in regressions:
+        console.print(f"[red]regression[/red] {regression.variant} {regression.what}: {regression.before} → "
+                      f"{regression.after} ({regression.why})", highlight=False)  # fmt: skip
+    console.print(f"report: {args.run / 'report.html'}")
     return 0
 
 
@@ -203,9 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", cmd_run, "run a recipe (creates a run folder in the run store)")
     run.add_argument("recipe", type=Path)
     run.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
+    run.add_argument("--workers", type=int, default=4, help="concurrent tasks (heavy ones still share the limit)")
+    run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
+    run.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
 
-    report = add("report", cmd_report, "summarise a run from its results.json")
+    zoo = add("zoo", cmd_zoo, "run every recipe in a folder whose inputs changed (the nightly job)")
+    zoo.add_argument("recipes", type=Path, help="folder of recipes")
+    zoo.add_argument("--no-publish", action="store_true")
+
+    deploy = add("deploy", cmd_deploy, "register the nightly zoo and scheduled recipes with a Prefect server")
+    deploy.add_argument("recipes", type=Path, nargs="?", default=Path("recipes"), help="folder of recipes")
+    deploy.add_argument("--work-pool", default="quantmill-local", help="process work pool (created if missing)")
+    deploy.add_argument("--cron", default="0 2 * * *", help="schedule of the nightly zoo run")
+
+    publish = add("publish", cmd_publish, "publish a finished run's passing variants (again, or to another target)")
+    publish.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
+    publish.add_argument("--force", action="append", metavar="VARIANT",
+                         help="publish this variant although it failed its gates (the card says so); repeatable")
+    publish.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
+
+    setup = add("setup", cmd_setup, "fetch and build external tools (llama.cpp's converter and quantizer)")
+    setup.add_argument("tool", choices=["llama-cpp"], help="what to set up")
+    setup.add_argument("--no-build", action="store_true", help="only fetch the source (conversion works, no imatrix)")
+    setup.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=None,
+                       help="build with CUDA (default: when nvcc and a GPU are present)")  # fmt: skip
+
+    report = add("report", cmd_report, "write and show a run's report (report.md, report.html, plots)")
     report.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
+    report.add_argument("--compare", type=Path, metavar="RUN", help="flag regressions against this earlier run")
     return parser
 
 

@@ -134,10 +134,14 @@ def _unpack(archive: Path, target: Path) -> None:
         tar.extractall(target, filter="data")
 
 
-def setup_llama_cpp(*, cuda: bool | None = None, say: Callable[[str], None] = log.info) -> LlamaCpp:
+def setup_llama_cpp(
+    *, build: bool = True, cuda: bool | None = None, say: Callable[[str], None] = log.info
+) -> LlamaCpp:
     """Fetch and build llama.cpp's tools for the installed llama-cpp-python; a no-op when done.
 
     Args:
+        build: also build the tools (without them, conversion works and quantization
+            falls back to the in-process ``llama_model_quantize``, without imatrix).
         cuda: build with CUDA (default: when ``nvcc`` is on PATH and a GPU is visible).
         say: receives one line per step, for progress.
 
@@ -155,8 +159,6 @@ def setup_llama_cpp(*, cuda: bool | None = None, say: Callable[[str], None] = lo
     if (root / _BUILT_MARKER).is_file() and existing is not None and all(existing.tool(t) for t in TOOLS):
         say(f"llama.cpp tools already built in {root}")
         return existing
-    if shutil.which("cmake") is None:
-        raise LlamaCppError("building llama.cpp needs cmake and a C++ compiler on PATH")
     root.mkdir(parents=True, exist_ok=True)
     if _tree_in(root / "src") is None:
         with tempfile.TemporaryDirectory(dir=root) as scratch:
@@ -168,6 +170,13 @@ def setup_llama_cpp(*, cuda: bool | None = None, say: Callable[[str], None] = lo
             shutil.move(str(unpacked), root / "src")
     tree = _tree_in(root / "src")
     assert tree is not None
+    if not build:
+        say(f"llama.cpp source ready in {tree} (tools not built)")
+        found = find_llama_cpp()
+        assert found is not None
+        return found
+    if shutil.which("cmake") is None:
+        raise LlamaCppError("building llama.cpp needs cmake and a C++ compiler on PATH")
     if cuda is None:
         cuda = shutil.which("nvcc") is not None and _gpu_visible()
     build = root / "build"

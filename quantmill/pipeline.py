@@ -48,6 +48,7 @@ def start_run(recipe_path: Path, only: list[str] | None = None, store: RunStore 
     run.write_results(
         {
             "recipe": loaded.name,
+            "recipe_path": str(Path(recipe_path).resolve()),
             "recipe_sha256": loaded.sha256,
             "run_id": run.run_id,
             "started": datetime.now(UTC).isoformat(),

@@ -96,9 +96,31 @@ def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path
         from quantmill.evaluation.gguf import gguf_eval_model, gguf_file
 
         weights = gguf_file(artifact_path)
-        return evaluate_model(lambda: gguf_eval_model(weights, device), weights, evaluation_setup(loaded, device))
+        result = evaluate_model(lambda: gguf_eval_model(weights, device), weights, evaluation_setup(loaded, device))
+        _add_kl_divergence(loaded, artifact_path, weights, result)
+        return result
     load = _transformers_loader(artifact_path, artifact_path, "auto", device, _batch_size(loaded, device), spec.load)
     return evaluate_model(load, artifact_path, evaluation_setup(loaded, device))
+
+
+def _add_kl_divergence(loaded: LoadedRecipe, artifact_path: Path, weights: Path, result: EvaluationResult) -> None:
+    """KLD against the unquantized GGUF, when llama.cpp's tools and a perplexity corpus exist."""
+    from quantmill.evaluation.kld import kl_divergence
+    from quantmill.llamacpp import find_llama_cpp
+    from quantmill.quantize import read_artifact
+    from quantmill.textdata import load_texts
+
+    llama = find_llama_cpp()
+    perplexity = loaded.recipe.evaluation.perplexity
+    details = read_artifact(artifact_path).provenance["details"]
+    if llama is None or llama.tool("llama-perplexity") is None or perplexity is None or "base" not in details:
+        result.details["kld"] = "not measured: needs llama.cpp's llama-perplexity and a perplexity corpus"
+        return
+    base = artifact_path.parent / ".shared" / details["base"]
+    corpus = base.with_name(f"kld-corpus-{base.stem}.txt")
+    if not corpus.is_file():
+        corpus.write_text("\n".join(load_texts(perplexity.dataset, loaded.base_dir)) + "\n")
+    result.metrics["kld"] = kl_divergence(llama, base, weights, corpus, min(perplexity.max_length, 512))
 
 
 def gate_variant(

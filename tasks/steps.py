@@ -90,3 +90,26 @@ def gate_task(variant: Variant, result: dict[str, Any] | None, baseline: dict[st
         EvaluationResult.from_dict(baseline) if baseline else None,
         error,
     )
+
+
+@task(name="publish", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+      cache_policy=NONE)  # fmt: skip
+def publish_task(loaded: LoadedRecipe, variant: Variant, entry: dict[str, Any], baseline: dict[str, Any] | None,
+                 revision: str, target: str, run_id: str, related: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+    """Publishing is idempotent (content fingerprint), so retrying after a network error is safe."""
+    from quantmill.publish.publisher import make_target, publish_variant
+
+    result = publish_variant(
+        loaded,
+        variant,
+        artifact_path=Path(entry["artifact"]),
+        provenance=read_artifact(Path(entry["artifact"])).provenance,
+        evaluation=EvaluationResult.from_dict(entry["evaluation"]),
+        baseline=EvaluationResult.from_dict(baseline) if baseline else None,
+        verdict=Verdict.from_dict(entry["verdict"]),
+        revision=revision,
+        target=make_target(loaded, target),
+        run_id=run_id,
+        related=[link for link in related if link["name"] != variant.id],
+    )
+    return result.to_dict()

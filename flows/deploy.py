@@ -1,0 +1,65 @@
+"""Register quantmill's deployments with a running Prefect server (``quantmill deploy``).
+
+Deployments: ``nightly-zoo`` runs :func:`~quantmill.flows.zoo.zoo` over a recipes
+folder on a cron schedule, and every recipe with its own ``schedule:`` gets a
+``recipe-<name>`` deployment on that schedule (the zoo then skips it). They run
+on a process work pool, created if missing; ``infra/`` holds Docker and
+Kubernetes GPU pool templates for production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.flows import Flow
+
+from quantmill.errors import RecipeError
+from quantmill.recipe import load_recipe
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_POOL = "quantmill-local"
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def ensure_process_pool(name: str) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def deploy(recipes_dir: Path, *, work_pool: str = DEFAULT_POOL, zoo_cron: str = NIGHTLY_CRON,
+           source: Path = PROJECT_ROOT) -> dict[str, str]:  # fmt: skip
+    """Create or update the deployments; returns ``{deployment name: cron}``.
+
+    Raises:
+        RecipeError: when a recipe in the folder is invalid (nothing is registered then).
+    """
+    recipes = []
+    problems = []
+    for path in sorted(Path(recipes_dir).glob("*.yaml")):
+        try:
+            recipes.append((path.resolve(), load_recipe(path)))
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise RecipeError(problems)
+    ensure_process_pool(work_pool)
+    registered = {}
+    zoo = Flow.from_source(source=str(source), entrypoint="flows/zoo.py:zoo")
+    zoo.deploy(name="nightly-zoo", work_pool_name=work_pool, cron=zoo_cron, build=False, push=False,
+               parameters={"recipes_dir": str(Path(recipes_dir).resolve()), "skip_scheduled": True},
+               print_next_steps=False)  # fmt: skip
+    registered["nightly-zoo"] = zoo_cron
+    recipe_flow = Flow.from_source(source=str(source), entrypoint="flows/recipe.py:quantize_evaluate_publish")
+    for path, loaded in recipes:
+        if loaded.recipe.schedule:
+            name = f"recipe-{loaded.name}"
+            recipe_flow.deploy(name=name, work_pool_name=work_pool, cron=loaded.recipe.schedule, build=False,
+                               push=False, parameters={"recipe_path": str(path)}, print_next_steps=False)  # fmt: skip
+            registered[name] = loaded.recipe.schedule
+    return registered

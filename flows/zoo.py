@@ -1,0 +1,73 @@
+"""The nightly zoo flow: run every recipe in a folder whose inputs changed since its last run.
+
+A recipe is re-run only when its text, the upstream model revision, or the
+versions of quantmill and its backends changed; otherwise it is recorded as
+``unchanged`` in seconds. One bad recipe never stops the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from quantmill import cachekeys
+from quantmill.errors import QuantmillError
+from quantmill.recipe import load_recipe
+from quantmill.runstore import RunStore
+from quantmill.settings import get_settings
+from quantmill.flows.recipe import quantize_evaluate_publish
+from quantmill.tasks.steps import resolve_model_task
+
+
+def inputs_fingerprint(recipe_text: str, revision: str) -> str:
+    versions = cachekeys.versions(tuple(sorted({p for ps in cachekeys._METHOD_PACKAGES.values() for p in ps})))
+    return hashlib.sha256(json.dumps([recipe_text, revision, versions], sort_keys=True).encode()).hexdigest()
+
+
+def last_fingerprint(store: RunStore, recipe: str) -> str | None:
+    for run in reversed(store.runs(recipe)):
+        try:
+            results = run.read_results()
+        except QuantmillError:
+            continue
+        if results.get("status") == "completed":
+            return results.get("inputs_fingerprint")
+    return None
+
+
+@flow(name="quantmill-zoo")
+def zoo(recipes_dir: str, runs_dir: str | None = None, publish: bool = True,
+        skip_scheduled: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Run each recipe in ``recipes_dir`` whose inputs changed; returns ``{recipe file: outcome}``.
+
+    ``skip_scheduled`` leaves out recipes with their own ``schedule:`` (they have
+    their own deployment).
+    """
+    logger = get_run_logger()
+    store = RunStore(Path(runs_dir) if runs_dir else get_settings().runs_dir)
+    outcomes: dict[str, Any] = {}
+    for path in sorted(Path(recipes_dir).glob("*.yaml")):
+        try:
+            loaded = load_recipe(path)
+            resolved = resolve_model_task(loaded)
+        except QuantmillError as exc:
+            logger.error("%s: %s", path.name, exc)
+            outcomes[path.name] = {"status": "invalid", "error": str(exc)}
+            continue
+        if skip_scheduled and loaded.recipe.schedule:
+            outcomes[path.name] = {"status": "scheduled separately", "schedule": loaded.recipe.schedule}
+            continue
+        fingerprint = inputs_fingerprint(loaded.text, resolved.revision)
+        if fingerprint == last_fingerprint(store, loaded.name):
+            logger.info("%s: unchanged since its last run", path.name)
+            outcomes[path.name] = {"status": "unchanged"}
+            continue
+        results = quantize_evaluate_publish(str(path), runs_dir=str(store.root), publish=publish,
+                                            inputs_fingerprint=fingerprint)  # fmt: skip
+        failed = sorted(v for v, e in results["variants"].items() if e.get("status") != "passed")
+        outcomes[path.name] = {"status": "ran", "run": results["run_id"], "failed": failed}
+    return outcomes

@@ -1,0 +1,188 @@
+"""Model cards built only from what this run measured.
+
+Metadata goes through huggingface_hub's ``ModelCardData`` (with ``EvalResult``
+for every task metric, so the Hub shows a model-index); the body is the Jinja
+template shipped in ``quantmill/templates`` (or the recipe's own). Every number
+in a card comes from the variant's provenance, evaluation or verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quantmill.evaluation.results import EvaluationResult
+from quantmill.gates import Verdict
+from quantmill.metrics import split_task_metric
+from quantmill.plan import variant_setting
+from quantmill.recipe.load import LoadedRecipe
+from quantmill.recipe.matrix import Variant
+
+_LIBRARY = {"gguf": "gguf", "hqq": "hqq"}
+_FORMAT_TAG = {"compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes", "gguf": "gguf",
+               "torchao": "torchao", "hqq": "hqq"}  # fmt: skip
+
+
+@dataclass
+class CardInputs:
+    """Everything a card may say, all measured or declared by this run."""
+
+    loaded: LoadedRecipe
+    variant: Variant
+    repo_id: str
+    provenance: dict[str, Any]
+    evaluation: EvaluationResult
+    baseline: EvaluationResult | None
+    verdict: Verdict
+    license: str
+    revision: str
+    forced: bool = False
+    related: list[dict[str, str]] = field(default_factory=list)
+    gguf_files: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _eval_rows(inputs: CardInputs) -> list[dict[str, str]]:
+    rows = []
+    for metric, measured in inputs.evaluation.metrics.items():
+        if metric in ("size_mb", "size_gb", "bits_per_weight", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_gb"):
+            continue
+        base = inputs.baseline.metrics.get(metric) if inputs.baseline else None
+        recovery = _fmt(measured.value / base.value) if base and base.value else "n/a"
+        rows.append({"metric": metric, "baseline": _fmt(base.value if base else None), "value": _fmt(measured.value),
+                     "recovery": recovery, "stderr": _fmt(measured.stderr)})  # fmt: skip
+    return rows
+
+
+def _gate_rows(verdict: Verdict) -> list[dict[str, str]]:
+    return [
+        {"metric": o.metric, "rule": o.rule + (" (warn)" if o.level == "warn" else ""), "threshold": f"{o.threshold:g}",
+         "observed": _fmt(o.observed), "baseline": _fmt(o.baseline),
+         "outcome": ("pass" if o.passed else "FAIL") + (f" — {o.note}" if o.note else "")}  # fmt: skip
+        for o in verdict.outcomes
+    ]
+
+
+def _size_rows(inputs: CardInputs) -> list[tuple[str, str]]:
+    names = {"size_mb": "weights on disk (MB)", "bits_per_weight": "bits per weight", "load_s": "load time (s)",
+             "prefill_tok_s": "prefill (tokens/s)", "decode_tok_s": "decode (tokens/s)",
+             "peak_rss_gb": "peak memory while evaluating (GB)"}  # fmt: skip
+    rows = [(label, _fmt(inputs.evaluation.value(key))) for key, label in names.items() if key in inputs.evaluation.metrics]
+    rows.append(("quantization time (s)", _fmt(inputs.provenance.get("seconds"))))
+    rows.append(("peak memory while quantizing (GB)", _fmt(inputs.provenance.get("peak_rss_bytes", 0) / 1e9)))
+    return rows
+
+
+def _usage(inputs: CardInputs) -> str:
+    repo, fmt = inputs.repo_id, inputs.variant.spec.output_format
+    if fmt == "gguf":
+        file = inputs.provenance["details"]["file"]
+        return (f"```bash\nllama-cli -hf {repo} -p \"Hello\"   # or: llama-cli -m {file}\n"
+                f"ollama run hf.co/{repo}\n```\n\n```python\nfrom llama_cpp import Llama\n"
+                f"llm = Llama.from_pretrained(\"{repo}\", filename=\"{file}\")\n```")  # fmt: skip
+    if fmt == "hqq":
+        return ("transformers 5 cannot load HQQ checkpoints; use hqq's loader:\n\n```python\n"
+                "from hqq.models.hf.base import AutoHQQHFModel\n"
+                f"model = AutoHQQHFModel.from_quantized(\"{repo}\")\n```")  # fmt: skip
+    snippet = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+               f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")\n"
+               f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n```")  # fmt: skip
+    if fmt == "compressed-tensors":
+        snippet += f"\n\nServe with vLLM:\n\n```bash\nvllm serve {repo}\n```"
+    return snippet
+
+
+def card_metadata(inputs: CardInputs):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    variant, loaded = inputs.variant, inputs.loaded
+    spec = variant.spec
+    results = []
+    for metric, measured in inputs.evaluation.metrics.items():
+        split = split_task_metric(metric)
+        if split is None:
+            continue
+        task, name = split
+        results.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task,
+                                  metric_type=name, metric_value=measured.value))  # fmt: skip
+    if "ppl" in inputs.evaluation.metrics and loaded.recipe.evaluation.perplexity:
+        corpus = loaded.recipe.evaluation.perplexity.dataset
+        name = corpus.hub or Path(corpus.path or "corpus").stem
+        results.append(EvalResult(task_type="text-generation", dataset_type=name, dataset_name=name,
+                                  metric_type="perplexity", metric_value=inputs.evaluation.value("ppl")))  # fmt: skip
+    bits = getattr(variant.params, "bits", None)
+    tags = ["quantmill", variant.method, _FORMAT_TAG.get(spec.output_format, spec.output_format)]
+    if bits is not None:
+        tags.append(f"{bits}-bit")
+    return ModelCardData(
+        base_model=loaded.recipe.model.id,
+        base_model_relation="quantized",
+        quantized_by="quantmill",
+        library_name=_LIBRARY.get(spec.output_format, "transformers"),
+        pipeline_tag="text-generation",
+        license=inputs.license,
+        tags=tags,
+        model_name=inputs.repo_id.split("/")[-1],
+        eval_results=results or None,
+        quantmill={"variant": variant.id, "recipe": loaded.name, "recipe_sha256": loaded.sha256,
+                   "verdict": inputs.verdict.status, "forced": inputs.forced},  # fmt: skip
+    )
+
+
+def _template_text(loaded: LoadedRecipe) -> str:
+    custom = loaded.recipe.publish.card_template
+    if custom:
+        return loaded.resolve(custom).read_text()
+    return resources.files("quantmill").joinpath("templates/model_card.md.j2").read_text()
+
+
+def render_card(inputs: CardInputs):
+    """The variant's ``ModelCard`` (huggingface_hub), rendered from the template."""
+    from huggingface_hub import ModelCard
+
+    variant, loaded, provenance = inputs.variant, inputs.loaded, inputs.provenance
+    calibration = provenance.get("calibration")
+    calibration_text = ("none (this method does not calibrate)" if not calibration else
+                        f"{calibration['samples']} samples, {calibration['tokens']} tokens from `{Path(calibration['source']).name}` "
+                        f"(fingerprint `{calibration['fingerprint'][:16]}`)")  # fmt: skip
+    row = next((r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {})
+    versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
+    lm_eval = inputs.evaluation.details.get("lm_eval", {}).get("lm_eval_version")
+    template = _template_text(loaded)
+    return ModelCard.from_template(
+        card_metadata(inputs),
+        template_str=template,
+        repo_name=inputs.repo_id.split("/")[-1],
+        summary=(f"`{loaded.recipe.model.id}` quantized with **{variant.method}** ({variant_setting(variant)}), "
+                 f"variant `{variant.id}` of recipe `{loaded.name}`, made and measured by quantmill."),  # fmt: skip
+        forced=inputs.forced,
+        usage=_usage(inputs),
+        lm_eval_version=lm_eval,
+        device=inputs.evaluation.details.get("device", "n/a"),
+        eval_rows=_eval_rows(inputs),
+        verdict=inputs.verdict.status,
+        gate_rows=_gate_rows(inputs.verdict),
+        size_rows=_size_rows(inputs),
+        gguf_files=inputs.gguf_files,
+        base_model=loaded.recipe.model.id,
+        revision=inputs.revision,
+        method=variant.method,
+        output_format=variant.spec.output_format,
+        parameters=json.dumps(variant.params.model_dump(mode="json"), sort_keys=True),
+        calibration=calibration_text,
+        recipe_name=loaded.name,
+        recipe_sha256=loaded.sha256[:16],
+        recipe_excerpt=yaml.safe_dump(row, sort_keys=False).strip(),
+        versions=versions,
+        reproduce=f"quantmill run {loaded.path.name if loaded.path else 'recipe.yaml'} --only {variant.id}",
+        related=inputs.related,
+        extras=loaded.recipe.publish.card_extras,
+    )

@@ -1,0 +1,148 @@
+"""Publish one variant: refuse what did not pass, build its card, commit once, never twice.
+
+Idempotence: the card's metadata carries ``quantmill.fingerprint``, a hash of the
+files and the card's own text. Publishing the same thing again finds the same
+fingerprint in the target and makes no commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from quantmill.errors import PublishError
+from quantmill.evaluation.results import EvaluationResult
+from quantmill.gates import Verdict
+from quantmill.publish.card import CardInputs, render_card
+from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_matter
+from quantmill.recipe.checks import is_local_model, render_repo_name
+from quantmill.recipe.load import LoadedRecipe
+from quantmill.recipe.matrix import Variant
+from quantmill.runstore import COMPLETE_MARKER
+
+log = logging.getLogger(__name__)
+
+_NOT_PUBLISHED = {COMPLETE_MARKER}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    variant: str
+    repo_id: str
+    url: str
+    status: str  # "published" or "unchanged"
+    fingerprint: str
+    commit: str | None = None
+    collection: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_target(loaded: LoadedRecipe, target: str | None = None) -> Target:
+    """The recipe's publish target (``target`` overrides the recipe's choice)."""
+    publish = loaded.recipe.publish
+    kind = target or publish.target
+    if kind == "local":
+        return LocalZoo(loaded.resolve(publish.path))
+    if kind == "hub":
+        return HubTarget(endpoint=publish.endpoint)
+    raise PublishError("publishing is off for this recipe (publish.target: none)")
+
+
+def repo_id_for(loaded: LoadedRecipe, variant: Variant) -> str:
+    publish = loaded.recipe.publish
+    return f"{publish.namespace}/{render_repo_name(publish.repo_name, loaded.recipe, variant, loaded.name)}"
+
+
+def base_model_license(loaded: LoadedRecipe) -> str | None:
+    """The license the base model declares in its card (local README, or the Hub's card data)."""
+    model_id = loaded.recipe.model.id
+    if is_local_model(model_id, loaded.base_dir):
+        card = loaded.resolve(model_id) / CARD
+        return front_matter(card.read_text()).get("license") if card.is_file() else None
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi(endpoint=loaded.recipe.publish.endpoint).model_info(model_id, revision=loaded.recipe.model.revision)
+    except Exception as exc:  # any failure to read it means we do not know the license
+        log.warning("could not read the license of %s: %s", model_id, type(exc).__name__)
+        return None
+    return (info.card_data or {}).get("license") if info.card_data else None
+
+
+def _files(artifact_path: Path) -> dict[str, Path]:
+    return {
+        str(p.relative_to(artifact_path)): p
+        for p in sorted(artifact_path.rglob("*"))
+        if p.is_file() and p.name not in _NOT_PUBLISHED
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(files: dict[str, Path], card_text: str) -> str:
+    digest = hashlib.sha256(card_text.encode())
+    for name, path in sorted(files.items()):
+        digest.update(f"{name}\0{_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def publish_variant(
+    loaded: LoadedRecipe,
+    variant: Variant,
+    *,
+    artifact_path: Path,
+    provenance: dict[str, Any],
+    evaluation: EvaluationResult,
+    baseline: EvaluationResult | None,
+    verdict: Verdict,
+    revision: str,
+    target: Target,
+    run_id: str,
+    force: bool = False,
+    related: list[dict[str, str]] | None = None,
+) -> PublishResult:
+    """Publish ``variant`` as one commit, or do nothing if the target already has exactly this.
+
+    Raises:
+        PublishError: the variant did not pass (and ``force`` is off), the license is
+            unknown, or the target refused the commit.
+    """
+    if verdict.status != "passed" and not force:
+        raise PublishError(f"{variant.id} is '{verdict.status}': only variants that pass their gates are published")
+    license_id = loaded.recipe.publish.license or base_model_license(loaded)
+    if not license_id:
+        raise PublishError(
+            f"the license of {loaded.recipe.model.id} is unknown: set publish.license in the recipe"
+        )
+    repo_id = repo_id_for(loaded, variant)
+    inputs = CardInputs(loaded, variant, repo_id, provenance, evaluation, baseline, verdict, license_id, revision,
+                        forced=force and verdict.status != "passed", related=list(related or []))  # fmt: skip
+    card = render_card(inputs)
+    files = _files(artifact_path)
+    print_ = fingerprint(files, str(card))
+    card.data.quantmill = {**card.data.quantmill, "fingerprint": print_}
+    text = str(card)
+    existing = target.read_card(repo_id)
+    if existing is not None and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_:
+        log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
+        return PublishResult(variant.id, repo_id, target.url(repo_id), "unchanged", print_)
+    publish = loaded.recipe.publish
+    message = f"quantmill: {variant.id} from recipe {loaded.name} (run {run_id})" + (" [forced]" if inputs.forced else "")
+    commit = target.commit(repo_id, {**files, CARD: text.encode()}, message, private=publish.private,
+                           create_pr=publish.create_pr)  # fmt: skip
+    collection = None
+    if publish.collection:
+        note = f"{variant.method} {variant.id}, {evaluation.value('size_mb') or 0:.3g} MB"
+        collection = target.add_to_collection(publish.namespace, publish.collection, repo_id, note)
+    return PublishResult(variant.id, repo_id, target.url(repo_id), "published", print_, commit, collection)

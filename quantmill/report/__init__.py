@@ -1,0 +1,1 @@
+"""Run reports: tables, Pareto plots, a deployment recommendation, regressions between runs."""

@@ -1,0 +1,126 @@
+"""The recipe flow through a real Prefect server: caching, resume, failure isolation, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+from tests.flows.conftest import fast_recipe
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+THREE = "    - {method: rtn, bits: [4, 8], group_size: 128}\n    - {method: bnb, type: int8}\n"
+
+
+def run_flow(recipe, runs, **kwargs):
+    from quantmill.flows.recipe import run_recipe
+
+    return run_recipe(str(recipe), runs_dir=str(runs), **kwargs)
+
+
+def test_baseline_once_then_a_rerun_does_nothing(tmp_path, write_recipe, calls):
+    recipe = write_recipe(fast_recipe(THREE))
+    first = run_flow(recipe, tmp_path / "runs")
+    assert calls.count("evaluate_baseline") == 1
+    assert calls.variants("quantize_one") == ["bnb-int8", "rtn-w4-g128", "rtn-w8-g128"]
+    assert calls.count("evaluate_variant") == 3
+    assert {v["status"] for v in first["variants"].values()} == {"passed"}
+
+    calls.log.clear()
+    second = run_flow(recipe, tmp_path / "runs")
+    assert calls.log == []  # no quantize or evaluate body ran
+    assert second["baseline"]["cached"] is True
+    assert all(v["cached"] == {"quantize": True, "evaluate": True} for v in second["variants"].values())
+    assert second["variants"]["rtn-w4-g128"]["evaluation"] == first["variants"]["rtn-w4-g128"]["evaluation"]
+    assert second["run_id"] != first["run_id"]
+
+
+def test_adding_a_variant_runs_only_that_branch(tmp_path, write_recipe, calls):
+    run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs")
+    calls.log.clear()
+    grown = write_recipe(fast_recipe(THREE + "    - {method: rtn, bits: 4, group_size: 64}\n"))
+    run_flow(grown, tmp_path / "runs")
+    assert calls.variants("quantize_one") == ["rtn-w4-g64"]
+    assert calls.variants("evaluate_variant") == ["rtn-w4-g64"]
+    assert calls.count("evaluate_baseline") == 0
+
+
+def test_a_failing_variant_does_not_stop_the_others(tmp_path, write_recipe, monkeypatch):
+    from quantmill import stages
+
+    original = stages.quantize_one
+
+    def fail_awq(loaded, variant, *args, **kwargs):
+        if variant.method == "rtn" and variant.params.bits == 8:
+            raise RuntimeError("simulated out-of-memory")
+        return original(loaded, variant, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "quantize_one", fail_awq)
+    results = run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs")
+    failed = results["variants"]["rtn-w8-g128"]
+    assert failed["status"] == "failed" and "simulated out-of-memory" in failed["error"]
+    assert failed["verdict"]["status"] == "failed"
+    assert results["variants"]["rtn-w4-g128"]["status"] == "passed"
+    assert results["variants"]["bnb-int8"]["status"] == "passed"
+    saved = json.loads((tmp_path / "runs" / "flowtest" / results["run_id"] / "results.json").read_text())
+    assert saved["variants"]["rtn-w8-g128"]["status"] == "failed"
+
+
+def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
+    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 2, group_size: 128}\n",
+                                      gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n"))  # fmt: skip
+    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
+    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], capture_output=True,
+                            text=True, env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "did not pass: rtn-w2-g128" in result.stderr
+
+
+def test_killed_run_resumes_without_redoing_finished_variants(tmp_path, write_recipe, calls):
+    recipe = write_recipe(fast_recipe(THREE))
+    runs = tmp_path / "runs"
+    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(runs)}
+    process = subprocess.Popen([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    finished: list[str] = []
+    deadline = time.monotonic() + 600
+    while not finished and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        for results_file in runs.glob("flowtest/*/results.json"):
+            try:
+                variants = json.loads(results_file.read_text())["variants"]
+            except (ValueError, KeyError):
+                pytest.fail("results.json was not valid JSON at some point")
+            finished = [v for v, entry in variants.items() if entry.get("status") in ("passed", "failed")]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(finished) >= 1, "no variant finished before the kill"
+    results = run_flow(recipe, runs)
+    redone = calls.variants("quantize_one")
+    assert not set(redone) & set(finished), (redone, finished)
+    assert {v["status"] for v in results["variants"].values()} == {"passed"}
+    assert not list((runs / "flowtest" / "artifacts").glob(".*.partial"))
+
+
+def test_heavy_limit_serialises_heavy_tasks(tmp_path, write_recipe, calls):
+    run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs", workers=4)
+    spans = sorted((start, end) for name, _, start, end in calls.log)
+    assert len(spans) == 7  # baseline + 3 quantize + 3 evaluate
+    for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False):
+        assert next_start >= end, "two heavy tasks overlapped under a limit of 1"
+
+
+def test_cli_run_renders_a_table(tmp_path, write_recipe):
+    recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n"))
+    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
+    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], capture_output=True,
+                            text=True, env=env, timeout=600, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bnb-int8" in result.stdout and "passed" in result.stdout

@@ -1,0 +1,298 @@
+"""A local Hugging Face Hub-compatible HTTP server for tests.
+
+It implements, strictly, the endpoints huggingface_hub calls to create repos,
+commit files (preupload + NDJSON commit, inline files only), read repo info and
+files, validate card YAML, and manage collections. Malformed requests get 400,
+missing repos 404, writes without the right token 401. Failures can be injected
+per path to test retries. It stores what it receives in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlparse
+
+import yaml
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    private: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[dict] = field(default_factory=list)
+    pull_requests: list[dict] = field(default_factory=list)
+
+    @property
+    def sha(self) -> str:
+        return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+
+class HubState:
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.repos: dict[str, Repo] = {}
+        self.collections: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.failures: list[tuple[str, str, int]] = []  # (method, path regex, status) consumed in order
+        self.lock = threading.Lock()
+
+    def fail_next(self, method: str, path_pattern: str, *statuses: int) -> None:
+        """The next requests matching ``method`` and ``path_pattern`` answer these statuses, in order."""
+        self.failures.extend((method, path_pattern, s) for s in statuses)
+
+    def commits(self) -> list[dict]:
+        return [c for repo in self.repos.values() for c in repo.commits]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "quantmill-test-hub/1.0"
+    state: HubState
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+    # -- plumbing -------------------------------------------------------------------
+    def _send(self, status: int, body=None, headers: dict[str, str] | None = None, error_code: str | None = None):
+        data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        if error_code:
+            self.send_header("X-Error-Code", error_code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _error(self, status: int, message: str, code: str | None = None):
+        self._send(status, {"error": message}, error_code=code)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _json(self):
+        try:
+            return json.loads(self._body() or b"null")
+        except ValueError:
+            return None
+
+    def _authorised(self) -> bool:
+        if self.state.token is None:
+            return True
+        return self.headers.get("authorization") == f"Bearer {self.state.token}"
+
+    def _injected(self, path: str) -> bool:
+        with self.state.lock:
+            for i, (method, pattern, status) in enumerate(self.state.failures):
+                if method == self.command and re.search(pattern, path):
+                    del self.state.failures[i]
+                    self._body()
+                    self._error(status, f"injected {status}")
+                    return True
+        return False
+
+    def _dispatch(self) -> None:
+        url = urlparse(self.path)
+        path = unquote(url.path)
+        with self.state.lock:
+            self.state.requests.append((self.command, path))
+        if self._injected(path):
+            return
+        query = parse_qs(url.query)
+        routes = [
+            ("POST", r"^/api/repos/create$", self.create_repo),
+            ("POST", r"^/api/validate-yaml$", self.validate_yaml),
+            ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$", self.model_info),
+            ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$", self.preupload),
+            ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$", self.commit),
+            ("GET", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
+            ("HEAD", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
+            ("POST", r"^/api/collections$", self.create_collection),
+            ("GET", r"^/api/collections/(?P<slug>[^/]+/[^/]+)$", self.get_collection),
+            ("POST", r"^/api/collections/(?P<slug>[^/]+/[^/]+)/items$", self.add_item),
+        ]
+        for method, pattern, handler in routes:
+            match = re.match(pattern, path)
+            if method == self.command and match:
+                return handler(query=query, **match.groupdict())
+        self._error(404, f"no route for {self.command} {path}")
+
+    do_GET = do_POST = do_HEAD = _dispatch
+
+    def _repo(self, repo_id: str) -> Repo | None:
+        repo = self.state.repos.get(repo_id)
+        if repo is None or (repo.private and not self._authorised()):
+            self._error(404, f"Repository {repo_id} not found", "RepoNotFound")
+            return None
+        return repo
+
+    # -- endpoints ------------------------------------------------------------------
+    def create_repo(self, query):
+        if not self._authorised():
+            return self._error(401, "Invalid credentials")
+        body = self._json()
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return self._error(400, "'name' is required")
+        if body.get("type", "model") not in ("model", None):
+            return self._error(400, "only model repos here")
+        repo_id = f"{body.get('organization') or 'user'}/{body['name']}"
+        with self.state.lock:
+            if repo_id in self.state.repos:
+                return self._error(409, "You already created this model repo")
+            self.state.repos[repo_id] = Repo(repo_id, bool(body.get("private")))
+        self._send(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id, "id": repo_id})
+
+    def validate_yaml(self, query):
+        body = self._json()
+        if not isinstance(body, dict) or not isinstance(body.get("content"), str):
+            return self._error(400, "'content' is required")
+        text = body["content"]
+        if text.startswith("---"):
+            try:
+                yaml.safe_load(text[3 : text.index("\n---", 3)])
+            except (ValueError, yaml.YAMLError) as exc:
+                return self._error(400, f"invalid YAML metadata: {exc}")
+        self._send(200, {"warnings": []})
+
+    def model_info(self, query, repo, rev=None):
+        found = self._repo(repo)
+        if found is None:
+            return
+        card = found.files.get("README.md", b"").decode()
+        card_data = yaml.safe_load(card[3 : card.index("\n---", 3)]) if card.startswith("---") else None
+        self._send(200, {"id": repo, "modelId": repo, "sha": found.sha, "private": found.private, "tags": [],
+                         "siblings": [{"rfilename": name} for name in sorted(found.files)], "cardData": card_data,
+                         "lastModified": datetime.now(UTC).isoformat()})  # fmt: skip
+
+    def preupload(self, query, repo, rev):
+        if not self._authorised():
+            return self._error(401, "Invalid credentials")
+        if self._repo(repo) is None:
+            return
+        body = self._json()
+        files = body.get("files") if isinstance(body, dict) else None
+        if not isinstance(files, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int)
+            and isinstance(f.get("sample"), str) for f in files
+        ):  # fmt: skip
+            return self._error(400, "files must be a list of {path, sample, size}")
+        self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+
+    def commit(self, query, repo, rev):
+        if not self._authorised():
+            return self._error(401, "Invalid credentials")
+        found = self._repo(repo)
+        if found is None:
+            return
+        if self.headers.get("Content-Type") != "application/x-ndjson":
+            return self._body() and self._error(400, "commits are NDJSON")
+        try:
+            lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+        except ValueError:
+            return self._error(400, "malformed NDJSON")
+        if not lines or lines[0].get("key") != "header" or not lines[0]["value"].get("summary"):
+            return self._error(400, "the first line must be a header with a summary")
+        files: dict[str, bytes] = {}
+        for line in lines[1:]:
+            value = line.get("value") or {}
+            if line.get("key") != "file" or value.get("encoding") != "base64" or not isinstance(value.get("path"), str):
+                return self._error(400, f"unsupported commit line {line.get('key')!r}")
+            files[value["path"]] = base64.b64decode(value["content"])
+        oid = secrets.token_hex(20)
+        commit = {"oid": oid, "summary": lines[0]["value"]["summary"], "files": sorted(files),
+                  "pull_request": "create_pr" in query}  # fmt: skip
+        host = f"http://{self.headers['Host']}"
+        with self.state.lock:
+            if "create_pr" in query:
+                found.pull_requests.append(commit | {"contents": files})
+                number = len(found.pull_requests)
+                return self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid,
+                                        "pullRequestUrl": f"{host}/{repo}/discussions/{number}"})  # fmt: skip
+            found.files.update(files)
+            found.commits.append(commit)
+        self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
+
+    def resolve(self, query, repo, rev, file):
+        found = self._repo(repo)
+        if found is None:
+            return
+        if rev not in ("main", found.sha):
+            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+        if file not in found.files:
+            return self._error(404, f"{file} not found", "EntryNotFound")
+        content = found.files[file]
+        self._send(200, content, {"X-Repo-Commit": found.sha, "ETag": f'"{hashlib.sha256(content).hexdigest()}"'})
+
+    def _collection_json(self, collection: dict) -> dict:
+        return {**collection, "lastUpdated": datetime.now(UTC).isoformat()}
+
+    def create_collection(self, query):
+        if not self._authorised():
+            return self._error(401, "Invalid credentials")
+        body = self._json()
+        if not isinstance(body, dict) or not isinstance(body.get("title"), str) or not body.get("namespace"):
+            return self._error(400, "title and namespace are required")
+        with self.state.lock:
+            for slug, existing in self.state.collections.items():
+                if existing["title"] == body["title"] and existing["owner"]["name"] == body["namespace"]:
+                    return self._send(409, {"error": "exists", "slug": slug})
+            slug = f"{body['namespace']}/{re.sub(r'[^a-z0-9]+', '-', body['title'].lower()).strip('-')}-{secrets.token_hex(4)}"
+            self.state.collections[slug] = {"slug": slug, "title": body["title"], "description": None,
+                                            "owner": {"name": body["namespace"], "type": "org"}, "items": [],
+                                            "position": 0, "private": bool(body.get("private")), "theme": "green",
+                                            "upvotes": 0}  # fmt: skip
+            self._send(200, self._collection_json(self.state.collections[slug]))
+
+    def get_collection(self, query, slug):
+        collection = self.state.collections.get(slug)
+        if collection is None:
+            return self._error(404, "collection not found")
+        self._send(200, self._collection_json(collection))
+
+    def add_item(self, query, slug):
+        if not self._authorised():
+            return self._error(401, "Invalid credentials")
+        collection = self.state.collections.get(slug)
+        body = self._json()
+        if collection is None:
+            return self._error(404, "collection not found")
+        item = body.get("item") if isinstance(body, dict) else None
+        if not isinstance(item, dict) or item.get("type") != "model" or item.get("id") not in self.state.repos:
+            return self._error(400, "item must be an existing model repo")
+        with self.state.lock:
+            if any(i["id"] == item["id"] for i in collection["items"]):
+                return self._send(409, {"error": "item already in collection"})
+            collection["items"].append({"_id": secrets.token_hex(12), "id": item["id"], "type": "model",
+                                        "position": len(collection["items"]),
+                                        "note": {"text": body.get("note")} if body.get("note") else None})  # fmt: skip
+        self._send(200, self._collection_json(collection))
+
+
+class HubServer:
+    """Start on 127.0.0.1 and a free port; ``endpoint`` is its URL."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.state = HubState(token)
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,180 @@
+"""Publishing: cards from measured numbers, one commit per variant, idempotence, a real HTTP hub."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantmill import stages
+from quantmill.errors import PublishError
+from quantmill.gates import Verdict
+from quantmill.publish.publisher import publish_variant, repo_id_for
+from quantmill.publish.targets import HubTarget, LocalZoo, front_matter
+from quantmill.recipe import load_recipe
+from quantmill.resolve import resolve_model
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.hubserver import HubServer
+
+SENTINEL = "hf_SENTINELtokenDoNotLeak0123456789"
+
+RECIPE = f"""\
+name: publishing
+model: {{id: {DEMO_MODEL}, dtype: float32}}
+device: cpu
+evaluation:
+  tasks: [tiny_world_mc]
+  include_paths: [{DEMO_TASKS}]
+  limit: 40
+  perplexity: {{dataset: {{path: {DEMO_DATA / "tiny_world_ppl.jsonl"}}}, max_length: 64, stride: 32}}
+variants:
+  methods:
+    - {{method: bnb, types: [int8, nf4]}}
+gates:
+  - {{metric: tiny_world_mc/acc, min_recovery: 0.95}}
+publish:
+  namespace: zoo-org
+  license: apache-2.0
+  collection: Tiny zoo
+"""
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """The recipe, its baseline, and both variants quantized, evaluated and gated, once."""
+    folder = tmp_path_factory.mktemp("publishing")
+    (folder / "recipe.yaml").write_text(RECIPE)
+    loaded = load_recipe(folder / "recipe.yaml")
+    resolved = resolve_model(loaded)
+    baseline = stages.evaluate_baseline(loaded, resolved, "cpu")
+    variants = {}
+    for variant in loaded.variants:
+        artifact = stages.quantize_one(loaded, variant, resolved, None, "cpu", folder / "artifacts" / variant.id)
+        result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
+        variants[variant.id] = (variant, artifact, result, stages.gate_variant(variant, result, baseline))
+    return loaded, resolved, baseline, variants
+
+
+def publish(made, variant_id, target, **kwargs):
+    loaded, resolved, baseline, variants = made
+    variant, artifact, result, verdict = variants[variant_id]
+    return publish_variant(loaded, variant, artifact_path=artifact.path, provenance=artifact.provenance,
+                           evaluation=result, baseline=baseline, verdict=kwargs.pop("verdict", verdict),
+                           revision=resolved.revision, target=target, run_id="run-1", **kwargs)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_local_zoo_card_and_idempotence(made, tmp_path):
+    from huggingface_hub import ModelCard
+
+    zoo = LocalZoo(tmp_path / "zoo")
+    first = publish(made, "bnb-int8", zoo)
+    assert first.status == "published" and first.repo_id == "zoo-org/tiny-llama-bnb-int8"
+    repo = tmp_path / "zoo" / "zoo-org" / "tiny-llama-bnb-int8"
+    assert {"README.md", "model.safetensors", "config.json", "quantmill.json"} <= {p.name for p in repo.iterdir()}
+    card = ModelCard((repo / "README.md").read_text())
+    meta = card.data.to_dict()
+    assert meta["base_model"] == str(DEMO_MODEL) and meta["base_model_relation"] == "quantized"
+    assert meta["license"] == "apache-2.0" and "quantmill" in meta["tags"] and "bitsandbytes" in meta["tags"]
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "acc"
+    assert meta["quantmill"]["fingerprint"] == first.fingerprint
+    _, _, baseline, variants = made
+    measured = f"{variants['bnb-int8'][2].value('tiny_world_mc/acc'):.4g}"
+    assert measured in card.text and f"{baseline.value('tiny_world_mc/acc'):.4g}" in card.text
+    assert "quantmill run recipe.yaml --only bnb-int8" in card.text
+
+    again = publish(made, "bnb-int8", zoo)
+    assert again.status == "unchanged" and again.fingerprint == first.fingerprint
+    assert len((repo / ".commits.jsonl").read_text().splitlines()) == 1
+    collection = json.loads((tmp_path / "zoo" / "zoo-org" / "collections" / "tiny-zoo.json").read_text())
+    assert [item["id"] for item in collection["items"]] == ["zoo-org/tiny-llama-bnb-int8"]
+
+
+@pytest.mark.slow
+def test_failed_variant_is_refused_unless_forced(made, tmp_path):
+    loaded, _, _, variants = made
+    failed = Verdict("bnb-int8", "failed", variants["bnb-int8"][3].outcomes)
+    zoo = LocalZoo(tmp_path / "zoo")
+    with pytest.raises(PublishError, match="only variants that pass"):
+        publish(made, "bnb-int8", zoo, verdict=failed)
+    assert not (tmp_path / "zoo").exists()
+    forced = publish(made, "bnb-int8", zoo, verdict=failed, force=True)
+    card = (tmp_path / "zoo" / forced.repo_id / "README.md").read_text()
+    assert "Published with `--force`" in card and front_matter(card)["quantmill"]["forced"] is True
+
+
+@pytest.mark.slow
+def test_license_must_be_known(made, tmp_path, write_recipe):
+    loaded = load_recipe(write_recipe(RECIPE.replace("  license: apache-2.0\n", "")))
+    _, resolved, baseline, variants = made
+    variant, artifact, result, verdict = variants["bnb-int8"]
+    with pytest.raises(PublishError, match="license .* is unknown"):
+        publish_variant(loaded, variant, artifact_path=artifact.path, provenance=artifact.provenance,
+                        evaluation=result, baseline=baseline, verdict=verdict, revision=resolved.revision,
+                        target=LocalZoo(tmp_path), run_id="r")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.hub
+def test_hub_commit_idempotence_collection_and_reload(made, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with HubServer(token=SENTINEL) as hub:
+        target = HubTarget(endpoint=hub.endpoint)
+        first = publish(made, "bnb-int8", target)
+        assert first.status == "published"
+        repo = hub.state.repos["zoo-org/tiny-llama-bnb-int8"]
+        assert len(repo.commits) == 1
+        assert set(repo.commits[0]["files"]) >= {"README.md", "model.safetensors", "config.json", "quantmill.json"}
+        assert "COMPLETE" not in repo.files
+        assert "bnb-int8" in repo.commits[0]["summary"] and "run-1" in repo.commits[0]["summary"]
+        assert publish(made, "bnb-int8", target).status == "unchanged"
+        assert len(repo.commits) == 1
+        publish(made, "bnb-nf4", target)
+        (collection,) = hub.state.collections.values()
+        assert [i["id"] for i in collection["items"]] == ["zoo-org/tiny-llama-bnb-int8", "zoo-org/tiny-llama-bnb-nf4"]
+
+        from huggingface_hub import snapshot_download
+        from transformers import AutoModelForCausalLM
+
+        local = snapshot_download("zoo-org/tiny-llama-bnb-int8", endpoint=hub.endpoint, cache_dir=tmp_path / "dl")
+        model = AutoModelForCausalLM.from_pretrained(local)
+        assert model.config.quantization_config["load_in_8bit"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.hub
+def test_hub_rejects_a_wrong_token_with_a_clear_error(made, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with HubServer(token=SENTINEL) as hub:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        with pytest.raises(HfHubHTTPError) as caught:
+            publish(made, "bnb-int8", HubTarget(endpoint=hub.endpoint))
+        assert caught.value.response.status_code == 401
+        assert hub.state.commits() == []
+
+
+@pytest.mark.slow
+@pytest.mark.hub
+def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, monkeypatch, prefect_server):
+    from quantmill.tasks.steps import publish_task
+
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    loaded, resolved, baseline, variants = made
+    variant, artifact, result, verdict = variants["bnb-int8"]
+    entry = {"artifact": str(artifact.path), "evaluation": result.to_dict(), "verdict": verdict.to_dict()}
+    with HubServer(token=SENTINEL) as hub:
+        recipe = loaded.recipe.model_copy(update={"publish": loaded.recipe.publish.model_copy(update={"endpoint": hub.endpoint})})
+        hub_loaded = type(loaded)(recipe, loaded.variants, loaded.name, loaded.path, loaded.base_dir, loaded.text, loaded.shape)
+        hub.state.fail_next("POST", r"/commit/", 500)
+        hub.state.fail_next("POST", r"/api/repos/create", 429)
+        outcome = publish_task.with_options(retry_delay_seconds=0)(
+            hub_loaded, variant, entry, baseline.to_dict(), resolved.revision, "hub", "run-2", []
+        )
+        assert outcome["status"] == "published"
+        assert len(hub.state.repos[repo_id_for(hub_loaded, variant)].commits) == 1
+        assert ("POST", f"/api/models/{outcome['repo_id']}/commit/main") in hub.state.requests
