@@ -98,3 +98,40 @@ def evaluation_data_fingerprint(loaded) -> str:
         corpus = loaded.resolve(evaluation.perplexity.dataset.path)
         parts["perplexity"] = hashlib.sha256(corpus.read_bytes()).hexdigest()
     return _digest(parts)
+
+
+def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
+    """Per variant: ``cached`` (quantize and evaluate results stored for today's keys), ``stale``
+    (stored for other inputs), or ``not run``. Reads only local files; a hub model that is not in
+    the local cache cannot be pinned offline, so its variants are ``unknown``."""
+    from pathlib import Path
+
+    from quantmill.recipe.checks import is_local_model
+    from quantmill.resolve import content_hash
+
+    keys = Path(cache_dir) / "keys"
+    model = loaded.recipe.model
+    if not is_local_model(model.id, loaded.base_dir):
+        return {v.id: "unknown" for v in loaded.variants}
+    revision = content_hash(loaded.resolve(model.id))
+    fingerprint = None
+    if loaded.recipe.calibration.dataset is not None and any(v.spec.needs_calibration(v.params) for v in loaded.variants):
+        from transformers import AutoTokenizer
+
+        from quantmill.calibration import build_calibration_set
+
+        tokenizer = AutoTokenizer.from_pretrained(loaded.resolve(model.tokenizer or model.id))
+        fingerprint = build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir).fingerprint
+    data = evaluation_data_fingerprint(loaded)
+    artifacts = Path(cache_dir).parent / "artifacts"
+    status = {}
+    for variant in loaded.variants:
+        q_key = quantize_key(revision, variant, fingerprint, model.dtype, device)
+        e_key = evaluation_key(q_key, variant, loaded.recipe.evaluation, device, data)
+        if (keys / q_key).is_file() and (keys / e_key).is_file():
+            status[variant.id] = "cached"
+        elif any(artifacts.glob(f"{variant.id}-*")):
+            status[variant.id] = "stale"
+        else:
+            status[variant.id] = "not run"
+    return status

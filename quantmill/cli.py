@@ -69,7 +69,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from quantmill.plan import build_plan
     from quantmill.recipe import load_recipe
 
-    plan = build_plan(load_recipe(args.recipe))
+    from quantmill.cachekeys import cache_status
+    from quantmill.resolve import resolve_device
+    from quantmill.runstore import RunStore
+    from quantmill.settings import get_settings
+
+    loaded = load_recipe(args.recipe)
+    cache = RunStore(get_settings().runs_dir).recipe_dir(loaded.name) / ".cache"
+    plan = build_plan(loaded, cache_status(loaded, cache, resolve_device(loaded.recipe.device)))
     if args.json:
         sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
         return 0
@@ -167,6 +174,28 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from quantmill.diff import diff_recipes, recipes_at, to_markdown
+
+    head_ref = args.head or args.recipes_dir  # default: the working tree's recipes folder
+    with recipes_at(args.base, args.recipes_dir) as base, recipes_at(head_ref, args.recipes_dir) as head:
+        changes = diff_recipes(base, head)
+    if args.format == "md":
+        sys.stdout.write(to_markdown(changes))
+    else:
+        table = Table(title=f"recipes: {args.base} → {head_ref}")
+        for column in ("recipe", "status", "variants +/−/~", "gates", "publish", "will re-run"):
+            table.add_column(column, overflow="fold")
+        for c in changes:
+            variants = " ".join(x for x in ("+" + ",".join(c.variants_added) if c.variants_added else "",
+                                            "−" + ",".join(c.variants_removed) if c.variants_removed else "",
+                                            "~" + ",".join(c.variants_changed) if c.variants_changed else "") if x)  # fmt: skip
+            table.add_row(c.file, c.status, c.error or variants or "-", "\n".join(c.gates) or "-",
+                          "\n".join(c.publish) or "-", ", ".join(c.rerun) or "-")  # fmt: skip
+        console.print(table)
+    return 2 if any(c.status == "invalid" for c in changes) else 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from quantmill.flows.zoo import zoo
@@ -245,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=4, help="concurrent tasks (heavy ones still share the limit)")
     run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
     run.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
+
+    diff = add("diff", cmd_diff, "what a recipe change will do: variants, gates, publish targets, re-runs")
+    diff.add_argument("base", help="git ref or recipes folder before the change")
+    diff.add_argument("head", nargs="?", help="git ref or folder after it (default: the working tree's recipes)")
+    diff.add_argument("--recipes-dir", default="recipes", help="the recipes folder inside the repository")
+    diff.add_argument("--format", choices=["table", "md"], default="table", help="md: a pull-request comment")
 
     zoo = add("zoo", cmd_zoo, "run every recipe in a folder whose inputs changed (the nightly job)")
     zoo.add_argument("recipes", type=Path, help="folder of recipes")

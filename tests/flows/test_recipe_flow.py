@@ -124,3 +124,17 @@ def test_cli_run_renders_a_table(tmp_path, write_recipe):
                             text=True, env=env, timeout=600, cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "bnb-int8" in result.stdout and "passed" in result.stdout
+
+
+def test_plan_shows_cached_and_stale_variants(tmp_path, write_recipe):
+    from quantmill.cachekeys import cache_status
+    from quantmill.recipe import load_recipe
+
+    rows = "    - {method: rtn, bits: 4, group_size: 128}\n    - {method: bnb, type: int8}\n"
+    recipe = write_recipe(fast_recipe(rows))
+    cache = tmp_path / "runs" / "flowtest" / ".cache"
+    assert cache_status(load_recipe(recipe), cache, "cpu") == {"rtn-w4-g128": "not run", "bnb-int8": "not run"}
+    run_flow(recipe, tmp_path / "runs")
+    assert cache_status(load_recipe(recipe), cache, "cpu") == {"rtn-w4-g128": "cached", "bnb-int8": "cached"}
+    changed = write_recipe(fast_recipe(rows.replace("type: int8}", "type: int8, compute_dtype: bfloat16}")))
+    assert cache_status(load_recipe(changed), cache, "cpu") == {"rtn-w4-g128": "cached", "bnb-int8": "stale"}

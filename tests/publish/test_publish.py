@@ -55,6 +55,16 @@ def made(tmp_path_factory):
     return loaded, resolved, baseline, variants
 
 
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """Let huggingface_hub talk to the local test hub (the suite is offline by default)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+
+
 def publish(made, variant_id, target, **kwargs):
     loaded, resolved, baseline, variants = made
     variant, artifact, result, verdict = variants[variant_id]
@@ -116,10 +126,7 @@ def test_license_must_be_known(made, tmp_path, write_recipe):
 
 @pytest.mark.slow
 @pytest.mark.hub
-def test_hub_commit_idempotence_collection_and_reload(made, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", SENTINEL)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+def test_hub_commit_idempotence_collection_and_reload(made, tmp_path, online):
     with HubServer(token=SENTINEL) as hub:
         target = HubTarget(endpoint=hub.endpoint)
         first = publish(made, "bnb-int8", target)
@@ -145,9 +152,8 @@ def test_hub_commit_idempotence_collection_and_reload(made, tmp_path, monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.hub
-def test_hub_rejects_a_wrong_token_with_a_clear_error(made, tmp_path, monkeypatch):
+def test_hub_rejects_a_wrong_token_with_a_clear_error(made, tmp_path, monkeypatch, online):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with HubServer(token=SENTINEL) as hub:
         from huggingface_hub.errors import HfHubHTTPError
 
@@ -159,11 +165,9 @@ def test_hub_rejects_a_wrong_token_with_a_clear_error(made, tmp_path, monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.hub
-def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, monkeypatch, prefect_server):
+def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, online, prefect_server):
     from quantmill.tasks.steps import publish_task
 
-    monkeypatch.setenv("HF_TOKEN", SENTINEL)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     loaded, resolved, baseline, variants = made
     variant, artifact, result, verdict = variants["bnb-int8"]
     entry = {"artifact": str(artifact.path), "evaluation": result.to_dict(), "verdict": verdict.to_dict()}

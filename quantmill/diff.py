@@ -1,0 +1,178 @@
+"""What a change to a recipes folder will do: ``quantmill diff BASE [HEAD]``.
+
+For reviewers of recipe pull requests: recipes added, removed and changed; per
+changed recipe the variants added, removed and changed, gates tightened or
+loosened, publish settings changed, and which variants the next nightly run will
+redo because what determines their results changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantmill.errors import QuantmillError, RecipeError
+from quantmill.recipe import LoadedRecipe, load_recipe
+from quantmill.recipe.schema import GateRule
+
+_TIGHTER_WHEN_HIGHER = {"min", "min_recovery"}
+
+
+@dataclass
+class RecipeChange:
+    file: str
+    status: str  # added, removed, changed, invalid
+    variants_added: list[str] = field(default_factory=list)
+    variants_removed: list[str] = field(default_factory=list)
+    variants_changed: list[str] = field(default_factory=list)
+    gates: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    rerun: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@contextmanager
+def recipes_at(ref: str, recipes_subdir: str = "recipes", repo: Path = Path(".")) -> Iterator[Path]:
+    """The recipes folder as of ``ref``: a folder path as is, or a git ref extracted with ``git archive``.
+
+    The whole tree is extracted, so paths in recipes (models, data) resolve as they did at that ref.
+    """
+    if Path(ref).is_dir():
+        yield Path(ref)
+        return
+    result = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", ref], capture_output=True, check=False)
+    if result.returncode != 0:
+        raise QuantmillError(f"'{ref}' is neither a folder nor a git ref here: {result.stderr.decode().strip()}")
+    with tempfile.TemporaryDirectory(prefix="quantmill-diff-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        top = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-prefix"], capture_output=True, text=True,
+                             check=False).stdout.strip()  # fmt: skip
+        yield Path(tmp) / top / recipes_subdir
+
+
+def _load_all(folder: Path) -> dict[str, LoadedRecipe | RecipeError]:
+    loaded: dict[str, LoadedRecipe | RecipeError] = {}
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            loaded[path.name] = load_recipe(path)
+        except RecipeError as exc:
+            loaded[path.name] = exc
+    return loaded
+
+
+def _result_key(loaded: LoadedRecipe, variant_id: str) -> str:
+    """What in the recipe determines a variant's results (revision and library versions come on top)."""
+    recipe = loaded.recipe
+    variant = loaded.variant(variant_id)
+    parts: dict[str, Any] = {
+        "model": recipe.model.model_dump(mode="json"),
+        "device": recipe.device,
+        "params": variant.params.model_dump(mode="json"),
+        "evaluation": recipe.evaluation.model_dump(mode="json"),
+    }
+    if variant.spec.needs_calibration(variant.params):
+        parts["calibration"] = recipe.calibration.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _gate_changes(label: str, old: tuple[GateRule, ...], new: tuple[GateRule, ...]) -> list[str]:
+    def index(gates):
+        return {(g.metric, g.rule): g for g in gates}
+
+    before, after = index(old), index(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        metric, rule = key
+        if key not in before:
+            changes.append(f"{label}: tightened — new rule {metric} {rule} {after[key].threshold:g}")
+        elif key not in after:
+            changes.append(f"{label}: loosened — removed {metric} {rule} {before[key].threshold:g}")
+        else:
+            a, b = before[key], after[key]
+            if a.threshold != b.threshold:
+                higher = b.threshold > a.threshold
+                tighter = higher if rule in _TIGHTER_WHEN_HIGHER else not higher
+                changes.append(f"{label}: {'tightened' if tighter else 'loosened'} — {metric} {rule} "
+                               f"{a.threshold:g} → {b.threshold:g}")  # fmt: skip
+            if a.level != b.level:
+                word = "loosened" if b.level == "warn" else "tightened"
+                changes.append(f"{label}: {word} — {metric} {rule} is now {b.level}")
+    return changes
+
+
+def compare_recipes(old: LoadedRecipe, new: LoadedRecipe, file: str) -> RecipeChange:
+    change = RecipeChange(file, "changed")
+    old_ids, new_ids = [v.id for v in old.variants], [v.id for v in new.variants]
+    change.variants_added = [v for v in new_ids if v not in old_ids]
+    change.variants_removed = [v for v in old_ids if v not in new_ids]
+    by_change: dict[str, list[str]] = {}  # a gate change → the variants it applies to
+    for variant_id in new_ids:
+        if variant_id not in old_ids:
+            change.rerun.append(variant_id)
+            continue
+        before, after = old.variant(variant_id), new.variant(variant_id)
+        if before.params != after.params:
+            change.variants_changed.append(variant_id)
+        if _result_key(old, variant_id) != _result_key(new, variant_id):
+            change.rerun.append(variant_id)
+        for text in _gate_changes("", before.gates, after.gates):
+            by_change.setdefault(text, []).append(variant_id)
+    common = [v for v in new_ids if v in old_ids]
+    for text, variants in by_change.items():
+        label = "all variants" if variants == common else ", ".join(variants)
+        change.gates.append(f"{label}{text}")
+    old_publish, new_publish = old.recipe.publish.model_dump(), new.recipe.publish.model_dump()
+    for key in sorted(set(old_publish) | set(new_publish)):
+        if old_publish.get(key) != new_publish.get(key):
+            change.publish.append(f"{key}: {old_publish.get(key)!r} → {new_publish.get(key)!r}")
+    return change
+
+
+def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
+    """Changes from the recipes in ``base`` to those in ``head``; unchanged recipes are not listed."""
+    before, after = _load_all(base), _load_all(head)
+    changes = []
+    for file in sorted(set(before) | set(after)):
+        old, new = before.get(file), after.get(file)
+        if isinstance(new, RecipeError):
+            changes.append(RecipeChange(file, "invalid", error=str(new)))
+        elif old is None:
+            changes.append(RecipeChange(file, "added", variants_added=[v.id for v in new.variants],
+                                        rerun=[v.id for v in new.variants]))  # fmt: skip
+        elif new is None:
+            changes.append(RecipeChange(file, "removed"))
+        elif isinstance(old, RecipeError):
+            changes.append(RecipeChange(file, "changed", rerun=[v.id for v in new.variants],
+                                        variants_added=[v.id for v in new.variants]))  # fmt: skip
+        elif old.text != new.text:
+            change = compare_recipes(old, new, file)
+            if any((change.variants_added, change.variants_removed, change.variants_changed, change.gates,
+                    change.publish, change.rerun)):  # fmt: skip
+                changes.append(change)  # an edit of comments alone changes nothing and is not listed
+    return changes
+
+
+def to_markdown(changes: list[RecipeChange]) -> str:
+    """A PR comment body."""
+    if not changes:
+        return "### quantmill: no recipe changes\n"
+    lines = ["### quantmill: what this change does to the recipes", "",
+             "| recipe | status | variants | gates | publish | will re-run |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for c in changes:
+        variants = "; ".join(x for x in (f"+{', '.join(c.variants_added)}" if c.variants_added else "",
+                                         f"−{', '.join(c.variants_removed)}" if c.variants_removed else "",
+                                         f"~{', '.join(c.variants_changed)}" if c.variants_changed else "") if x)  # fmt: skip
+        detail = c.error.replace("\n", "<br>") if c.error else variants or "-"
+        lines.append(f"| {c.file} | {c.status} | {detail} | {'<br>'.join(c.gates) or '-'} | "
+                     f"{'<br>'.join(c.publish) or '-'} | {', '.join(c.rerun) or '-'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
