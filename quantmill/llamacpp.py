@@ -69,12 +69,19 @@ class LlamaCpp:
 
 
 def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None) -> str:
-    """Run a llama.cpp command; returns its combined output, raises with its tail on failure."""
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
+    """Run a llama.cpp command; returns its combined output, raises with its tail on failure.
+
+    Output goes to a file, not a pipe: llama.cpp logs from a background thread, and
+    lines written to a pipe just before exit were seen to go missing.
+    """
+    with tempfile.TemporaryFile(mode="w+") as log_file:
+        returncode = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env,
+                                    check=False).returncode  # fmt: skip
+        log_file.seek(0)
+        output = log_file.read()
+    if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        raise LlamaCppError(f"{what} failed (exit {result.returncode}):\n{tail}")
+        raise LlamaCppError(f"{what} failed (exit {returncode}):\n{tail}")
     return output
 
 

@@ -106,7 +106,7 @@ def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path
 def _add_kl_divergence(loaded: LoadedRecipe, artifact_path: Path, weights: Path, result: EvaluationResult) -> None:
     """KLD against the unquantized GGUF, when llama.cpp's tools and a perplexity corpus exist."""
     from quantmill.evaluation.kld import kl_divergence
-    from quantmill.llamacpp import find_llama_cpp
+    from quantmill.llamacpp import LlamaCppError, find_llama_cpp
     from quantmill.quantize import read_artifact
     from quantmill.textdata import load_texts
 
@@ -120,7 +120,10 @@ def _add_kl_divergence(loaded: LoadedRecipe, artifact_path: Path, weights: Path,
     corpus = base.with_name(f"kld-corpus-{base.stem}.txt")
     if not corpus.is_file():
         corpus.write_text("\n".join(load_texts(perplexity.dataset, loaded.base_dir)) + "\n")
-    result.metrics["kld"] = kl_divergence(llama, base, weights, corpus, min(perplexity.max_length, 512))
+    try:
+        result.metrics["kld"] = kl_divergence(llama, base, weights, corpus, min(perplexity.max_length, 512))
+    except (LlamaCppError, ValueError) as exc:  # KLD is reported, never gated: its failure is noted, not fatal
+        result.details["kld"] = f"not measured: {exc}"
 
 
 def gate_variant(

@@ -53,6 +53,11 @@ class HubState:
         return [c for repo in self.repos.values() for c in repo.commits]
 
 
+def _hub_time() -> str:
+    """The Hub's timestamp format: milliseconds and a Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "quantmill-test-hub/1.0"
     state: HubState
@@ -116,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$", self.model_info),
             ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$", self.preupload),
             ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$", self.commit),
+            ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$", self.tree),
             ("GET", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
             ("HEAD", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
             ("POST", r"^/api/collections$", self.create_collection),
@@ -147,11 +153,13 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("type", "model") not in ("model", None):
             return self._error(400, "only model repos here")
         repo_id = f"{body.get('organization') or 'user'}/{body['name']}"
+        url = f"http://{self.headers['Host']}/{repo_id}"
         with self.state.lock:
             if repo_id in self.state.repos:
-                return self._error(409, "You already created this model repo")
-            self.state.repos[repo_id] = Repo(repo_id, bool(body.get("private")))
-        self._send(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id, "id": repo_id})
+                return self._send(409, {"error": "You already created this model repo", "url": url})
+            private = bool(body.get("private")) or body.get("visibility") == "private"
+            self.state.repos[repo_id] = Repo(repo_id, private)
+        self._send(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def validate_yaml(self, query):
         body = self._json()
@@ -173,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
         card_data = yaml.safe_load(card[3 : card.index("\n---", 3)]) if card.startswith("---") else None
         self._send(200, {"id": repo, "modelId": repo, "sha": found.sha, "private": found.private, "tags": [],
                          "siblings": [{"rfilename": name} for name in sorted(found.files)], "cardData": card_data,
-                         "lastModified": datetime.now(UTC).isoformat()})  # fmt: skip
+                         "lastModified": _hub_time()})  # fmt: skip
 
     def preupload(self, query, repo, rev):
         if not self._authorised():
@@ -223,6 +231,15 @@ class _Handler(BaseHTTPRequestHandler):
             found.commits.append(commit)
         self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
 
+    def tree(self, query, repo, rev):
+        found = self._repo(repo)
+        if found is None:
+            return
+        if rev not in ("main", found.sha):
+            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+        self._send(200, [{"type": "file", "path": name, "size": len(content),
+                          "oid": hashlib.sha1(content).hexdigest()} for name, content in sorted(found.files.items())])  # fmt: skip
+
     def resolve(self, query, repo, rev, file):
         found = self._repo(repo)
         if found is None:
@@ -235,7 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, content, {"X-Repo-Commit": found.sha, "ETag": f'"{hashlib.sha256(content).hexdigest()}"'})
 
     def _collection_json(self, collection: dict) -> dict:
-        return {**collection, "lastUpdated": datetime.now(UTC).isoformat()}
+        return {**collection, "lastUpdated": _hub_time()}
 
     def create_collection(self, query):
         if not self._authorised():

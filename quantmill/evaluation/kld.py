@@ -36,5 +36,6 @@ def kl_divergence(llama: LlamaCpp, base: Path, variant: Path, corpus: Path, cont
                       + ["--kl-divergence-base", str(logits), "--kl-divergence"], what="llama-perplexity --kl-divergence")  # fmt: skip
     match = _MEAN_KLD.search(output)
     if match is None:
-        raise ValueError("llama-perplexity printed no 'Mean KLD' line")
+        tail = "\n".join(output.strip().splitlines()[-8:])
+        raise ValueError(f"llama-perplexity printed no 'Mean KLD' line; its output ended with:\n{tail}")
     return MetricValue(float(match["value"]), float(match["stderr"]))

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,10 +139,13 @@ class HubTarget:
     def read_card(self, repo_id: str) -> str | None:
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-        try:
-            return Path(self.api.hf_hub_download(repo_id, CARD, force_download=True)).read_text()
-        except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
-            return None
+        # A private, throw-away cache: the shared Hugging Face cache is keyed by repo id alone,
+        # so a card cached from another endpoint could answer for this one.
+        with tempfile.TemporaryDirectory(prefix="quantmill-card-") as cache:
+            try:
+                return Path(self.api.hf_hub_download(repo_id, CARD, cache_dir=cache)).read_text()
+            except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+                return None
 
     def commit(self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool = False,
                create_pr: bool = False) -> str:  # fmt: skip

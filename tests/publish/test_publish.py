@@ -147,7 +147,7 @@ def test_hub_commit_idempotence_collection_and_reload(made, tmp_path, online):
 
         local = snapshot_download("zoo-org/tiny-llama-bnb-int8", endpoint=hub.endpoint, cache_dir=tmp_path / "dl")
         model = AutoModelForCausalLM.from_pretrained(local)
-        assert model.config.quantization_config["load_in_8bit"] is True
+        assert model.config.quantization_config.load_in_8bit is True
 
 
 @pytest.mark.slow
