@@ -23,6 +23,7 @@ from quantmill.gates import Verdict
 from quantmill.pipeline import select_variants, start_run
 from quantmill.plan import variant_setting
 from quantmill.recipe import load_recipe
+from quantmill.redact import redact
 from quantmill.report.render import write_report
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def _error(future: PrefectFuture) -> str | None:
-    """The failure message of a future once it finished, or None when it completed."""
+    """The failure message of a future once it finished (secrets masked), or None when it completed."""
     future.wait()
     state = future.state
     if state.is_completed():
@@ -50,8 +51,8 @@ def _error(future: PrefectFuture) -> str | None:
     try:
         future.result(raise_on_failure=True)
     except Exception as exc:  # the task's own exception, re-raised by Prefect
-        return f"{type(exc).__name__}: {exc}"
-    return f"{state.name}: {state.message or 'no result'}"
+        return redact(f"{type(exc).__name__}: {exc}")
+    return redact(f"{state.name}: {state.message or 'no result'}")
 
 
 def result_storage(recipe_name: str, folder: Path) -> str:
@@ -59,6 +60,29 @@ def result_storage(recipe_name: str, folder: Path) -> str:
     name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name)
     LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
     return f"local-file-system/{name}"
+
+
+def discard_unreadable_cache_entry(cache: Path, key: str) -> bool:
+    """Delete a cache entry whose record or result does not parse, so the step runs again.
+
+    Prefect fails a task whose cached result cannot be read instead of recomputing
+    it; a crash or a full disk while writing must not poison a key forever.
+    Returns whether an entry was discarded.
+    """
+    import json
+
+    record = cache / "keys" / key
+    if not record.exists():
+        return False
+    try:
+        storage_key = json.loads(record.read_text())["storage_key"]
+        result = Path(storage_key) if Path(storage_key).is_absolute() else cache / "results" / storage_key
+        json.loads(result.read_text())
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("discarding unreadable cache entry %s; the step will run again", key[:12])
+        record.unlink(missing_ok=True)
+        return True
 
 
 def _cached(future: PrefectFuture) -> bool:
@@ -109,6 +133,7 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
     storage = result_storage(loaded.name, cache / "results")
 
     def cached(task, key: str):
+        discard_unreadable_cache_entry(cache, key)
         policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache / "keys")
         return task.with_options(cache_policy=policy, persist_result=True, result_storage=storage,
                                  result_serializer="json")  # fmt: skip
@@ -198,10 +223,10 @@ def _publish_artifacts(results: dict[str, Any], run_path: Path) -> None:
 
 def _publish_passed(loaded, results: dict[str, Any], publish_to: str, run) -> None:
     """Publish every passing variant, each as one commit; related repos link to each other."""
-    from quantmill.publish.publisher import make_target, repo_id_for
+    from quantmill.publish.publisher import make_target, publishable, repo_id_for
 
     target = make_target(loaded, publish_to)
-    passed = [v for v, entry in results["variants"].items() if entry.get("status") == "passed"]
+    passed = publishable(results["variants"])
     related = [{"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))),
                 "note": results["variants"][v]["method"]} for v in passed]  # fmt: skip
     for variant_id in passed:

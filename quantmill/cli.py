@@ -312,15 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     from quantmill.settings import get_settings
 
     args = build_parser().parse_args(argv)
+    from quantmill.redact import install_log_redaction, redact
+
+    install_log_redaction()
     try:
         return args.handler(args)
     except RecipeError as exc:
-        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        err_console.print(redact(str(exc)), markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except QuantmillError as exc:
         if get_settings().debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
         err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback[/dim]")
         return exc.exit_code
     except KeyboardInterrupt:
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: one line unless debugging
         if get_settings().debug:
             raise
-        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {redact(str(exc))}", highlight=False)
         err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback, and please report it[/dim]")
         return 1
 

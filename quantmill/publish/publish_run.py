@@ -7,7 +7,7 @@ from pathlib import Path
 from quantmill.errors import PublishError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
-from quantmill.publish.publisher import PublishResult, make_target, publish_variant, repo_id_for
+from quantmill.publish.publisher import PublishResult, make_target, publish_variant, publishable, repo_id_for
 from quantmill.quantize import read_artifact
 from quantmill.recipe import load_recipe
 from quantmill.runstore import Run
@@ -26,7 +26,7 @@ def publish_run(run_path: Path, *, force: list[str], target: str | None = None) 
     unknown = [v for v in force if v not in variants]
     if unknown:
         raise PublishError(f"no variant {', '.join(unknown)} in this run (variants: {', '.join(variants)})")
-    chosen = [v for v, e in variants.items() if e.get("status") == "passed" or v in force]
+    chosen = publishable(variants, force)
     publisher = make_target(loaded, target)
     baseline = (results.get("baseline") or {}).get("evaluation")
     related = [{"name": v, "url": publisher.url(repo_id_for(loaded, loaded.variant(v))), "note": variants[v]["method"]}

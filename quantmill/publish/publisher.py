@@ -42,6 +42,11 @@ class PublishResult:
         return asdict(self)
 
 
+def publishable(variants: dict[str, dict[str, Any]], force: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The variants that may be published: those that passed, plus any forced by name."""
+    return [v for v, entry in variants.items() if entry.get("status") == "passed" or v in force]
+
+
 def make_target(loaded: LoadedRecipe, target: str | None = None) -> Target:
     """The recipe's publish target (``target`` overrides the recipe's choice)."""
     publish = loaded.recipe.publish

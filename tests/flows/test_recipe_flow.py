@@ -138,3 +138,18 @@ def test_plan_shows_cached_and_stale_variants(tmp_path, write_recipe):
     assert cache_status(load_recipe(recipe), cache, "cpu") == {"rtn-w4-g128": "cached", "bnb-int8": "cached"}
     changed = write_recipe(fast_recipe(rows.replace("type: int8}", "type: int8, compute_dtype: bfloat16}")))
     assert cache_status(load_recipe(changed), cache, "cpu") == {"rtn-w4-g128": "cached", "bnb-int8": "stale"}
+
+
+def test_a_corrupt_cached_result_heals_on_rerun(tmp_path, write_recipe, calls):
+    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 4, group_size: 128}\n"))
+    run_flow(recipe, tmp_path / "runs")
+    results = tmp_path / "runs" / "flowtest" / ".cache" / "results"
+    for file in results.iterdir():
+        file.write_text(file.read_text()[:20])  # a write cut short by a crash or a full disk
+    calls.log.clear()
+    healed = run_flow(recipe, tmp_path / "runs")
+    assert healed["variants"]["rtn-w4-g128"]["status"] == "passed"
+    assert calls.variants("quantize_one") == ["rtn-w4-g128"] and calls.count("evaluate_baseline") == 1
+    calls.log.clear()
+    run_flow(recipe, tmp_path / "runs")
+    assert calls.log == []  # and the healed entries are cached again

@@ -1,0 +1,61 @@
+"""A full run with a sentinel token: it never appears in anything written, printed or logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from quantmill.redact import RedactingFilter, redact
+from tests.flows.conftest import fast_recipe
+from tests.hubserver import HubServer
+
+SENTINEL = "hf_SENTINEL_9f8e7d6c5b4a_do_not_leak"
+pytestmark = pytest.mark.slow
+
+
+def scan(root: Path) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and SENTINEL.encode() in path.read_bytes():
+            hits.append(str(path))
+    return hits
+
+
+def test_redaction_masks_token_values(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    assert redact(f"Authorization: Bearer {SENTINEL} failed") == "Authorization: Bearer *** failed"
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "token %s", (SENTINEL,), None)
+    RedactingFilter().filter(record)
+    assert SENTINEL not in record.getMessage()
+
+
+def test_full_run_never_writes_the_token(tmp_path, write_recipe, monkeypatch, capfd, caplog, prefect_server):
+    import huggingface_hub.constants
+
+    from quantmill.flows.recipe import run_recipe
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    caplog.set_level(logging.DEBUG)
+    with HubServer(token=SENTINEL) as hub:
+        publish = f"publish: {{target: hub, endpoint: '{hub.endpoint}', namespace: org, license: mit}}\n"
+        recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n    - {method: rtn, bits: 2, group_size: 128}\n",
+                                          gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n",
+                                          publish=publish))  # fmt: skip
+        hub.state.fail_next("POST", r"/commit/", 500)  # an error on the way, retried
+        results = run_recipe(str(recipe), runs_dir=str(tmp_path / "runs"))
+        assert results["variants"]["bnb-int8"]["publish"]["status"] == "published"
+        assert results["variants"]["rtn-w2-g128"]["status"] == "failed"
+        assert [c["summary"] for c in hub.state.commits()] and all(
+            "rtn-w2" not in c["summary"] for c in hub.state.commits()
+        )  # the failing variant never reached the hub
+        stored = b"".join(b"".join(repo.files.values()) for repo in hub.state.repos.values())
+    assert SENTINEL.encode() not in stored
+    assert scan(tmp_path) == []
+    assert scan(Path(os.environ["PREFECT_HOME"])) == []  # Prefect's database: logs, artifacts, states
+    out, err = capfd.readouterr()
+    assert SENTINEL not in out + err
+    assert all(SENTINEL not in r.getMessage() for r in caplog.records)
