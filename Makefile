@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install tools browser demo test bench clean
+.PHONY: install tools browser demo test bench reliability clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ demo: tools
 
 test: tools browser
 	$(BIN)/python -m pytest
+
+# Ratios measured side by side (writes bench/results/summary.{json,md}); not part of the tests
+bench: tools
+	$(BIN)/python bench/run.py
+
+# The large reliability runs: 10,000 fuzzed recipes, 20 kill -9 points, a token-leak scan
+reliability: tools
+	$(BIN)/python bench/reliability.py
 
 clean:
 	rm -rf $(VENV) runs zoo .pytest_cache

@@ -76,7 +76,12 @@ _SHORT = {"bits": "w{}", "group_size": "g{}", "weight_bits": "w{}"}
 def variant_setting(variant: Variant) -> str:
     """The variant's matrix axes, compactly: ``w4 g128``, ``nf4``, ``q4_k_m``."""
     params = variant.params
-    return " ".join(_SHORT.get(axis, "{}").format(getattr(params, axis)) for axis in params.axes) or "-"
+    setting = " ".join(_SHORT.get(axis, "{}").format(getattr(params, axis)) for axis in params.axes) or "-"
+    training = getattr(params, "training", None)
+    if training is not None:  # QAT: say what the training costs
+        tokens = training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
+        setting += f" · QAT {training.steps} steps, {tokens:,} tokens"
+    return setting
 
 
 def expected_bytes(loaded: LoadedRecipe, variant: Variant) -> int | None:

@@ -22,7 +22,7 @@ from quantmill.errors import QuantizationError, QuantmillError
 from quantmill.measure import measure
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.recipe.matrix import Variant
-from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, read_json
+from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, exclusive_lock, read_json
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,22 @@ def quantize_variant(
     tokenizer_dir: Path | None = None,
     source: dict[str, Any] | None = None,
     shared_dir: Path | None = None,
+    recipe_dir: Path | None = None,
 ) -> QuantizedArtifact:
     """Quantize ``variant`` of the model in ``source_dir`` into ``out_dir``.
 
     Args:
         variant: the variant to make.
         source_dir: the baseline model folder.
-        out_dir: the final folder; replaced if it exists without a ``COMPLETE`` marker.
+        out_dir: the final folder; replaced if it exists without a ``COMPLETE`` marker, reused if
+            another process completed it while this one waited for the lock.
         calibration: tokenized calibration samples (None when the recipe has none).
         dtype: load dtype of the baseline.
         device: ``cpu`` or ``cuda[:N]``.
         tokenizer_dir: the tokenizer's folder, if not the model's.
         source: description of the baseline for the provenance (id, revision).
         shared_dir: scratch shared by the recipe's variants (default: beside ``out_dir``).
+        recipe_dir: the recipe's folder, for relative data paths in method parameters.
 
     Returns:
         the completed artifact.
@@ -98,6 +101,16 @@ def quantize_variant(
     Raises:
         QuantizationError: the method failed or refused; nothing is left at ``out_dir``.
     """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir.with_name(f".{out_dir.name}.lock")):
+        if (out_dir / COMPLETE_MARKER).is_file():
+            return read_artifact(out_dir)  # another process made exactly this while we waited
+        return _quantize_unlocked(variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source,
+                                  shared_dir, recipe_dir)  # fmt: skip
+
+
+def _quantize_unlocked(variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source, shared_dir,
+                       recipe_dir):  # fmt: skip
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     if out_dir.exists():
@@ -112,6 +125,7 @@ def quantize_variant(
         tokenizer_dir=tokenizer_dir or source_dir,
         shared_dir=shared_dir or out_dir.parent / ".shared",
         source_revision=(source or {}).get("revision") or str(source_dir),
+        recipe_dir=recipe_dir,
     )
     spec = variant.spec
     if spec.quantize is None:

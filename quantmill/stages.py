@@ -86,6 +86,7 @@ def quantize_one(
         device=device,
         tokenizer_dir=resolved.tokenizer_path,
         source={"id": resolved.id, "revision": resolved.revision},
+        recipe_dir=loaded.base_dir,
     )
 
 

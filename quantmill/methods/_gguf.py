@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import json
 import logging
@@ -21,22 +20,11 @@ from pathlib import Path
 from quantmill.errors import QuantizationError
 from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, run_tool
 from quantmill.methods.base import QuantizeContext, package_version, require
+from quantmill.runstore import exclusive_lock
 
 log = logging.getLogger(__name__)
 
 IMATRIX_CONTEXT = 128
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock, so parallel variants make a shared intermediate once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _short(*parts: str) -> str:
@@ -50,7 +38,7 @@ def model_name(ctx: QuantizeContext) -> str:
 def base_gguf(llama: LlamaCpp, ctx: QuantizeContext, outtype: str = "f16") -> Path:
     """The unquantized GGUF of the baseline, converted once per revision."""
     target = ctx.shared_dir / f"base-{outtype}-{_short(ctx.source_revision)}.gguf"
-    with _locked(target):
+    with exclusive_lock(target.with_suffix(target.suffix + ".lock")):  # parallel variants make it once
         if not target.is_file():
             partial = target.with_suffix(".partial")
             llama.convert(ctx.source_dir, partial, outtype)
@@ -67,7 +55,7 @@ def importance_matrix(llama: LlamaCpp, ctx: QuantizeContext, base: Path) -> tupl
     target = ctx.shared_dir / f"imatrix-{_short(ctx.source_revision, calibration.fingerprint)}.gguf"
     info = {"dataset": calibration.source, "fingerprint": calibration.fingerprint,
             "samples": len(calibration.texts), "context": IMATRIX_CONTEXT}  # fmt: skip
-    with _locked(target):
+    with exclusive_lock(target.with_suffix(target.suffix + ".lock")):  # parallel variants make it once
         if not target.is_file():
             text = ctx.shared_dir / f"calibration-{calibration.fingerprint[:16]}.txt"
             text.write_text("\n".join(calibration.texts) + "\n")

@@ -38,6 +38,7 @@ class QuantizeContext:
             making once (GGUF's f16 conversion and importance matrix), keyed by
             ``source_revision`` and the calibration fingerprint.
         source_revision: the pinned revision of the baseline.
+        recipe_dir: the recipe's folder, which relative data paths in method parameters start from.
     """
 
     source_dir: Path
@@ -48,18 +49,19 @@ class QuantizeContext:
     tokenizer_dir: Path
     shared_dir: Path
     source_revision: str
+    recipe_dir: Path | None = None
 
     def torch_dtype(self):
         import torch
 
         return getattr(torch, _DTYPES[self.dtype]) if self.dtype in _DTYPES else "auto"
 
-    def load_model(self, **kwargs: Any):
-        """A fresh copy of the baseline from disk (cheaper than deep-copying a loaded one)."""
+    def load_model(self, path: Path | None = None, **kwargs: Any):
+        """A fresh copy of the baseline (or of ``path``) from disk, cheaper than deep-copying a loaded one."""
         from transformers import AutoModelForCausalLM
 
         kwargs.setdefault("dtype", self.torch_dtype())
-        return AutoModelForCausalLM.from_pretrained(self.source_dir, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path or self.source_dir, **kwargs)
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from quantmill.dataref import DatasetRef
+from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
 
 
@@ -15,7 +16,7 @@ class TrainingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: DatasetRef | None = Field(None, description="defaults to the recipe's calibration data")
+    dataset: DatasetRef | None = Field(None, description="training texts (default: the recipe's calibration data)")
     steps: int = Field(200, gt=0, le=1_000_000)
     batch_size: int = Field(8, gt=0, le=4096)
     seq_len: int = Field(128, gt=0, le=131072)
@@ -24,7 +25,6 @@ class TrainingSpec(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     gradient_accumulation: int = Field(1, gt=0, le=1024)
     seed: int = 0
-    lora_rank: int | None = Field(None, gt=0, description="train LoRA adapters only, for large models")
 
 
 class QATParams(MethodParams):
@@ -37,13 +37,27 @@ class QATParams(MethodParams):
     training: TrainingSpec = TrainingSpec()
 
 
+def quantize(params: QATParams, ctx: QuantizeContext) -> dict:
+    """Fake-quantized fine-tuning (torchao prepare → train), then a real quantized checkpoint.
+
+    torchao cannot serialise a model after its QAT "convert" step ("Attempted to access
+    the data pointer on an invalid python storage"), so the trained float weights are
+    saved and quantized at load with the same config, which gives exactly the
+    converted model (tested), and that checkpoint is saved.
+    """
+    from quantmill.methods import _qat
+
+    return _qat.train_and_quantize(params, ctx)
+
+
 SPEC = MethodSpec(
     name="qat",
     params=QATParams,
     summary="quantization-aware fine-tuning (torchao), 2-8 bit weights",
     output_format="torchao",
     extra="torchao",
-    quantize=None,
+    quantize=quantize,
+    needs_calibration=lambda p: p.training.dataset is None,
     variant_id=lambda p: f"qat-w{p.bits}-g{p.group_size}" + ("-a8" if p.activations == "int8" else ""),
     bits_per_weight=lambda p: p.bits + 16 / p.group_size,
     check=lambda p, shape, device: group_size_findings(p.group_size, shape),

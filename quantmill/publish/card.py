@@ -155,6 +155,11 @@ def render_card(inputs: CardInputs):
                         f"(fingerprint `{calibration['fingerprint'][:16]}`)")  # fmt: skip
     row = next((r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {})
     versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
+    training = (provenance.get("details") or {}).get("training")
+    if training:  # QAT: the measured training cost and loss curve's ends
+        curve = training["loss_curve"]
+        calibration_text += (f"; QAT training: {training['steps']} steps, {training['tokens']} tokens, "
+                             f"{training['seconds']} s, loss {curve[0]['loss']} → {curve[-1]['loss']}")  # fmt: skip
     lm_eval = inputs.evaluation.details.get("lm_eval", {}).get("lm_eval_version")
     template = _template_text(loaded)
     return ModelCard.from_template(

@@ -21,7 +21,8 @@ from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_m
 from quantmill.recipe.checks import is_local_model, render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
-from quantmill.runstore import COMPLETE_MARKER
+from quantmill.runstore import COMPLETE_MARKER, exclusive_lock
+from quantmill.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,18 @@ def publish_variant(
     print_ = fingerprint(files, str(card))
     card.data.quantmill = {**card.data.quantmill, "fingerprint": print_}
     text = str(card)
-    existing = target.read_card(repo_id)
-    if existing is not None and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_:
-        log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
-        return PublishResult(variant.id, repo_id, target.url(repo_id), "unchanged", print_)
     publish = loaded.recipe.publish
     message = f"quantmill: {variant.id} from recipe {loaded.name} (run {run_id})" + (" [forced]" if inputs.forced else "")
-    commit = target.commit(repo_id, {**files, CARD: text.encode()}, message, private=publish.private,
-                           create_pr=publish.create_pr)  # fmt: skip
+    # Check and commit under one lock, so two runs on this machine publishing the same
+    # content at once make one commit between them.
+    lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
+    with exclusive_lock(get_settings().cache_dir / "publish-locks" / f"{lock_name}.lock"):
+        existing = target.read_card(repo_id)
+        if existing is not None and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_:
+            log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
+            return PublishResult(variant.id, repo_id, target.url(repo_id), "unchanged", print_)
+        commit = target.commit(repo_id, {**files, CARD: text.encode()}, message, private=publish.private,
+                               create_pr=publish.create_pr)  # fmt: skip
     collection = None
     if publish.collection:
         note = f"{variant.method} {variant.id}, {evaluation.value('size_mb') or 0:.3g} MB"

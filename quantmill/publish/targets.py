@@ -8,14 +8,11 @@ swapping it in with renames under a lock.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +20,7 @@ from typing import Protocol
 import yaml
 
 from quantmill.errors import PublishError
+from quantmill.runstore import exclusive_lock
 
 CARD = "README.md"
 
@@ -51,17 +49,6 @@ class Target(Protocol):
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str: ...
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class LocalZoo:
     """``<root>/<namespace>/<repo>/…``: the Hub's layout on disk; commits are logged in ``.commits.jsonl``."""
 
@@ -85,7 +72,7 @@ class LocalZoo:
                create_pr: bool = False) -> str:  # fmt: skip
         repo = self._repo_dir(repo_id)
         commit_id = secrets.token_hex(20)
-        with _locked(repo.parent / f".{repo.name}.lock"):
+        with exclusive_lock(repo.parent / f".{repo.name}.lock"):
             staging = repo.parent / f".{repo.name}.staging-{commit_id[:8]}"
             try:
                 if repo.is_dir():
@@ -116,7 +103,7 @@ class LocalZoo:
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str:
         slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
         path = self.root / namespace / "collections" / f"{slug}.json"
-        with _locked(path.with_suffix(".lock")):
+        with exclusive_lock(path.with_suffix(".lock")):
             data = json.loads(path.read_text()) if path.is_file() else {"title": title, "items": []}
             data["items"] = [i for i in data["items"] if i["id"] != repo_id] + [{"id": repo_id, "note": note}]
             tmp = path.with_suffix(".tmp")

@@ -153,3 +153,32 @@ def test_a_corrupt_cached_result_heals_on_rerun(tmp_path, write_recipe, calls):
     calls.log.clear()
     run_flow(recipe, tmp_path / "runs")
     assert calls.log == []  # and the healed entries are cached again
+
+
+def test_two_concurrent_runs_of_one_recipe(tmp_path, write_recipe):
+    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n"))
+    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
+    processes = [subprocess.Popen([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=900)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    runs = sorted((tmp_path / "runs" / "flowtest").glob("2*"))
+    assert len(runs) == 2  # separate run ids, never one folder shared
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        assert {v["status"] for v in results["variants"].values()} == {"passed"}
+    artifacts = [p for p in (tmp_path / "runs" / "flowtest" / "artifacts").iterdir() if not p.name.startswith(".")]
+    assert len(artifacts) == 2 and all((a / "COMPLETE").is_file() for a in artifacts)
+
+
+def test_a_recipe_mixing_ptq_and_qat_is_gated_and_published(tmp_path, write_recipe):
+    rows = ("    - {method: rtn, bits: 4, group_size: 128}\n"
+            "    - {method: qat, bits: 4, group_size: 32, training: {steps: 20, batch_size: 4, seq_len: 64, learning_rate: 0.0002}}\n")  # fmt: skip
+    publish = f"publish: {{target: local, path: {tmp_path / 'zoo'}, namespace: org, license: mit}}\n"
+    results = run_flow(write_recipe(fast_recipe(rows, publish=publish)), tmp_path / "runs")
+    qat = results["variants"]["qat-w4-g32"]
+    assert qat["setting"] == "w4 · QAT 20 steps, 5,120 tokens"
+    assert qat["verdict"]["outcomes"][0]["metric"] == "tiny_world_mc/acc"
+    assert qat["status"] == "passed" and qat["publish"]["status"] == "published"
+    card = (tmp_path / "zoo" / "org" / "tiny-llama-qat-w4-g32" / "README.md").read_text()
+    assert "QAT training: 20 steps, 5120 tokens" in card

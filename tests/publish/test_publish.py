@@ -182,3 +182,15 @@ def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, onli
         assert outcome["status"] == "published"
         assert len(hub.state.repos[repo_id_for(hub_loaded, variant)].commits) == 1
         assert ("POST", f"/api/models/{outcome['repo_id']}/commit/main") in hub.state.requests
+
+
+@pytest.mark.slow
+def test_concurrent_publishes_of_the_same_variant_make_one_commit(made, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    zoo = LocalZoo(tmp_path / "zoo")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = sorted(r.status for r in pool.map(lambda _: publish(made, "bnb-int8", zoo), range(2)))
+    assert outcomes == ["published", "unchanged"]
+    log = tmp_path / "zoo" / "zoo-org" / "tiny-llama-bnb-int8" / ".commits.jsonl"
+    assert len(log.read_text().splitlines()) == 1

@@ -1,0 +1,93 @@
+"""The large versions of the reliability tests: fuzzed recipes, kill -9 points, token leaks.
+
+    python bench/reliability.py [--cases 10000] [--kill-points 20] [--seed 7]
+
+Prints the figures: cases tried and tracebacks (must be 0), kill points survived,
+leaks found (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SENTINEL = "hf_SENTINEL_reliability_0123456789"
+
+
+def fuzz_recipes(cases: int, seed: int) -> dict:
+    from tests.recipe.fuzzing import fuzz
+
+    tracebacks = 0
+    counts = {"valid": 0, "error": 0}
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    for chunk in range(0, cases, 100):  # chunks, so one traceback does not hide the rest
+        try:
+            for key, value in fuzz(recipes, min(100, cases - chunk), seed + chunk).items():
+                counts[key] += value
+        except Exception:  # a traceback reaching the user is exactly what is counted  # noqa: BLE001
+            tracebacks += 1
+    return {"cases": cases, **counts, "tracebacks": tracebacks}
+
+
+def kill_points(points: int, seed: int, work: Path) -> dict:
+    from tests.flows.conftest import fast_recipe
+
+    recipe = work / "recipe.yaml"
+    recipe.write_text(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n    - {method: bnb, type: int8}\n"))
+    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(work / "runs"), "HF_TOKEN": SENTINEL,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(work / "prefect")}  # fmt: skip
+    command = [sys.executable, "-m", "quantmill.cli", "run", str(recipe)]
+    start = time.perf_counter()
+    subprocess.run(command, env={**env, "QUANTMILL_RUNS_DIR": str(work / "timing")}, capture_output=True, check=True)
+    full = time.perf_counter() - start
+    rng = random.Random(seed)
+    survived = 0
+    for _ in range(points):
+        runs = work / "runs"
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+        time.sleep(rng.uniform(0.5, full))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+        ok = rerun.returncode == 0
+        for results in runs.glob("*/*/results.json"):
+            try:
+                json.loads(results.read_text())
+            except ValueError:
+                ok = False
+        for artifact in (runs / "flowtest" / "artifacts").glob("*"):
+            if not artifact.name.startswith(".") and not (artifact / "COMPLETE").is_file():
+                ok = False  # a half-written folder where a complete one belongs
+        survived += ok
+    leaks = [str(p) for p in work.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
+    return {"kill_points": points, "survived": survived, "full_run_seconds": round(full, 1), "leaks": len(leaks)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--kill-points", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    figures = {"fuzz": fuzz_recipes(args.cases, args.seed)}
+    print(json.dumps(figures["fuzz"]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="quantmill-reliability-") as tmp:
+        figures["crash"] = kill_points(args.kill_points, args.seed, Path(tmp))
+    print(json.dumps(figures["crash"]))
+    failed = figures["fuzz"]["tracebacks"] or figures["crash"]["leaks"] or figures["crash"]["survived"] < args.kill_points
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""What quantmill costs on top of the work, measured side by side in one run.
+
+    python bench/run.py [--repeats 3] [--out bench/results]
+
+Writes ``summary.json`` and ``summary.md``. Every figure is a ratio of two
+measurements taken alternately in this run, so load on a shared machine
+cancels out as far as it can:
+
+1. overhead: ``quantmill run`` (the Prefect flow) / a plain script making the
+   same library calls in sequence, same variants, alternating A/B; plus the
+   fixed cost of importing the flow and starting Prefect's ephemeral server;
+2. rerun: an unchanged rerun / the first run, and "one variant added" / first run;
+3. fan-out: the same variants with 1 heavy slot vs 2 (speedup / 2);
+4. evaluation parity: quantmill's evaluation vs ``lm_eval.simple_evaluate`` on
+   the same model and task (numbers must be identical), and the time ratio;
+5. memory: peak RSS growth during GPTQ of a random-weight model built from a
+   config, against the model's fp16 size (sequential pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+DEMO = REPO / "quantmill" / "demo"
+DATA = DEMO / "lm_eval_tasks" / "tiny_world" / "data"
+
+
+def recipe_text(rows: str) -> str:
+    return f"""\
+name: bench
+model: {{id: {DEMO / "tiny-llama"}, dtype: float32}}
+device: cpu
+calibration: {{dataset: {{path: {DATA / "calibration.jsonl"}}}, num_samples: 64, seq_len: 64}}
+evaluation:
+  tasks: [tiny_world_mc]
+  include_paths: [{DEMO / "lm_eval_tasks"}]
+  perplexity: {{dataset: {{path: {DATA / "tiny_world_ppl.jsonl"}}}, max_length: 64, stride: 32}}
+  metrics: [size, memory]
+variants:
+  methods:
+{rows}gates:
+  - {{metric: tiny_world_mc/acc, min_recovery: 0.97}}
+publish: {{target: none}}
+"""
+
+
+ROWS = "    - {method: gptq, bits: 4, group_size: 128}\n    - {method: rtn, bits: 4, group_size: 128}\n"
+ONE_MORE = ROWS + "    - {method: bnb, type: int8}\n"
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return time.perf_counter() - start, value
+
+
+def flow_run(recipe: Path, runs: Path, **kwargs) -> dict:
+    from quantmill.flows.recipe import run_recipe
+
+    return run_recipe(str(recipe), runs_dir=str(runs), **kwargs)
+
+
+def plain_run(recipe: Path, runs: Path) -> dict:
+    """The same library calls the flow makes, in sequence, with no orchestration."""
+    from quantmill import stages
+    from quantmill.recipe import load_recipe
+    from quantmill.resolve import resolve_model
+
+    loaded = load_recipe(recipe)
+    resolved = resolve_model(loaded)
+    calibration = stages.prepare_calibration(loaded, resolved)
+    baseline = stages.evaluate_baseline(loaded, resolved, "cpu")
+    verdicts = {}
+    for variant in loaded.variants:
+        artifact = stages.quantize_one(loaded, variant, resolved, calibration, "cpu", runs / variant.id)
+        result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
+        verdicts[variant.id] = stages.gate_variant(variant, result, baseline).status
+    return verdicts
+
+
+def overhead(work: Path, repeats: int) -> dict:
+    recipe = work / "overhead.yaml"
+    recipe.write_text(recipe_text(ROWS))
+    flow_run(recipe, work / "warmup")  # first use starts Prefect's server and imports everything
+    flows, plains = [], []
+    for i in range(repeats):
+        flows.append(timed(flow_run, recipe, work / f"flow-{i}")[0])
+        plains.append(timed(plain_run, recipe, work / f"plain-{i}")[0])
+    ratios = [f / p for f, p in zip(flows, plains, strict=True)]
+    fixed = subprocess.run([sys.executable, "-c", (
+        "import time; t=time.perf_counter(); import quantmill.flows.recipe as r; from prefect import flow\n"
+        "@flow\ndef hello(): return 1\n"
+        "hello(); print(time.perf_counter()-t)")], capture_output=True, text=True, check=True,
+        env={**os.environ, "PREFECT_HOME": str(work / "fresh-prefect-home")}).stdout.split()[-1]  # fmt: skip
+    return {"flow_seconds": flows, "plain_seconds": plains, "median_ratio": statistics.median(ratios),
+            "fixed_cost_seconds_import_and_ephemeral_server": float(fixed)}  # fmt: skip
+
+
+def rerun(work: Path) -> dict:
+    recipe = work / "rerun.yaml"
+    recipe.write_text(recipe_text(ROWS))
+    first, _ = timed(flow_run, recipe, work / "rerun")
+    again, _ = timed(flow_run, recipe, work / "rerun")
+    recipe.write_text(recipe_text(ONE_MORE))
+    added, _ = timed(flow_run, recipe, work / "rerun")
+    return {"first_seconds": first, "unchanged_rerun_seconds": again, "rerun_ratio": again / first,
+            "one_variant_added_seconds": added, "added_ratio": added / first}  # fmt: skip
+
+
+def fan_out(work: Path) -> dict:
+    from prefect import get_client
+
+    recipe = work / "fanout.yaml"
+    recipe.write_text(recipe_text(ONE_MORE))
+    times = {}
+    for slots in (1, 2):
+        with get_client(sync_client=True) as client:  # the limit keeps its size once created: reset it
+            try:
+                client.delete_global_concurrency_limit_by_name("cpu-heavy")
+            except Exception:  # noqa: BLE001 (absent is fine)
+                pass
+        times[slots], _ = timed(flow_run, recipe, work / f"fanout-{slots}", heavy_slots=slots, workers=4)
+    speedup = times[1] / times[2]
+    return {"seconds_1_slot": times[1], "seconds_2_slots": times[2], "speedup": speedup, "speedup_per_worker": speedup / 2,
+            "cores": os.cpu_count()}  # fmt: skip
+
+
+def evaluation_parity(work: Path) -> dict:
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantmill import stages
+    from quantmill.recipe import load_recipe
+    from quantmill.resolve import resolve_model
+
+    recipe = work / "parity.yaml"
+    recipe.write_text(recipe_text(ROWS).replace("  metrics: [size, memory]\n", "  metrics: []\n").replace(
+        f"  perplexity: {{dataset: {{path: {DATA / 'tiny_world_ppl.jsonl'}}}, max_length: 64, stride: 32}}\n", ""))
+    loaded = load_recipe(recipe)
+    resolved = resolve_model(loaded)
+
+    def direct():
+        model = AutoModelForCausalLM.from_pretrained(DEMO / "tiny-llama", dtype=torch.float32)
+        lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(DEMO / "tiny-llama"), batch_size=16)
+        return simple_evaluate(model=lm, tasks=["tiny_world_mc"], task_manager=TaskManager(include_path=str(DEMO / "lm_eval_tasks")),
+                               random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234)  # fmt: skip
+
+    ours_t, ours = timed(stages.evaluate_baseline, loaded, resolved, "cpu")
+    theirs_t, theirs = timed(direct)
+    value, reference = ours.value("tiny_world_mc/acc"), theirs["results"]["tiny_world_mc"]["acc,none"]
+    return {"quantmill_acc": value, "simple_evaluate_acc": reference, "identical": value == reference,
+            "quantmill_seconds": ours_t, "simple_evaluate_seconds": theirs_t, "time_ratio": ours_t / theirs_t}  # fmt: skip
+
+
+def gptq_memory(work: Path, hidden: int, layers: int) -> dict:
+    """GPTQ of a random-weight Llama built from a config, in a fresh process so RSS is its own."""
+    code = f"""
+import json, psutil, torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from quantmill.calibration import CalibrationSet
+from quantmill.measure import measure
+from quantmill.quantize import quantize_variant
+from quantmill.registry import get_method
+from quantmill.recipe.matrix import Variant
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=768, hidden_size={hidden}, intermediate_size={hidden * 4}, num_hidden_layers={layers},
+                     num_attention_heads={hidden // 64}, num_key_value_heads={hidden // 64}, max_position_embeddings=256)
+model = LlamaForCausalLM(config).to(torch.float16)
+model.save_pretrained("{work}/synthetic")
+AutoTokenizer.from_pretrained("{DEMO / 'tiny-llama'}").save_pretrained("{work}/synthetic")
+params = sum(p.numel() for p in model.parameters()); del model
+import gc; gc.collect()
+before = psutil.Process().memory_info().rss
+spec = get_method("gptq"); p = spec.params.model_validate({{"bits": 4, "group_size": 128}})
+ids = tuple(tuple(range(3, 67)) for _ in range(16))
+calibration = CalibrationSet(ids, "synthetic", "synthetic")
+artifact = quantize_variant(Variant("gptq-w4-g128", "gptq", p, (), 0), source_dir="{work}/synthetic",
+                            out_dir="{work}/synthetic-gptq", calibration=calibration, dtype="float16")
+print(json.dumps({{"parameters": params, "fp16_bytes": params * 2, "rss_before_bytes": before,
+                  "peak_rss_bytes": artifact.peak_rss_bytes, "seconds": artifact.seconds}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    data["peak_growth_over_fp16"] = (data["peak_rss_bytes"] - data["rss_before_bytes"]) / data["fp16_bytes"]
+    data["peak_over_fp16"] = data["peak_rss_bytes"] / data["fp16_bytes"]
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--hidden", type=int, default=1024, help="synthetic model width for the memory benchmark")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--only", nargs="*", help="run only these items")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from prefect.testing.utilities import prefect_test_harness
+
+    summary: dict = {}
+    with tempfile.TemporaryDirectory(prefix="quantmill-bench-") as tmp, prefect_test_harness(server_startup_timeout=120):
+        work = Path(tmp)
+        items = {"overhead": lambda: overhead(work, args.repeats), "rerun": lambda: rerun(work),
+                 "fan_out": lambda: fan_out(work), "evaluation_parity": lambda: evaluation_parity(work),
+                 "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers)}  # fmt: skip
+        for name, item in items.items():
+            if args.only and name not in args.only:
+                continue
+            started = time.perf_counter()
+            summary[name] = item()
+            summary[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+            print(name, json.dumps(summary[name]), flush=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    for name, figures in summary.items():
+        for key, value in figures.items():
+            if isinstance(value, float):
+                value = f"{value:.4g}"
+            lines.append(f"| {name} | {key} | {value} |")
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
