@@ -32,9 +32,14 @@ def kl_divergence(llama: LlamaCpp, base: Path, variant: Path, corpus: Path, cont
         run_tool(_perplexity_command(llama, base, corpus, context) + ["--kl-divergence-base", str(partial)],
                  what="llama-perplexity (base logits)")  # fmt: skip
         partial.rename(logits)
-    output = run_tool(_perplexity_command(llama, variant, corpus, context)
-                      + ["--kl-divergence-base", str(logits), "--kl-divergence"], what="llama-perplexity --kl-divergence")  # fmt: skip
-    match = _MEAN_KLD.search(output)
+    command = _perplexity_command(llama, variant, corpus, context) + ["--kl-divergence-base", str(logits), "--kl-divergence"]
+    # llama.cpp logs from a background thread and can lose the last lines at exit on a
+    # loaded machine (seen here); the computation is deterministic, so running it again is safe.
+    for _ in range(3):
+        output = run_tool(command, what="llama-perplexity --kl-divergence")
+        match = _MEAN_KLD.search(output)
+        if match is not None:
+            break
     if match is None:
         tail = "\n".join(output.strip().splitlines()[-8:])
         raise ValueError(f"llama-perplexity printed no 'Mean KLD' line; its output ended with:\n{tail}")

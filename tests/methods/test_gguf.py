@@ -82,6 +82,8 @@ def test_every_type_loads_and_is_measured_on_the_same_task(gguf_results):
 @pytest.mark.slow
 @pytest.mark.gguf
 def test_kld_orders_the_quants(gguf_results):
+    for gguf_type, (_, result) in gguf_results.items():
+        assert gguf_type == "f16" or "kld" in result.metrics, (gguf_type, result.details.get("kld"))
     kld = {t: r.metrics["kld"].value for t, (_, r) in gguf_results.items() if t != "f16"}
     assert 0 <= kld["q8_0"] < kld["q4_k_m"] < kld["q2_k"]
 
