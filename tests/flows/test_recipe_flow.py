@@ -63,7 +63,8 @@ def test_a_failing_variant_does_not_stop_the_others(tmp_path, write_recipe, monk
         return original(loaded, variant, *args, **kwargs)
 
     monkeypatch.setattr(stages, "quantize_one", fail_awq)
-    results = run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs")
+    publish = f"publish: {{target: local, path: {tmp_path / 'zoo'}, namespace: org, license: mit}}\n"
+    results = run_flow(write_recipe(fast_recipe(THREE, publish=publish)), tmp_path / "runs")
     failed = results["variants"]["rtn-w8-g128"]
     assert failed["status"] == "failed" and "simulated out-of-memory" in failed["error"]
     assert failed["verdict"]["status"] == "failed"
@@ -71,6 +72,8 @@ def test_a_failing_variant_does_not_stop_the_others(tmp_path, write_recipe, monk
     assert results["variants"]["bnb-int8"]["status"] == "passed"
     saved = json.loads((tmp_path / "runs" / "flowtest" / results["run_id"] / "results.json").read_text())
     assert saved["variants"]["rtn-w8-g128"]["status"] == "failed"
+    published = sorted(p.name for p in (tmp_path / "zoo" / "org").iterdir())
+    assert published == ["tiny-llama-bnb-int8", "tiny-llama-rtn-w4-g128"]  # the others were published
 
 
 def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):

@@ -1,0 +1,51 @@
+"""The demo recipe end to end through Prefect: verdicts, the local zoo, cards, reports, artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from quantmill.publish.targets import front_matter
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+
+def test_demo_recipe_end_to_end(tmp_path):
+    from prefect import get_client
+
+    from quantmill.flows.recipe import run_recipe
+
+    text = (REPO / "recipes" / "demo.yaml").read_text().replace("../", f"{REPO}/")
+    text = text.replace(f"path: {REPO}/zoo", f"path: {tmp_path / 'zoo'}")
+    recipe = tmp_path / "demo.yaml"
+    recipe.write_text(text)
+    results = run_recipe(str(recipe), runs_dir=str(tmp_path / "runs"))
+
+    statuses = {v: e["status"] for v, e in results["variants"].items()}
+    assert statuses.pop("rtn-w2-g64") == "failed"  # 2-bit round-to-nearest loses the accuracy gate
+    assert set(statuses.values()) == {"passed"}, statuses
+    zoo = tmp_path / "zoo" / "quantmill-demo"
+    published = sorted(p.name for p in zoo.iterdir() if p.is_dir() and p.name != "collections")
+    assert published == sorted(f"tiny-llama-{v}" for v in statuses)  # the failing variant is absent
+    for repo in published:
+        card = (zoo / repo / "README.md").read_text()
+        meta = front_matter(card)
+        assert meta["base_model_relation"] == "quantized" and meta["license"] == "apache-2.0"
+        assert yaml.safe_load(card[3 : card.index("\n---", 3)]) == meta
+        assert "## Evaluation" in card and "## Gates" in card
+    gguf_card = (zoo / "tiny-llama-gguf-q4_k_m" / "README.md").read_text()
+    assert "tiny-llama-Q4_K_M.gguf" in gguf_card and "llama-cli" in gguf_card
+    collection = json.loads((zoo / "collections" / "quantmill-demo-zoo.json").read_text())
+    assert len(collection["items"]) == len(statuses)
+
+    run = tmp_path / "runs" / "demo" / results["run_id"]
+    for name in ("results.json", "report.md", "report.html", "quality_vs_size.png", "quality_vs_speed.png"):
+        assert (run / name).is_file(), name
+    report = (run / "report.md").read_text()
+    assert "memory-bound hosts" in report and "rtn-w2-g64" in report
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"quantmill-demo-table", "quantmill-demo-report"} <= keys
