@@ -192,13 +192,16 @@ before = psutil.Process().memory_info().rss
 spec = get_method("gptq"); p = spec.params.model_validate({{"bits": 4, "group_size": 128}})
 ids = tuple(tuple(range(3, 67)) for _ in range(16))
 calibration = CalibrationSet(ids, "synthetic", "synthetic")
-artifact = quantize_variant(Variant("gptq-w4-g128", "gptq", p, (), 0), source_dir="{work}/synthetic",
-                            out_dir="{work}/synthetic-gptq", calibration=calibration, dtype="float16")
+from pathlib import Path
+artifact = quantize_variant(Variant("gptq-w4-g128", "gptq", p, (), 0), source_dir=Path("{work}/synthetic"),
+                            out_dir=Path("{work}/synthetic-gptq"), calibration=calibration, dtype="float16")
 print(json.dumps({{"parameters": params, "fp16_bytes": params * 2, "rss_before_bytes": before,
                   "peak_rss_bytes": artifact.peak_rss_bytes, "seconds": artifact.seconds}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    data = json.loads(out.strip().splitlines()[-1])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"the GPTQ memory run failed:\n{result.stderr[-3000:]}")
+    data = json.loads(result.stdout.strip().splitlines()[-1])
     data["peak_growth_over_fp16"] = (data["peak_rss_bytes"] - data["rss_before_bytes"]) / data["fp16_bytes"]
     data["peak_over_fp16"] = data["peak_rss_bytes"] / data["fp16_bytes"]
     return data

@@ -61,6 +61,10 @@ class LocalZoo:
             raise PublishError(f"repo id {repo_id!r} would escape the zoo folder")
         return path
 
+    def _lock(self, name: str) -> Path:
+        """Locks live in ``<root>/.locks``, out of the Hub-like layout."""
+        return self.root / ".locks" / (name.replace("/", "--") + ".lock")
+
     def url(self, repo_id: str) -> str:
         return self._repo_dir(repo_id).as_uri()
 
@@ -72,7 +76,7 @@ class LocalZoo:
                create_pr: bool = False) -> str:  # fmt: skip
         repo = self._repo_dir(repo_id)
         commit_id = secrets.token_hex(20)
-        with exclusive_lock(repo.parent / f".{repo.name}.lock"):
+        with exclusive_lock(self._lock(repo_id)):
             staging = repo.parent / f".{repo.name}.staging-{commit_id[:8]}"
             try:
                 if repo.is_dir():
@@ -103,7 +107,8 @@ class LocalZoo:
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str:
         slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
         path = self.root / namespace / "collections" / f"{slug}.json"
-        with exclusive_lock(path.with_suffix(".lock")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self._lock(f"{namespace}/collections/{slug}")):
             data = json.loads(path.read_text()) if path.is_file() else {"title": title, "items": []}
             data["items"] = [i for i in data["items"] if i["id"] != repo_id] + [{"id": repo_id, "note": note}]
             tmp = path.with_suffix(".tmp")
