@@ -41,8 +41,11 @@ def find_model_dir(model_id: str, base_dir: Path | None = None, revision: str | 
     candidate = Path(model_id).expanduser()
     if not candidate.is_absolute() and base_dir is not None:
         candidate = base_dir / candidate
-    if (candidate / "config.json").is_file():
-        return candidate
+    try:
+        if (candidate / "config.json").is_file():
+            return candidate
+    except (OSError, ValueError):  # a path too long or malformed for this filesystem
+        return None
     if "/" not in model_id or model_id.startswith((".", "/", "~")):
         return None
     from huggingface_hub import try_to_load_from_cache

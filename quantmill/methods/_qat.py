@@ -7,7 +7,6 @@ import math
 import random
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from quantmill.errors import QuantizationError

@@ -29,10 +29,18 @@ _DEFAULT_TASK_METRICS: dict[str, dict[str, Direction]] = {
 }
 
 
+def _is(path: Path, kind: str) -> bool:
+    """``path.exists()/is_file()/is_dir()`` that answers False for unusable paths (too long, bad bytes)."""
+    try:
+        return getattr(path, kind)()
+    except (OSError, ValueError):
+        return False
+
+
 def is_local_model(model_id: str, base_dir: Path) -> bool:
     """A model id names a local folder if it exists or is written as a path."""
     path = Path(model_id).expanduser()
-    if (path if path.is_absolute() else base_dir / path).exists():
+    if _is(path if path.is_absolute() else base_dir / path, "exists"):
         return True
     return model_id.startswith((".", "/", "~")) or not HUB_ID.match(model_id)
 
@@ -59,6 +67,8 @@ def local_task_metrics(include_paths: list[Path]) -> dict[str, dict[str, Directi
     """Task name → metric → direction for every lm-eval task YAML under ``include_paths``."""
     tasks: dict[str, dict[str, Direction]] = {}
     for folder in include_paths:
+        if not _is(folder, "is_dir"):
+            continue
         for file in sorted(folder.rglob("*.yaml")):
             try:
                 config = yaml.load(file.read_text(), Loader=_TaskYamlLoader)  # noqa: S506 (SafeLoader subclass)
@@ -83,7 +93,7 @@ def _check_dataset(ref: DatasetRef | None, loc: tuple, doc: LocatedDocument, bas
     if ref is None or ref.path is None:
         return []
     path = _resolve(base_dir, ref.path)
-    if not path.is_file():
+    if not _is(path, "is_file"):
         return [doc.problem(loc + ("path",), f"data file not found: {path}", "paths are relative to the recipe")]
     if path.suffix not in (".txt", ".jsonl", ".json"):
         return [doc.problem(loc + ("path",), f"unsupported data file type '{path.suffix}'", "use .txt or .jsonl")]
@@ -94,7 +104,7 @@ def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[M
     model_id = recipe.model.id
     if is_local_model(model_id, base_dir):
         folder = _resolve(base_dir, model_id)
-        if not (folder / "config.json").is_file():
+        if not _is(folder / "config.json", "is_file"):
             return None, [
                 doc.problem(("model", "id"), f"no model folder with a config.json at {folder}",
                             "give a local model folder (relative to the recipe) or a hub id like 'org/name'")  # fmt: skip
@@ -132,7 +142,7 @@ def check_data(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, ba
         if training is not None:
             problems += _check_dataset(training.dataset, ("variants", "methods", variant.row, "training", "dataset"), doc, base_dir)
     for i, folder in enumerate(recipe.evaluation.include_paths):
-        if not _resolve(base_dir, folder).is_dir():
+        if not _is(_resolve(base_dir, folder), "is_dir"):
             problems.append(doc.problem(("evaluation", "include_paths", i), f"task folder not found: {folder}"))
     return problems
 

@@ -7,9 +7,7 @@ import json
 import pytest
 
 from quantmill import stages
-from quantmill.recipe import load_recipe
-from quantmill.resolve import resolve_model
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, lm_eval_directly, run_stages
 
 RECIPE = f"""\
 name: gating
@@ -37,18 +35,9 @@ gates:
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gating")
-    (folder / "recipe.yaml").write_text(RECIPE)
-    loaded = load_recipe(folder / "recipe.yaml")
-    resolved = resolve_model(loaded)
-    calibration = stages.prepare_calibration(loaded, resolved)
-    baseline = stages.evaluate_baseline(loaded, resolved, "cpu")
-    results = {}
-    for variant in loaded.variants:
-        artifact = stages.quantize_one(loaded, variant, resolved, calibration, "cpu", folder / variant.id)
-        result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
-        results[variant.id] = (result, stages.gate_variant(variant, result, baseline))
-    return loaded, resolved, baseline, results
+    staged = run_stages(RECIPE, tmp_path_factory.mktemp("gating"))
+    results = {v: (m.result, m.verdict) for v, m in staged.variants.items()}
+    return staged.loaded, staged.resolved, staged.baseline, results
 
 
 @pytest.mark.slow
@@ -89,18 +78,8 @@ def test_size_and_speed_metrics_are_measured(measured):
 
 @pytest.mark.slow
 def test_baseline_matches_simple_evaluate_and_repeats(measured):
-    import torch
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     loaded, resolved, baseline, _ = measured
-    model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, dtype=torch.float32)
-    direct = simple_evaluate(
-        model=HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(DEMO_MODEL), batch_size=16),
-        tasks=["tiny_world_mc"], task_manager=TaskManager(include_path=str(DEMO_TASKS)),
-    )["results"]["tiny_world_mc"]  # fmt: skip
+    direct = lm_eval_directly("tiny_world_mc")
     assert baseline.value("tiny_world_mc/acc") == direct["acc,none"]
     assert baseline.metrics["tiny_world_mc/acc"].stderr == pytest.approx(direct["acc_stderr,none"])
     again = stages.evaluate_baseline(loaded, resolved, "cpu")
@@ -110,18 +89,8 @@ def test_baseline_matches_simple_evaluate_and_repeats(measured):
 
 @pytest.mark.slow
 def test_perplexity_agrees_with_lm_eval_word_perplexity(measured):
-    import torch
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     _, _, baseline, _ = measured
-    model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, dtype=torch.float32)
-    direct = simple_evaluate(
-        model=HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(DEMO_MODEL), batch_size=16),
-        tasks=["tiny_world_ppl"], task_manager=TaskManager(include_path=str(DEMO_TASKS)),
-    )["results"]["tiny_world_ppl"]  # fmt: skip
+    direct = lm_eval_directly("tiny_world_ppl")
     ours = baseline.details["perplexity"]
     assert ours["word_perplexity"] == pytest.approx(direct["word_perplexity,none"], rel=1e-4)
     assert ours["byte_perplexity"] == pytest.approx(direct["byte_perplexity,none"], rel=1e-4)

@@ -185,3 +185,25 @@ def test_a_recipe_mixing_ptq_and_qat_is_gated_and_published(tmp_path, write_reci
     assert qat["status"] == "passed" and qat["publish"]["status"] == "published"
     card = (tmp_path / "zoo" / "org" / "tiny-llama-qat-w4-g32" / "README.md").read_text()
     assert "QAT training: 20 steps, 5120 tokens" in card
+
+
+def test_a_variant_killed_by_the_oom_killer_fails_alone(tmp_path, write_recipe, monkeypatch):
+    """A worker process killed by SIGKILL (what the OOM killer sends) fails its variant only."""
+    from quantmill import stages
+    from quantmill.errors import QuantizationError
+
+    original = stages.quantize_one
+
+    def killed_worker(loaded, variant, *args, **kwargs):
+        if variant.method == "bnb":
+            worker = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+            raise QuantizationError(f"{variant.id}: worker killed by signal {-worker.returncode} (out of memory?)")
+        return original(loaded, variant, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "quantize_one", killed_worker)
+    results = run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs")
+    assert results["variants"]["bnb-int8"]["status"] == "failed"
+    assert "killed by signal 9" in results["variants"]["bnb-int8"]["error"]
+    assert results["variants"]["rtn-w4-g128"]["status"] == "passed"
+    report = (tmp_path / "runs" / "flowtest" / results["run_id"] / "report.md").read_text()
+    assert "killed by signal 9" in report  # the report says what happened

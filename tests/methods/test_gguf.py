@@ -6,12 +6,9 @@ import shutil
 
 import pytest
 
-from quantmill import stages
 from quantmill.llamacpp import find_llama_cpp, parse_fallbacks
 from quantmill.quantize import quantize_variant
-from quantmill.recipe import load_recipe
-from quantmill.resolve import resolve_model
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
 from tests.methods.test_quantize_all import make_variant
 
 TYPES = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "iq4_xs"]
@@ -46,16 +43,8 @@ def llama():
 
 @pytest.fixture(scope="module")
 def gguf_results(llama, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gguf")
-    (folder / "recipe.yaml").write_text(RECIPE)
-    loaded = load_recipe(folder / "recipe.yaml")
-    resolved = resolve_model(loaded)
-    calibration = stages.prepare_calibration(loaded, resolved)
-    out = {}
-    for variant in loaded.variants:
-        artifact = stages.quantize_one(loaded, variant, resolved, calibration, "cpu", folder / "artifacts" / variant.id)
-        out[variant.params.type] = (artifact, stages.evaluate_variant(loaded, variant, artifact.path, "cpu"))
-    return out
+    staged = run_stages(RECIPE, tmp_path_factory.mktemp("gguf"), baseline=False)
+    return {m.variant.params.type: (m.artifact, m.result) for m in staged.variants.values()}
 
 
 @pytest.mark.slow

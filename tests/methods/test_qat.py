@@ -6,10 +6,7 @@ import json
 
 import pytest
 
-from quantmill import stages
-from quantmill.recipe import load_recipe
-from quantmill.resolve import resolve_model
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
 
 RECIPE = f"""\
 name: qat
@@ -31,16 +28,8 @@ variants:
 
 @pytest.fixture(scope="module")
 def two_bit(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qat")
-    (folder / "recipe.yaml").write_text(RECIPE)
-    loaded = load_recipe(folder / "recipe.yaml")
-    resolved = resolve_model(loaded)
-    calibration = stages.prepare_calibration(loaded, resolved)
-    out = {}
-    for variant in loaded.variants:
-        artifact = stages.quantize_one(loaded, variant, resolved, calibration, "cpu", folder / variant.id)
-        out[variant.method] = (artifact, stages.evaluate_variant(loaded, variant, artifact.path, "cpu"))
-    return out
+    staged = run_stages(RECIPE, tmp_path_factory.mktemp("qat"), baseline=False)
+    return {m.variant.method: (m.artifact, m.result) for m in staged.variants.values()}
 
 
 @pytest.mark.slow

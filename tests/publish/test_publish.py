@@ -6,14 +6,12 @@ import json
 
 import pytest
 
-from quantmill import stages
 from quantmill.errors import PublishError
 from quantmill.gates import Verdict
 from quantmill.publish.publisher import publish_variant, repo_id_for
 from quantmill.publish.targets import HubTarget, LocalZoo, front_matter
 from quantmill.recipe import load_recipe
-from quantmill.resolve import resolve_model
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
 from tests.hubserver import HubServer
 
 SENTINEL = "hf_SENTINELtokenDoNotLeak0123456789"
@@ -42,17 +40,9 @@ publish:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """The recipe, its baseline, and both variants quantized, evaluated and gated, once."""
-    folder = tmp_path_factory.mktemp("publishing")
-    (folder / "recipe.yaml").write_text(RECIPE)
-    loaded = load_recipe(folder / "recipe.yaml")
-    resolved = resolve_model(loaded)
-    baseline = stages.evaluate_baseline(loaded, resolved, "cpu")
-    variants = {}
-    for variant in loaded.variants:
-        artifact = stages.quantize_one(loaded, variant, resolved, None, "cpu", folder / "artifacts" / variant.id)
-        result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
-        variants[variant.id] = (variant, artifact, result, stages.gate_variant(variant, result, baseline))
-    return loaded, resolved, baseline, variants
+    staged = run_stages(RECIPE, tmp_path_factory.mktemp("publishing"))
+    variants = {v: (m.variant, m.artifact, m.result, m.verdict) for v, m in staged.variants.items()}
+    return staged.loaded, staged.resolved, staged.baseline, variants
 
 
 @pytest.fixture

@@ -76,6 +76,8 @@ CASES = [
     ("empty-axis-list", add_row("{method: rtn, bits: []}"), "variants.methods[1].bits", "'bits' is an empty list", "bits: []"),
     ("python-tag", BASE_RECIPE + "description: !!python/object/apply:os.system ['echo pwned']\n", "description", "unsupported YAML tag", "description"),
     ("endpoint-not-url", BASE_RECIPE + "publish:\n  endpoint: localhost:8080\n", "publish.endpoint", "endpoint must be an http(s) URL", "endpoint"),
+    ("path-too-long", replace("  include_paths: [", "  include_paths: [" + "x" * 5000 + ", "), "evaluation.include_paths[0]",
+     "task folder not found", "include_paths"),
     ("task-listed-twice", replace("  tasks: [tiny_world_mc]", "  tasks: [tiny_world_mc, tiny_world_mc]"), "evaluation.tasks", "a task is listed twice", "tasks:"),
 ]
 
