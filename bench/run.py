@@ -10,7 +10,7 @@ cancels out as far as it can:
    same library calls in sequence, same variants, alternating A/B; plus the
    fixed cost of importing the flow and starting Prefect's ephemeral server;
 2. rerun: an unchanged rerun / the first run, and "one variant added" / first run;
-3. fan-out: the same variants with 1 heavy slot vs 2 (speedup / 2);
+3. fan-out: the same variants in 1 worker process vs 2 (Dask; speedup / 2);
 4. evaluation parity: quantmill's evaluation vs ``lm_eval.simple_evaluate`` on
    the same model and task (numbers must be identical), and the time ratio;
 5. memory: peak RSS growth during GPTQ of a random-weight model built from a
@@ -124,22 +124,14 @@ def rerun(work: Path) -> dict:
             "one_variant_added_seconds": added, "added_ratio": added / first}  # fmt: skip
 
 
-def fan_out(work: Path) -> dict:
-    from prefect import get_client
-
+def fan_out(work: Path, processes: int = 2) -> dict:
+    """The same variants in 1 worker process vs ``processes`` (Dask), the heavy limit sized to match."""
     recipe = work / "fanout.yaml"
     recipe.write_text(recipe_text(ONE_MORE))
-    times = {}
-    for slots in (1, 2):
-        with get_client(sync_client=True) as client:  # the limit keeps its size once created: reset it
-            try:
-                client.delete_global_concurrency_limit_by_name("cpu-heavy")
-            except Exception:  # noqa: BLE001 (absent is fine)
-                pass
-        times[slots], _ = timed(flow_run, recipe, work / f"fanout-{slots}", heavy_slots=slots, workers=4)
-    speedup = times[1] / times[2]
-    return {"seconds_1_slot": times[1], "seconds_2_slots": times[2], "speedup": speedup, "speedup_per_worker": speedup / 2,
-            "cores": os.cpu_count()}  # fmt: skip
+    times = {n: timed(flow_run, recipe, work / f"fanout-{n}", processes=n)[0] for n in (1, processes)}
+    speedup = times[1] / times[processes]
+    return {"seconds_1_process": times[1], f"seconds_{processes}_processes": times[processes], "speedup": speedup,
+            "speedup_per_worker": speedup / processes, "cores": os.cpu_count()}  # fmt: skip
 
 
 def evaluation_parity(work: Path) -> dict:

@@ -6,8 +6,11 @@ in the run store; every decision lives in the library.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from quantmill import cachekeys
+from quantmill.errors import QuantmillError
 from quantmill.gates import Verdict
 from quantmill.pipeline import select_variants, start_run
 from quantmill.plan import variant_setting
@@ -99,8 +103,8 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
         recipe_path: the recipe file.
         only: variant ids to run (default: all).
         runs_dir: the run store (default: ``QUANTMILL_RUNS_DIR``).
-        heavy_slots: size of the heavy-task concurrency limit when it is created
-            (default: visible GPUs on CUDA, 1 on the CPU).
+        heavy_slots: size of the heavy-task concurrency limit (default: an existing
+            limit keeps its size; a new one gets the visible GPUs on CUDA, 1 on the CPU).
         publish: publish the variants that pass (to the recipe's target).
         target: ``local`` or ``hub``, overriding the recipe's publish target.
         inputs_fingerprint: what the zoo flow compares to decide whether a recipe changed.
@@ -240,10 +244,57 @@ def _publish_passed(loaded, results: dict[str, Any], publish_to: str, run) -> No
 
 
 def run_recipe(recipe_path: str, *, only: list[str] | None = None, runs_dir: str | None = None,
-               workers: int = 4, heavy_slots: int | None = None, publish: bool = True, target: str | None = None,
-               task_runner=None) -> dict[str, Any]:  # fmt: skip
-    """Run the recipe flow with ``workers`` concurrent tasks (or a given task runner, e.g. Dask)."""
+               workers: int = 4, processes: int | None = None, heavy_slots: int | None = None, publish: bool = True,
+               target: str | None = None, task_runner=None) -> dict[str, Any]:  # fmt: skip
+    """Run the recipe flow.
+
+    Tasks run in ``workers`` threads of this process, where heavy steps take turns;
+    ``processes`` runs them in that many Dask worker processes instead, so heavy
+    steps run in parallel (up to ``heavy_slots``, default ``processes``); or pass
+    any ``task_runner``.
+    """
+    if processes and not task_runner:
+        with _api_reachable_from_workers():
+            return run_recipe(recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots or processes,
+                              publish=publish, target=target, task_runner=process_task_runner(processes))  # fmt: skip
     runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
     return quantize_evaluate_publish.with_options(task_runner=runner)(
         recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots, publish=publish, target=target
     )
+
+
+def process_task_runner(processes: int):
+    """A local Dask cluster of single-threaded worker processes (``quantmill[distributed]``)."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise QuantmillError("running variants in several processes needs prefect-dask: "
+                             "pip install 'quantmill[distributed]'") from exc  # fmt: skip
+    return DaskTaskRunner(cluster_kwargs={"n_workers": processes, "threads_per_worker": 1, "processes": True})
+
+
+@contextlib.contextmanager
+def _api_reachable_from_workers() -> Iterator[None]:
+    """Worker processes report to this run's Prefect API; with none configured, to the ephemeral server.
+
+    Without this each worker process would start an ephemeral server of its own,
+    and the heavy limit would no longer be shared.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        server = SubprocessASGIServer()  # the same one Prefect's ephemeral mode uses in this process
+        server.start()
+        url = server.api_url
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url  # inherited by the worker processes
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before

@@ -156,8 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantmill.errors import GateFailedError
     from quantmill.flows.recipe import run_recipe
 
-    results = run_recipe(str(args.recipe), only=args.only, workers=args.workers, publish=not args.no_publish,
-                         target=args.target)  # fmt: skip
+    results = run_recipe(str(args.recipe), only=args.only, workers=args.workers, processes=args.processes,
+                         publish=not args.no_publish, target=args.target)  # fmt: skip
     console.print(render_results(results))
     console.print(f"results: {results['run_path']}/results.json")
     failed = [v for v, e in results["variants"].items() if e.get("status") != "passed"]
@@ -271,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", cmd_run, "run a recipe (creates a run folder in the run store)")
     run.add_argument("recipe", type=Path)
     run.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
-    run.add_argument("--workers", type=int, default=4, help="concurrent tasks (heavy ones still share the limit)")
+    run.add_argument("--workers", type=int, default=4, help="concurrent tasks in this process (heavy ones take turns)")
+    run.add_argument("--processes", type=int, metavar="N",
+                     help="run variants in N worker processes, N heavy steps at once (needs quantmill[distributed])")
     run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
     run.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
 

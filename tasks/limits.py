@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
 GPU_LIMIT = "gpu"
@@ -24,10 +24,18 @@ def default_slots(name: str) -> int:
 
 
 def ensure_limit(name: str, slots: int | None = None) -> int:
-    """Create the limit if it does not exist; an existing limit keeps its size. Returns the size."""
+    """Create the limit if it does not exist, sized ``slots`` or the default.
+
+    An existing limit keeps its size (an operator may have set it) unless ``slots``
+    asks for another. Returns the size.
+    """
     with get_client(sync_client=True) as client:
         try:
-            return client.read_global_concurrency_limit_by_name(name).limit
+            size = client.read_global_concurrency_limit_by_name(name).limit
+            if slots and slots != size:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
+                return slots
+            return size
         except ObjectNotFound:
             size = slots or default_slots(name)
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))

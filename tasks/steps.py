@@ -8,14 +8,17 @@ body, and a run killed midway resumes from the finished steps.
 Retries: network-bound steps (resolving/downloading the model) retry with
 exponential backoff; compute steps never retry blindly.
 
-Concurrency: heavy steps hold one slot of a global concurrency limit while they
-run (``gpu`` on CUDA, ``cpu-heavy`` on the CPU), so variants never oversubscribe
-a device however many workers the task runner has.
+Concurrency: heavy steps run one at a time per process, and hold one slot of a
+global concurrency limit while they run (``gpu`` on CUDA, ``cpu-heavy`` on the
+CPU), so variants never oversubscribe a device however many workers the task
+runner has. Parallel heavy work takes several processes (a Dask task runner).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,30 @@ from quantmill.recipe.matrix import Variant
 from quantmill.resolve import ResolvedModel, resolve_model
 
 
-def heavy_slot(limit: str | None):
-    """Hold one slot of the named global concurrency limit (no limit: no slot)."""
-    if limit is None:
-        return contextlib.nullcontext()
-    return concurrency(limit, occupy=1, strict=True)
+# One heavy step at a time in this process. transformers, llm-compressor and torch
+# change process-global state while they load and quantize (a meta-device default,
+# patched init functions, the active compression session), so two heavy calls in
+# threads of one process corrupt each other: measured, every quantization failed
+# ("Cannot copy out of meta tensor") and a baseline evaluated next scored 0.11
+# instead of 0.93. The lock also hands over at once, where threads waiting on the
+# server's limit sleep for its Retry-After (mean slot occupancy × queue, up to
+# 30 s) and leave the slot idle: that doubled a 7-variant CPU run.
+_PROCESS_HEAVY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def heavy_slot(limit: str | None) -> Iterator[None]:
+    """Run a heavy step: this process's heavy lock, then one slot of the global limit.
+
+    The global limit (no limit: none) caps heavy steps across processes, Dask
+    workers and concurrent runs; the process lock keeps them apart within one.
+    """
+    with _PROCESS_HEAVY_LOCK:
+        if limit is None:
+            yield
+            return
+        with concurrency(limit, occupy=1, strict=True):
+            yield
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),

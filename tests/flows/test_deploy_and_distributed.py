@@ -1,4 +1,4 @@
-"""Deployments against a real `prefect server start`, and variants on a 2-worker Dask cluster."""
+"""Deployments against a real `prefect server start`, and variants in two Dask worker processes."""
 
 from __future__ import annotations
 
@@ -65,15 +65,52 @@ def test_deploy_registers_the_nightly_zoo_and_recipe_schedules(real_server):
     assert "['0 2 * * *']" in lines["recipe-llama-3-1-8b-instruct-nightly"]
 
 
-def test_variants_run_on_a_two_worker_dask_cluster(tmp_path, write_recipe, prefect_server):
-    from prefect.settings import PREFECT_API_URL
-    from prefect_dask import DaskTaskRunner
+PROBE_METHOD = """
+import dataclasses, os, time
+from pathlib import Path
 
-    from quantmill.flows.recipe import run_recipe
+from quantmill.methods.rtn import SPEC as RTN
 
-    os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the worker processes talk to the same server
-    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n"))
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
-    results = run_recipe(str(recipe), runs_dir=str(tmp_path / "runs"), task_runner=runner)
-    assert {v: e["status"] for v, e in results["variants"].items()} == {"rtn-w4-g128": "passed", "rtn-w8-g128": "passed"}
-    assert results["baseline"]["evaluation"]["metrics"]["tiny_world_mc/acc"]["value"] > 0.5
+
+def quantize(params, ctx):
+    # Wait inside the heavy step until a second process has entered one too.
+    trace = Path(os.environ["QUANTMILL_PROBE_TRACE"])
+    with trace.open("a") as f:
+        f.write(f"{os.getpid()}\\n")
+    deadline = time.monotonic() + 120
+    while len(set(trace.read_text().split())) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no second process quantized at the same time")
+        time.sleep(0.1)
+    return RTN.quantize(params, ctx)
+
+
+SPEC = dataclasses.replace(RTN, name="probe", quantize=quantize, variant_id=lambda p: f"probe-w{p.bits}")
+"""
+
+
+def test_processes_run_heavy_steps_in_parallel_and_plugins_load_from_entry_points(tmp_path, write_recipe):
+    """`quantmill run --processes 2` with Prefect's ephemeral server: two worker processes quantize at once.
+
+    The probe method is a plugin found through the ``quantmill.methods`` entry point;
+    each call waits inside its heavy step until another process has entered one, so
+    the run fails unless two heavy steps really overlap in two processes.
+    """
+    plugin = tmp_path / "plugin"
+    (plugin / "quantmill_probe-0.1.dist-info").mkdir(parents=True)
+    (plugin / "quantmill_probe.py").write_text(PROBE_METHOD)
+    (plugin / "quantmill_probe-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: quantmill-probe\n"
+                                                                         "Version: 0.1\n")  # fmt: skip
+    (plugin / "quantmill_probe-0.1.dist-info" / "entry_points.txt").write_text("[quantmill.methods]\n"
+                                                                                 "probe = quantmill_probe:SPEC\n")  # fmt: skip
+    recipe = write_recipe(fast_recipe("    - {method: probe, bits: [4, 8], group_size: 128}\n"))
+    trace = tmp_path / "trace"
+    env = {**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{REPO}", "QUANTMILL_PROBE_TRACE": str(trace),
+           "PREFECT_HOME": str(tmp_path / "prefect"), "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--processes", "2"], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "probe-w4" in result.stdout and "probe-w8" in result.stdout
+    pids = trace.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2 and str(os.getpid()) not in pids

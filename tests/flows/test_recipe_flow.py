@@ -120,6 +120,42 @@ def test_heavy_limit_serialises_heavy_tasks(tmp_path, write_recipe, calls):
         assert next_start >= end, "two heavy tasks overlapped under a limit of 1"
 
 
+def test_heavy_tasks_take_turns_in_one_process_even_with_more_slots(tmp_path, write_recipe, calls):
+    """Threads of one process share transformers' and torch's global state: heavy steps must not overlap there."""
+    from quantmill.tasks.limits import CPU_LIMIT, ensure_limit
+
+    try:
+        results = run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs", workers=4, heavy_slots=3)
+        assert ensure_limit(CPU_LIMIT) == 3  # the explicit size was applied to the existing limit
+    finally:
+        ensure_limit(CPU_LIMIT, 1)
+    spans = sorted((start, end) for name, _, start, end in calls.log)
+    assert len(spans) == 7
+    for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False):
+        assert next_start >= end, "two heavy tasks overlapped in one process"
+    assert {v["status"] for v in results["variants"].values()} == {"passed"}
+    assert results["baseline"]["evaluation"]["metrics"]["tiny_world_mc/acc"]["value"] > 0.8
+
+
+def test_heavy_slot_is_exclusive_across_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantmill.tasks.steps import heavy_slot
+
+    inside, most = [0], [0]
+
+    def work(_):
+        with heavy_slot(None):
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.01)
+            inside[0] -= 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(40)))
+    assert most[0] == 1
+
+
 def test_cli_run_renders_a_table(tmp_path, write_recipe):
     recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n"))
     env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
