@@ -39,39 +39,74 @@ def fuzz_recipes(cases: int, seed: int) -> dict:
     return {"cases": cases, **counts, "tracebacks": tracebacks}
 
 
+def _finished(runs: Path) -> set[str]:
+    """Variants a (killed) run had recorded as finished, read from its results.json."""
+    done: set[str] = set()
+    for results in runs.glob("*/*/results.json"):
+        variants = json.loads(results.read_text()).get("variants", {})
+        done |= {v for v, entry in variants.items() if entry.get("status") in ("passed", "failed")}
+    return done
+
+
 def kill_points(points: int, seed: int, work: Path) -> dict:
+    """kill -9 a demo-like run at seeded random moments, each in a fresh run store, then rerun it.
+
+    A point survives when the rerun completes, redoes no variant the killed run had
+    finished, every results.json parses, and no incomplete output folder stands where
+    a complete one belongs.
+    """
     from tests.flows.conftest import fast_recipe
 
     recipe = work / "recipe.yaml"
     recipe.write_text(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n    - {method: bnb, type: int8}\n"))
-    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(work / "runs"), "HF_TOKEN": SENTINEL,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(work / "prefect")}  # fmt: skip
+    env = {**os.environ, "HF_TOKEN": SENTINEL, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_HOME": str(work / "prefect")}  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "quantmill.cli", "run", str(recipe)]
     start = time.perf_counter()
     subprocess.run(command, env={**env, "QUANTMILL_RUNS_DIR": str(work / "timing")}, capture_output=True, check=True)
     full = time.perf_counter() - start
     rng = random.Random(seed)
-    survived = 0
-    for _ in range(points):
-        runs = work / "runs"
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    survived, problems, printed_leaks = 0, [], 0
+    for point in range(points):
+        runs = work / f"runs-{point}"
+        point_env = {**env, "QUANTMILL_RUNS_DIR": str(runs)}
+        process = subprocess.Popen(command, env=point_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)  # fmt: skip
-        time.sleep(rng.uniform(0.5, full))
+        at = rng.uniform(0.5, full)
+        time.sleep(at)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        rerun = subprocess.run(command, env=env, capture_output=True, text=True)
-        ok = rerun.returncode == 0
+        try:
+            before = _finished(runs)
+        except ValueError:
+            before, problems = set(), [*problems, f"point {point}: results.json unreadable after the kill"]
+        rerun = subprocess.run(command, env=point_env, capture_output=True, text=True)
+        why = []
+        printed_leaks += SENTINEL in rerun.stdout + rerun.stderr
+        if rerun.returncode != 0:
+            why.append(f"rerun exit {rerun.returncode}: {rerun.stderr[-300:]}")
         for results in runs.glob("*/*/results.json"):
             try:
                 json.loads(results.read_text())
             except ValueError:
-                ok = False
+                why.append(f"{results} does not parse")
+        latest = max(runs.glob("*/*/results.json"), key=lambda p: p.parent.name, default=None)
+        if latest is not None:
+            variants = json.loads(latest.read_text()).get("variants", {})
+            redone = [v for v in before if variants.get(v, {}).get("cached") != {"quantize": True, "evaluate": True}]
+            if redone:
+                why.append(f"finished before the kill but redone: {redone}")
         for artifact in (runs / "flowtest" / "artifacts").glob("*"):
             if not artifact.name.startswith(".") and not (artifact / "COMPLETE").is_file():
-                ok = False  # a half-written folder where a complete one belongs
-        survived += ok
+                why.append(f"{artifact.name} has no COMPLETE marker")
+        print(json.dumps({"point": point, "killed_at_seconds": round(at, 1), "finished_before_kill": sorted(before),
+                          "survived": not why, "why": why}), flush=True)  # fmt: skip
+        survived += not why
+        problems += [f"point {point}: {w}" for w in why]
     leaks = [str(p) for p in work.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
-    return {"kill_points": points, "survived": survived, "full_run_seconds": round(full, 1), "leaks": len(leaks)}
+    return {"kill_points": points, "survived": survived, "full_run_seconds": round(full, 1), "leaks": len(leaks) + printed_leaks,
+            "problems": problems[:10]}  # fmt: skip
 
 
 def main() -> None:
@@ -80,7 +115,7 @@ def main() -> None:
     parser.add_argument("--kill-points", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    figures = {"fuzz": fuzz_recipes(args.cases, args.seed)}
+    figures = {"fuzz": fuzz_recipes(args.cases, args.seed) if args.cases else {"cases": 0, "tracebacks": 0}}
     print(json.dumps(figures["fuzz"]), flush=True)
     with tempfile.TemporaryDirectory(prefix="quantmill-reliability-") as tmp:
         figures["crash"] = kill_points(args.kill_points, args.seed, Path(tmp))

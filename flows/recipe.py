@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
@@ -32,7 +33,7 @@ from quantmill.report.render import write_report
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
-from quantmill.tasks.limits import ensure_limit, limit_name
+from quantmill.tasks.limits import MACHINE_LIMITS_ENV, ensure_limit, hold_slot, limit_name
 from quantmill.tasks.steps import (
     baseline_task,
     calibration_task,
@@ -137,53 +138,69 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
     storage = result_storage(loaded.name, cache / "results")
 
     def cached(task, key: str):
-        discard_unreadable_cache_entry(cache, key)
         policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache / "keys")
         return task.with_options(cache_policy=policy, persist_result=True, result_storage=storage,
                                  result_serializer="json")  # fmt: skip
 
-    baseline_future = cached(baseline_task, cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data)
-                             ).submit(loaded, resolved, device, limit)  # fmt: skip
-    branches: dict[PrefectFuture, tuple[str, str]] = {}
-    quantized: dict[str, PrefectFuture] = {}
+    baseline_key = cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data)
+    keys = {}
     for variant in selected:
         q_key = cachekeys.quantize_key(resolved.revision, variant, fingerprint, dtype, device)
-        out_dir = artifacts / f"{variant.id}-{q_key[:12]}"
-        q_future = cached(quantize_task, q_key).submit(loaded, variant, resolved, calibration, device, out_dir, limit)
-        e_key = cachekeys.evaluation_key(q_key, variant, evaluation, device, data)
-        e_future = cached(evaluate_task, e_key).submit(loaded, variant, q_future, device, limit)
-        quantized[variant.id] = q_future
-        branches[e_future] = (variant.id, variant.method)
+        keys[variant.id] = (q_key, cachekeys.evaluation_key(q_key, variant, evaluation, device, data))
+    for key in [baseline_key, *(k for pair in keys.values() for k in pair)]:
+        discard_unreadable_cache_entry(cache, key)
+    all_cached = all((cache / "keys" / k).exists() for k in [baseline_key, *(k for p in keys.values() for k in p)])
 
-    baseline_error = _error(baseline_future)
-    baseline = baseline_future.result() if baseline_error is None else None
-    results["baseline"] = {"evaluation": baseline, "error": baseline_error, "cached": _cached(baseline_future)}
-    run.write_results(results)
+    # Tasks in this process's threads take turns on the heavy work anyway (a process
+    # lock, see tasks/steps.py), so the run holds one slot of the global limit while
+    # they compute, instead of each task taking its own: on Prefect's SQLite server a
+    # slot asked for right after one was given back is often refused ("database is
+    # locked", retried after ~2 s), which cost 14 × 2 s on a 7-variant run. A run
+    # with everything cached holds none. Tasks in other processes (Dask) take their own.
+    in_process = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+    task_limit = None if in_process else limit
+    with hold_slot(limit if in_process and not all_cached else None):
+        baseline_future = cached(baseline_task, baseline_key).submit(loaded, resolved, device, task_limit)
+        branches: dict[PrefectFuture, tuple[str, str]] = {}
+        quantized: dict[str, PrefectFuture] = {}
+        for variant in selected:
+            q_key, e_key = keys[variant.id]
+            out_dir = artifacts / f"{variant.id}-{q_key[:12]}"
+            q_future = cached(quantize_task, q_key).submit(loaded, variant, resolved, calibration, device, out_dir,
+                                                        task_limit)  # fmt: skip
+            e_future = cached(evaluate_task, e_key).submit(loaded, variant, q_future, device, task_limit)
+            quantized[variant.id] = q_future
+            branches[e_future] = (variant.id, variant.method)
 
-    verdicts: dict[str, Verdict] = {}
-    for e_future in as_completed(list(branches)):
-        variant_id, method = branches[e_future]
-        variant = loaded.variant(variant_id)
-        q_future = quantized[variant_id]
-        error = _error(q_future) or _error(e_future) or (f"baseline failed: {baseline_error}" if baseline_error else None)
-        evaluation_result = e_future.result() if _error(e_future) is None else None
-        verdict = gate_task(variant, evaluation_result, baseline, error)
-        verdicts[variant_id] = verdict
-        entry = results["variants"][variant_id]
-        entry.update(
-            status=verdict.status,
-            setting=variant_setting(variant),
-            error=error,
-            artifact=q_future.result()["path"] if _error(q_future) is None else None,
-            evaluation=evaluation_result,
-            verdict=verdict.to_dict(),
-            cached={"quantize": _cached(q_future), "evaluate": _cached(e_future)},
-        )
-        if error:
-            logger.error("variant %s failed: %s", variant_id, error)
-        else:
-            logger.info("variant %s %s", variant_id, verdict.status)
+        baseline_error = _error(baseline_future)
+        baseline = baseline_future.result() if baseline_error is None else None
+        results["baseline"] = {"evaluation": baseline, "error": baseline_error, "cached": _cached(baseline_future)}
         run.write_results(results)
+
+        verdicts: dict[str, Verdict] = {}
+        for e_future in as_completed(list(branches)):
+            variant_id, method = branches[e_future]
+            variant = loaded.variant(variant_id)
+            q_future = quantized[variant_id]
+            error = _error(q_future) or _error(e_future) or (f"baseline failed: {baseline_error}" if baseline_error else None)
+            evaluation_result = e_future.result() if _error(e_future) is None else None
+            verdict = gate_task(variant, evaluation_result, baseline, error)
+            verdicts[variant_id] = verdict
+            entry = results["variants"][variant_id]
+            entry.update(
+                status=verdict.status,
+                setting=variant_setting(variant),
+                error=error,
+                artifact=q_future.result()["path"] if _error(q_future) is None else None,
+                evaluation=evaluation_result,
+                verdict=verdict.to_dict(),
+                cached={"quantize": _cached(q_future), "evaluate": _cached(e_future)},
+            )
+            if error:
+                logger.error("variant %s failed: %s", variant_id, error)
+            else:
+                logger.info("variant %s %s", variant_id, verdict.status)
+            run.write_results(results)
 
     publish_to = (target or loaded.recipe.publish.target) if publish else "none"
     if publish_to != "none":
@@ -284,17 +301,21 @@ def _api_reachable_from_workers() -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     url = PREFECT_API_URL.value()
+    changed = {}
     if not url:
         server = SubprocessASGIServer()  # the same one Prefect's ephemeral mode uses in this process
         server.start()
         url = server.api_url
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url  # inherited by the worker processes
+        changed[MACHINE_LIMITS_ENV] = "1"  # still the ephemeral server: heavy slots stay file locks
+    changed["PREFECT_API_URL"] = url  # inherited by the worker processes
+    before = {name: os.environ.get(name) for name in changed}
+    os.environ.update(changed)
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             yield
     finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -44,6 +45,32 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def one_of_locks(paths: list[Path]) -> Iterator[Path]:
+    """Hold whichever of these inter-process locks is free first (a counting semaphore of files).
+
+    The kernel drops a lock when its process dies, so a crash never keeps a slot.
+    """
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    delay = 0.02
+    while True:
+        for path in paths:
+            handle = open(path, "w")  # noqa: SIM115 (held across the yield)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield path
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
+
+from quantmill.runstore import one_of_locks
+from quantmill.settings import get_settings
 
 GPU_LIMIT = "gpu"
 CPU_LIMIT = "cpu-heavy"
@@ -40,3 +48,38 @@ def ensure_limit(name: str, slots: int | None = None) -> int:
             size = slots or default_slots(name)
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
             return size
+
+
+#: set for the processes of a run on Prefect's ephemeral server (its Dask workers too)
+MACHINE_LIMITS_ENV = "QUANTMILL_MACHINE_LIMITS"
+
+
+def uses_machine_limits() -> bool:
+    """Whether heavy slots are file locks on this machine rather than the Prefect server's limit.
+
+    Prefect's ephemeral server (no ``PREFECT_API_URL``) lives and dies with one
+    process and runs none of the server's services: a run killed while holding a
+    slot would keep it in the shared database for good (measured: the next run
+    still waited after 400 s), since the lease that would expire it died with the
+    server. On one machine a file lock does the same job, and the kernel drops
+    it with its process. A real server (``prefect server start``, Prefect Cloud)
+    expires the leases of dead holders, so its limit is used.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(os.environ.get(MACHINE_LIMITS_ENV)) or not PREFECT_API_URL.value()
+
+
+@contextlib.contextmanager
+def hold_slot(name: str | None) -> Iterator[None]:
+    """Hold one slot of the named limit (None: no limit) for the block."""
+    if name is None:
+        yield
+    elif uses_machine_limits():
+        size = ensure_limit(name)  # the size lives on the server either way
+        folder = get_settings().cache_dir / "locks"
+        with one_of_locks([folder / f"{name}.{i}.lock" for i in range(size)]):
+            yield
+    else:
+        with concurrency(name, occupy=1, strict=True):
+            yield

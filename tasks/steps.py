@@ -24,7 +24,6 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from quantmill import stages
@@ -35,6 +34,7 @@ from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 from quantmill.resolve import ResolvedModel, resolve_model
+from quantmill.tasks.limits import hold_slot
 
 
 # One heavy step at a time in this process. transformers, llm-compressor and torch
@@ -42,9 +42,7 @@ from quantmill.resolve import ResolvedModel, resolve_model
 # patched init functions, the active compression session), so two heavy calls in
 # threads of one process corrupt each other: measured, every quantization failed
 # ("Cannot copy out of meta tensor") and a baseline evaluated next scored 0.11
-# instead of 0.93. The lock also hands over at once, where threads waiting on the
-# server's limit sleep for its Retry-After (mean slot occupancy × queue, up to
-# 30 s) and leave the slot idle: that doubled a 7-variant CPU run.
+# instead of 0.93.
 _PROCESS_HEAVY_LOCK = threading.Lock()
 
 
@@ -52,15 +50,11 @@ _PROCESS_HEAVY_LOCK = threading.Lock()
 def heavy_slot(limit: str | None) -> Iterator[None]:
     """Run a heavy step: this process's heavy lock, then one slot of the global limit.
 
-    The global limit (no limit: none) caps heavy steps across processes, Dask
-    workers and concurrent runs; the process lock keeps them apart within one.
+    The global limit caps heavy steps across processes, Dask workers and concurrent
+    runs; None when the flow already holds a slot for this process's steps.
     """
-    with _PROCESS_HEAVY_LOCK:
-        if limit is None:
-            yield
-            return
-        with concurrency(limit, occupy=1, strict=True):
-            yield
+    with _PROCESS_HEAVY_LOCK, hold_slot(limit):
+        yield
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),

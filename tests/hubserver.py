@@ -15,12 +15,15 @@ import json
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
+
+HANG = 0  # a fail_next status: answer nothing (a Hub that times out)
 
 
 @dataclass
@@ -43,10 +46,14 @@ class HubState:
         self.collections: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.failures: list[tuple[str, str, int]] = []  # (method, path regex, status) consumed in order
+        self.hang_seconds = 5.0
         self.lock = threading.Lock()
 
     def fail_next(self, method: str, path_pattern: str, *statuses: int) -> None:
-        """The next requests matching ``method`` and ``path_pattern`` answer these statuses, in order."""
+        """The next requests matching ``method`` and ``path_pattern`` answer these statuses, in order.
+
+        ``HANG`` answers nothing: the request is dropped after ``hang_seconds`` unprocessed.
+        """
         self.failures.extend((method, path_pattern, s) for s in statuses)
 
     def commits(self) -> list[dict]:
@@ -102,9 +109,16 @@ class _Handler(BaseHTTPRequestHandler):
             for i, (method, pattern, status) in enumerate(self.state.failures):
                 if method == self.command and re.search(pattern, path):
                     del self.state.failures[i]
-                    self._body()
-                    self._error(status, f"injected {status}")
-                    return True
+                    break
+            else:
+                return False
+        self._body()
+        if status == HANG:  # a Hub that stops answering: no response, then the connection drops
+            time.sleep(self.state.hang_seconds)
+            self.close_connection = True
+        else:
+            self._error(status, f"injected {status}")
+        return True
         return False
 
     def _dispatch(self) -> None:

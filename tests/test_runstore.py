@@ -77,3 +77,38 @@ def test_run_with_unknown_only_variant_is_a_recipe_error(tmp_path, monkeypatch, 
         assert not any(tmp_path.iterdir())  # nothing half-written
     finally:
         get_settings.cache_clear()
+
+
+def test_one_of_locks_counts_slots_and_a_killed_holder_frees_its_slot(tmp_path):
+    """Heavy slots on one machine: N lock files; the kernel frees a slot when its holder dies."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from quantmill.runstore import one_of_locks
+
+    slots = [tmp_path / "locks" / f"cpu-heavy.{i}.lock" for i in range(2)]
+    slots[0].parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"h = open({str(slots[0])!r}, 'w'); fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    got, third = [], []
+    with one_of_locks(slots) as second:
+        got.append(second)
+
+        def wait_for_a_slot():
+            with one_of_locks(slots) as path:
+                third.append(path)
+
+        waiter = threading.Thread(target=wait_for_a_slot)
+        waiter.start()
+        time.sleep(0.5)
+        assert third == []  # both slots taken: it waits
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        waiter.join(timeout=10)
+    assert got == [slots[1]] and third == [slots[0]]  # the dead holder's slot went to the waiter

@@ -117,12 +117,42 @@ class LocalZoo:
         return f"{namespace}/{slug}"
 
 
+_hub_timeout_installed: float | None = None
+
+
+def bound_hub_requests(seconds: float) -> None:
+    """Make huggingface_hub's shared HTTP client give up after ``seconds`` without an answer.
+
+    Its default client waits forever, so a Hub that stops answering would hang the
+    publish step, and with it the night's run; a timeout turns into an error that the
+    publish task retries (publishing is idempotent). 0 keeps the client as it is
+    (e.g. one a user configured with ``set_client_factory`` for a proxy).
+    """
+    global _hub_timeout_installed
+    if not seconds or _hub_timeout_installed == seconds:
+        return
+    import httpx
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory  # keeps the library's request hooks
+
+    def factory() -> httpx.Client:
+        client = default_client_factory()
+        client.timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0))
+        return client
+
+    set_client_factory(factory)
+    _hub_timeout_installed = seconds
+
+
 class HubTarget:
     """Any Hub endpoint through the real ``huggingface_hub`` client; the token comes from its usual sources."""
 
     def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
         from huggingface_hub import HfApi
 
+        from quantmill.settings import get_settings
+
+        bound_hub_requests(get_settings().hub_timeout)
         self.api = HfApi(endpoint=endpoint, token=token)
 
     def url(self, repo_id: str) -> str:

@@ -37,6 +37,8 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         failed = [f"{o['metric']} {o['rule']} {o['threshold']:g}" for o in outcomes if not o["passed"] and o["level"] == "required"]
         publish = entry.get("publish") or {}
         published = publish.get("url") or publish.get("status") or "-"
+        if publish.get("status") == "failed":  # passed its gates, but the commit did not go through
+            published = f"publish failed: {publish.get('error')}"
         table.append([name, entry.get("method", "?"), entry.get("setting", "-"), entry.get("status", "?"),
                       _value(metrics, "size_mb"), _value(metrics, "bits_per_weight"),
                       _value(metrics, quality) if quality else "-", recovery, _value(metrics, "ppl"),

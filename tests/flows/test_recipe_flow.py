@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -135,6 +136,34 @@ def test_heavy_tasks_take_turns_in_one_process_even_with_more_slots(tmp_path, wr
         assert next_start >= end, "two heavy tasks overlapped in one process"
     assert {v["status"] for v in results["variants"].values()} == {"passed"}
     assert results["baseline"]["evaluation"]["metrics"]["tiny_world_mc/acc"]["value"] > 0.8
+
+
+def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached(tmp_path, write_recipe,
+                                                                                 monkeypatch):  # fmt: skip
+    from prefect import get_client
+
+    from quantmill import stages
+    from quantmill.tasks.limits import CPU_LIMIT
+
+    def active_slots() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(CPU_LIMIT).active_slots
+
+    seen, original = [], stages.quantize_one
+
+    def watching(*args, **kwargs):
+        seen.append(active_slots())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "quantize_one", watching)
+    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 4, group_size: 128}\n    - {method: bnb, type: int8}\n"))
+    run_flow(recipe, tmp_path / "runs")
+    assert seen == [1, 1]  # the run's one slot, not one per task and not none
+    assert active_slots() == 0  # given back at the end
+    held = []
+    monkeypatch.setattr("quantmill.tasks.limits.concurrency", lambda *a, **k: held.append(a) or contextlib.nullcontext())
+    again = run_flow(recipe, tmp_path / "runs")
+    assert held == [] and all(v["cached"] == {"quantize": True, "evaluate": True} for v in again["variants"].values())
 
 
 def test_heavy_slot_is_exclusive_across_threads():

@@ -59,3 +59,47 @@ def test_full_run_never_writes_the_token(tmp_path, write_recipe, monkeypatch, ca
     out, err = capfd.readouterr()
     assert SENTINEL not in out + err
     assert all(SENTINEL not in r.getMessage() for r in caplog.records)
+
+
+def test_a_hub_that_stops_answering_fails_only_that_publish_and_a_republish_heals(tmp_path, write_recipe, monkeypatch,
+                                                                                   prefect_server):  # fmt: skip
+    """Timeouts: every commit of one variant hangs; the other publishes, the run completes, the report says so."""
+    import json
+
+    import huggingface_hub.constants
+
+    from quantmill.flows.recipe import run_recipe
+    from quantmill.publish import targets
+    from quantmill.publish.publish_run import publish_run
+    from quantmill.settings import get_settings
+    from tests.hubserver import HANG
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.setenv("QUANTMILL_HUB_TIMEOUT", "1")
+    get_settings.cache_clear()
+    try:
+        with HubServer(token=SENTINEL) as hub:
+            hub.state.hang_seconds = 2.0
+            publish = f"publish: {{target: hub, endpoint: '{hub.endpoint}', namespace: org, license: mit}}\n"
+            recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n    - {method: rtn, bits: 8, group_size: 128}\n",
+                                              publish=publish))  # fmt: skip
+            hub.state.fail_next("POST", r"rtn-w8-g128/commit/", *[HANG] * 30)
+            results = run_recipe(str(recipe), runs_dir=str(tmp_path / "runs"))
+            hung = results["variants"]["rtn-w8-g128"]
+            assert hung["status"] == "passed" and hung["publish"]["status"] == "failed"
+            assert "timed out" in hung["publish"]["error"].lower() or "timeout" in hung["publish"]["error"].lower()
+            assert results["variants"]["bnb-int8"]["publish"]["status"] == "published"
+            assert results["status"] == "completed"
+            run_path = Path(results["run_path"])
+            json.loads((run_path / "results.json").read_text())
+            assert "publish failed" in (run_path / "report.md").read_text()
+            assert [c["summary"] for c in hub.state.commits() if "rtn" in c["summary"]] == []  # nothing partial
+
+            hub.state.failures.clear()  # the Hub answers again: publishing the run heals it
+            healed = {r.variant: r.status for r in publish_run(run_path, force=[])}
+            assert healed == {"bnb-int8": "unchanged", "rtn-w8-g128": "published"}
+            assert len([c for c in hub.state.commits() if "rtn-w8" in c["summary"]]) == 1
+    finally:
+        get_settings.cache_clear()
+        targets.bound_hub_requests(get_settings().hub_timeout)
