@@ -6,9 +6,10 @@ Writes ``summary.json`` and ``summary.md``. Every figure is a ratio of two
 measurements taken alternately in this run, so load on a shared machine
 cancels out as far as it can:
 
-1. overhead: ``quantmill run`` (the Prefect flow) / a plain script making the
-   same library calls in sequence, same variants, alternating A/B; plus the
-   fixed cost of importing the flow and starting Prefect's ephemeral server;
+1. overhead: ``quantmill run`` (the Prefect flow, on a running ``prefect server``)
+   / a plain script making the same library calls in sequence, same variants,
+   each in a fresh process, alternating A/B; plus the fixed cost of importing the
+   flow and running an empty flow, on the running server and on an ephemeral one;
 2. rerun: an unchanged rerun / the first run, and "one variant added" / first run;
 3. fan-out: the same variants in 1 worker process vs 2 (Dask; speedup / 2);
 4. evaluation parity: quantmill's evaluation vs ``lm_eval.simple_evaluate`` on
@@ -61,7 +62,10 @@ publish: {{target: none}}
 
 ROWS = "    - {method: gptq, bits: 4, group_size: 128}\n    - {method: rtn, bits: 4, group_size: 128}\n"
 # The overhead comparison needs at least a minute of work per run (the target applies from 60 s).
-OVERHEAD_ROWS = ROWS + "    - {method: gptq, bits: 8, group_size: 128}\n    - {method: bnb, types: [nf4, int8]}\n    - {method: awq, bits: 4, group_size: 128}\n"
+OVERHEAD_ROWS = ROWS + (
+    "    - {method: gptq, bits: [4, 8], group_size: [64, 128]}\n    - {method: rtn, bits: 8, group_size: 128}\n"
+    "    - {method: bnb, types: [nf4, int8]}\n    - {method: awq, bits: 4, group_size: 128}\n"
+)
 ONE_MORE = ROWS + "    - {method: bnb, type: int8}\n"
 
 
@@ -96,21 +100,50 @@ def plain_run(recipe: Path, runs: Path) -> dict:
 
 
 def overhead(work: Path, repeats: int) -> dict:
+    """``quantmill run`` vs the plain script, each in a fresh process, alternating A/B.
+
+    Separate processes, because two ways of running torch in one process disturb each
+    other: OpenMP thread teams belong to the thread that starts them, and whichever
+    variant ran second in a shared process was ~20 % slower, whatever it was.
+    Both include starting Python and importing torch, transformers and lm-eval.
+    """
     recipe = work / "overhead.yaml"
     recipe.write_text(recipe_text(OVERHEAD_ROWS))
-    flow_run(recipe, work / "warmup")  # first use starts Prefect's server and imports everything
+    flow_command = [sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--no-publish"]
+    plain_command = [sys.executable, __file__, "--plain", str(recipe)]
+
+    def one(command: list[str], runs: Path) -> float:
+        start = time.perf_counter()
+        subprocess.run(command, env={**os.environ, "QUANTMILL_RUNS_DIR": str(runs)}, capture_output=True, check=True)
+        return time.perf_counter() - start
+
+    one(flow_command, work / "warmup")  # disk caches, llama.cpp-free: a first run pays for cold files
     flows, plains = [], []
     for i in range(repeats):
-        flows.append(timed(flow_run, recipe, work / f"flow-{i}")[0])
-        plains.append(timed(plain_run, recipe, work / f"plain-{i}")[0])
+        flows.append(one(flow_command, work / f"flow-{i}"))
+        plains.append(one(plain_command, work / f"plain-{i}"))
     ratios = [f / p for f, p in zip(flows, plains, strict=True)]
-    fixed = subprocess.run([sys.executable, "-c", (
-        "import time; t=time.perf_counter(); import quantmill.flows.recipe as r; from prefect import flow\n"
-        "@flow\ndef hello(): return 1\n"
-        "hello(); print(time.perf_counter()-t)")], capture_output=True, text=True, check=True,
-        env={**os.environ, "PREFECT_HOME": str(work / "fresh-prefect-home")}).stdout.split()[-1]  # fmt: skip
     return {"flow_seconds": flows, "plain_seconds": plains, "median_ratio": statistics.median(ratios),
-            "fixed_cost_seconds_import_and_ephemeral_server": float(fixed)}  # fmt: skip
+            **fixed_cost(work)}  # fmt: skip
+
+
+def fixed_cost(work: Path) -> dict:
+    """Importing the flow module and running an empty flow, in a fresh process: on the running server, and on
+    Prefect's ephemeral one (started by the process itself)."""
+    code = ("import time; t=time.perf_counter(); import quantmill.flows.recipe; from prefect import flow\n"
+            "@flow\ndef hello(): return 1\n"
+            "hello(); print(time.perf_counter()-t)")  # fmt: skip
+    library = "import time; t=time.perf_counter(); import quantmill.stages, quantmill.report.render; print(time.perf_counter()-t)"
+
+    def seconds(program: str, env: dict[str, str]) -> float:
+        return float(subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
+                                    env=env).stdout.split()[-1])  # fmt: skip
+
+    ephemeral = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(work / "ephemeral-prefect-home")}
+    return {"fixed_cost_seconds_running_server": seconds(code, dict(os.environ)),
+            "fixed_cost_seconds_ephemeral_server": seconds(code, ephemeral),
+            "library_import_seconds_without_prefect": seconds(library, dict(os.environ))}  # fmt: skip
 
 
 def rerun(work: Path) -> dict:
@@ -208,23 +241,33 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024, help="synthetic model width for the memory benchmark")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--only", nargs="*", help="run only these items")
+    parser.add_argument("--plain", type=Path, metavar="RECIPE", help=argparse.SUPPRESS)  # the overhead's B side
     args = parser.parse_args()
+    if args.plain:
+        plain_run(args.plain, Path(os.environ["QUANTMILL_RUNS_DIR"]))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
-    from prefect.testing.utilities import prefect_test_harness
+    from tests.prefectserver import start_prefect_server
 
     summary: dict = {}
-    with tempfile.TemporaryDirectory(prefix="quantmill-bench-") as tmp, prefect_test_harness(server_startup_timeout=120):
+    with tempfile.TemporaryDirectory(prefix="quantmill-bench-") as tmp:
         work = Path(tmp)
-        items = {"overhead": lambda: overhead(work, args.repeats), "rerun": lambda: rerun(work),
-                 "fan_out": lambda: fan_out(work), "evaluation_parity": lambda: evaluation_parity(work),
-                 "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers)}  # fmt: skip
-        for name, item in items.items():
-            if args.only and name not in args.only:
-                continue
-            started = time.perf_counter()
-            summary[name] = item()
-            summary[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
-            print(name, json.dumps(summary[name]), flush=True)
+        server, env = start_prefect_server(work / "prefect-home")  # "a running Prefect server", as users have
+        os.environ.update(env)
+        try:
+            items = {"overhead": lambda: overhead(work, args.repeats), "rerun": lambda: rerun(work),
+                     "fan_out": lambda: fan_out(work), "evaluation_parity": lambda: evaluation_parity(work),
+                     "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers)}  # fmt: skip
+            for name, item in items.items():
+                if args.only and name not in args.only:
+                    continue
+                started = time.perf_counter()
+                summary[name] = item()
+                summary[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+                print(name, json.dumps(summary[name]), flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["| benchmark | figure | value |", "|---|---|---|"]
     for name, figures in summary.items():

@@ -8,7 +8,7 @@ body, and a run killed midway resumes from the finished steps.
 Retries: network-bound steps (resolving/downloading the model) retry with
 exponential backoff; compute steps never retry blindly.
 
-Concurrency: heavy steps run one at a time per process, and hold one slot of a
+Concurrency: heavy steps run one at a time per process, on one thread, and hold one slot of a
 global concurrency limit while they run (``gpu`` on CUDA, ``cpu-heavy`` on the
 CPU), so variants never oversubscribe a device however many workers the task
 runner has. Parallel heavy work takes several processes (a Dask task runner).
@@ -16,11 +16,10 @@ runner has. Parallel heavy work takes several processes (a Dask task runner).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -37,24 +36,32 @@ from quantmill.resolve import ResolvedModel, resolve_model
 from quantmill.tasks.limits import hold_slot
 
 
-# One heavy step at a time in this process. transformers, llm-compressor and torch
-# change process-global state while they load and quantize (a meta-device default,
-# patched init functions, the active compression session), so two heavy calls in
-# threads of one process corrupt each other: measured, every quantization failed
-# ("Cannot copy out of meta tensor") and a baseline evaluated next scored 0.11
-# instead of 0.93.
-_PROCESS_HEAVY_LOCK = threading.Lock()
+# Heavy steps run one at a time per process, all on one thread. One at a time:
+# transformers, llm-compressor and torch change process-global state while they
+# load and quantize (a meta-device default, patched init functions, the active
+# compression session), so two heavy calls in threads of one process corrupt each
+# other (measured: every quantization failed with "Cannot copy out of meta tensor"
+# and a baseline evaluated next scored 0.11 instead of 0.93). One thread: torch's
+# OpenMP thread teams belong to the thread that starts them, and the same calls
+# spread over the task runner's threads took 20 % longer (60 s vs 50 s for seven
+# variants on 2 cores).
+_HEAVY_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantmill-heavy")
+
+T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def heavy_slot(limit: str | None) -> Iterator[None]:
-    """Run a heavy step: this process's heavy lock, then one slot of the global limit.
+def run_heavy(limit: str | None, call: Callable[..., T], *args: Any) -> T:
+    """Run ``call(*args)`` on this process's heavy thread, holding a slot of ``limit`` while it runs.
 
-    The global limit caps heavy steps across processes, Dask workers and concurrent
-    runs; None when the flow already holds a slot for this process's steps.
+    The limit caps heavy steps across processes, Dask workers and concurrent runs;
+    None when the flow already holds a slot for this process's steps.
     """
-    with _PROCESS_HEAVY_LOCK, hold_slot(limit):
-        yield
+
+    def with_slot() -> T:
+        with hold_slot(limit):
+            return call(*args)
+
+    return _HEAVY_THREAD.submit(with_slot).result()
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
@@ -70,8 +77,7 @@ def calibration_task(loaded: LoadedRecipe, resolved: ResolvedModel) -> Calibrati
 
 @task(name="evaluate-baseline", persist_result=True)
 def baseline_task(loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None) -> dict[str, Any]:
-    with heavy_slot(limit):
-        return stages.evaluate_baseline(loaded, resolved, device).to_dict()
+    return run_heavy(limit, stages.evaluate_baseline, loaded, resolved, device).to_dict()
 
 
 @task(name="quantize", persist_result=True)
@@ -84,8 +90,7 @@ def quantize_task(
     out_dir: Path,
     limit: str | None,
 ) -> dict[str, Any]:
-    with heavy_slot(limit):
-        artifact = stages.quantize_one(loaded, variant, resolved, calibration, device, out_dir)
+    artifact = run_heavy(limit, stages.quantize_one, loaded, variant, resolved, calibration, device, out_dir)
     return {"path": str(artifact.path), "provenance": artifact.provenance}
 
 
@@ -93,8 +98,7 @@ def quantize_task(
 def evaluate_task(loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str,
                   limit: str | None) -> dict[str, Any]:  # fmt: skip
     path = read_artifact(Path(quantized["path"])).path  # a cached result must still point at a complete folder
-    with heavy_slot(limit):
-        return stages.evaluate_variant(loaded, variant, path, device).to_dict()
+    return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device).to_dict()
 
 
 @task(name="gate", cache_policy=NONE)

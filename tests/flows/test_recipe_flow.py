@@ -166,23 +166,28 @@ def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached
     assert held == [] and all(v["cached"] == {"quantize": True, "evaluate": True} for v in again["variants"].values())
 
 
-def test_heavy_slot_is_exclusive_across_threads():
+def test_heavy_calls_run_one_at_a_time_on_one_thread():
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from quantmill.tasks.steps import heavy_slot
+    from quantmill.tasks.steps import run_heavy
 
-    inside, most = [0], [0]
+    inside, most, threads = [0], [0], set()
 
-    def work(_):
-        with heavy_slot(None):
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-            time.sleep(0.01)
-            inside[0] -= 1
+    def work():
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        threads.add(threading.get_ident())
+        time.sleep(0.01)
+        inside[0] -= 1
+        return threading.get_ident()
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(work, range(40)))
-    assert most[0] == 1
+        list(pool.map(lambda _: run_heavy(None, work), range(40)))
+    assert most[0] == 1 and len(threads) == 1 and threading.get_ident() not in threads
+
+    with pytest.raises(ZeroDivisionError):  # a failing step's exception reaches the task
+        run_heavy(None, lambda: 1 / 0)
 
 
 def test_cli_run_renders_a_table(tmp_path, write_recipe):
