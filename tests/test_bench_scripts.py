@@ -22,3 +22,16 @@ def test_gpu_script_smoke_run_on_cpu(tmp_path):
     for variant in ("gptq-w4-g128", "gguf-q4_k_m"):
         assert figures[variant]["quantize_seconds"] > 0 and figures[variant]["ppl"] > 1
         assert figures[variant]["size_mb"] < figures["baseline"]["size_mb"]
+
+
+@pytest.mark.slow
+def test_seeded_kill_points_all_survive(tmp_path):
+    """A few of `make reliability`'s kill -9 points: each rerun completes and redoes nothing finished."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "reliability.py"), "--cases", "0", "--kill-points",
+                             "3", "--seed", "11"], capture_output=True, text=True, timeout=1200)  # fmt: skip
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    crash = lines[-1]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert crash["kill_points"] == 3 and crash["survived"] == 3 and crash["leaks"] == 0, crash
+    points = [line for line in lines if "point" in line]
+    assert len(points) == 3 and len({p["killed_at_seconds"] for p in points}) == 3
