@@ -147,12 +147,13 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
     for variant in selected:
         q_key = cachekeys.quantize_key(resolved.revision, variant, fingerprint, dtype, device)
         keys[variant.id] = (q_key, cachekeys.evaluation_key(q_key, variant, evaluation, device, data))
-    for key in [baseline_key, *(k for pair in keys.values() for k in pair)]:
+    every_key = [baseline_key, *(key for pair in keys.values() for key in pair)]
+    for key in every_key:
         discard_unreadable_cache_entry(cache, key)
-    all_cached = all((cache / "keys" / k).exists() for k in [baseline_key, *(k for p in keys.values() for k in p)])
+    all_cached = all((cache / "keys" / key).exists() for key in every_key)
 
-    # Tasks in this process's threads take turns on the heavy work anyway (a process
-    # lock, see tasks/steps.py), so the run holds one slot of the global limit while
+    # Tasks in this process take turns on the heavy work anyway (one heavy thread per
+    # process, see tasks/steps.py), so the run holds one slot of the global limit while
     # they compute, instead of each task taking its own: on Prefect's SQLite server a
     # slot asked for right after one was given back is often refused ("database is
     # locked", retried after ~2 s), which cost 14 × 2 s on a 7-variant run. A run
