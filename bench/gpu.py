@@ -39,9 +39,17 @@ def build_model(folder: Path, tiny: bool) -> int:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     hidden, layers, intermediate = (256, 2, 512) if tiny else (1536, 16, 6144)
-    config = LlamaConfig(vocab_size=768, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=1)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=768,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
@@ -85,8 +93,10 @@ variants:
         baseline_start = time.perf_counter()
         baseline = stages.evaluate_baseline(loaded, resolved, args.device)
         baseline_seconds = time.perf_counter() - baseline_start
-        figures["baseline"] = {"evaluate_seconds": round(baseline_seconds, 2),
-                               **{k: v.value for k, v in baseline.metrics.items()}}  # fmt: skip
+        figures["baseline"] = {
+            "evaluate_seconds": round(baseline_seconds, 2),
+            **{k: v.value for k, v in baseline.metrics.items()},
+        }
         for variant in loaded.variants:
             artifact = stages.quantize_one(loaded, variant, resolved, calibration, args.device, work / variant.id)
             evaluate_start = time.perf_counter()

@@ -58,9 +58,15 @@ def kill_points(points: int, seed: int, work: Path) -> dict:
     from tests.flows.conftest import fast_recipe
 
     recipe = work / "recipe.yaml"
-    recipe.write_text(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n    - {method: bnb, type: int8}\n"))
-    env = {**os.environ, "HF_TOKEN": SENTINEL, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_HOME": str(work / "prefect")}  # fmt: skip
+    recipe.write_text(
+        fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n    - {method: bnb, type: int8}\n")
+    )
+    env = {
+        **os.environ,
+        "HF_TOKEN": SENTINEL,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(work / "prefect"),
+    }
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "quantmill.cli", "run", str(recipe)]
     start = time.perf_counter()
@@ -71,8 +77,9 @@ def kill_points(points: int, seed: int, work: Path) -> dict:
     for point in range(points):
         runs = work / f"runs-{point}"
         point_env = {**env, "QUANTMILL_RUNS_DIR": str(runs)}
-        process = subprocess.Popen(command, env=point_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, env=point_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         at = rng.uniform(0.5, full)
         time.sleep(at)
         os.killpg(process.pid, signal.SIGKILL)
@@ -100,13 +107,28 @@ def kill_points(points: int, seed: int, work: Path) -> dict:
         for artifact in (runs / "flowtest" / "artifacts").glob("*"):
             if not artifact.name.startswith(".") and not (artifact / "COMPLETE").is_file():
                 why.append(f"{artifact.name} has no COMPLETE marker")
-        print(json.dumps({"point": point, "killed_at_seconds": round(at, 1), "finished_before_kill": sorted(before),
-                          "survived": not why, "why": why}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "point": point,
+                    "killed_at_seconds": round(at, 1),
+                    "finished_before_kill": sorted(before),
+                    "survived": not why,
+                    "why": why,
+                }
+            ),
+            flush=True,
+        )
         survived += not why
         problems += [f"point {point}: {w}" for w in why]
     leaks = [str(p) for p in work.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
-    return {"kill_points": points, "survived": survived, "full_run_seconds": round(full, 1), "leaks": len(leaks) + printed_leaks,
-            "problems": problems[:10]}  # fmt: skip
+    return {
+        "kill_points": points,
+        "survived": survived,
+        "full_run_seconds": round(full, 1),
+        "leaks": len(leaks) + printed_leaks,
+        "problems": problems[:10],
+    }
 
 
 def main() -> None:
@@ -120,7 +142,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quantmill-reliability-") as tmp:
         figures["crash"] = kill_points(args.kill_points, args.seed, Path(tmp))
     print(json.dumps(figures["crash"]))
-    failed = figures["fuzz"]["tracebacks"] or figures["crash"]["leaks"] or figures["crash"]["survived"] < args.kill_points
+    failed = (
+        figures["fuzz"]["tracebacks"] or figures["crash"]["leaks"] or figures["crash"]["survived"] < args.kill_points
+    )
     sys.exit(1 if failed else 0)
 
 

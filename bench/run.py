@@ -115,7 +115,9 @@ def overhead(work: Path, repeats: int) -> dict:
 
     def one(command: list[str], runs: Path) -> float:
         start = time.perf_counter()
-        done = subprocess.run(command, env={**os.environ, "QUANTMILL_RUNS_DIR": str(runs)}, capture_output=True, text=True)
+        done = subprocess.run(
+            command, env={**os.environ, "QUANTMILL_RUNS_DIR": str(runs)}, capture_output=True, text=True
+        )
         if done.returncode not in (0, 3):  # 3: a variant failed its gates, the run itself completed
             raise RuntimeError(f"{command[1:4]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return time.perf_counter() - start
@@ -126,27 +128,42 @@ def overhead(work: Path, repeats: int) -> dict:
         flows.append(one(flow_command, work / f"flow-{i}"))
         plains.append(one(plain_command, work / f"plain-{i}"))
     ratios = [f / p for f, p in zip(flows, plains, strict=True)]
-    return {"flow_seconds": flows, "plain_seconds": plains, "median_ratio": statistics.median(ratios),
-            **fixed_cost(work)}  # fmt: skip
+    return {
+        "flow_seconds": flows,
+        "plain_seconds": plains,
+        "median_ratio": statistics.median(ratios),
+        **fixed_cost(work),
+    }
 
 
 def fixed_cost(work: Path) -> dict:
     """Importing the flow module and running an empty flow, in a fresh process: on the running server, and on
     Prefect's ephemeral one (started by the process itself)."""
-    code = ("import time; t=time.perf_counter(); import quantmill.flows.recipe; from prefect import flow\n"
-            "@flow\ndef hello(): return 1\n"
-            "hello(); print(time.perf_counter()-t)")  # fmt: skip
-    library = "import time; t=time.perf_counter(); import quantmill.stages, quantmill.report.render; print(time.perf_counter()-t)"
+    code = (
+        "import time; t=time.perf_counter(); import quantmill.flows.recipe; from prefect import flow\n"
+        "@flow\ndef hello(): return 1\n"
+        "hello(); print(time.perf_counter()-t)"
+    )
+    library = (
+        "import time; t=time.perf_counter(); import quantmill.stages, quantmill.report.render; "
+        "print(time.perf_counter()-t)"
+    )
 
     def seconds(program: str, env: dict[str, str]) -> float:
-        return float(subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
-                                    env=env).stdout.split()[-1])  # fmt: skip
+        return float(
+            subprocess.run(
+                [sys.executable, "-c", program], capture_output=True, text=True, check=True, env=env
+            ).stdout.split()[-1]
+        )
 
     ephemeral = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
-        "PREFECT_HOME": str(work / "ephemeral-prefect-home")}
-    return {"fixed_cost_seconds_running_server": seconds(code, dict(os.environ)),
-            "fixed_cost_seconds_ephemeral_server": seconds(code, ephemeral),
-            "library_import_seconds_without_prefect": seconds(library, dict(os.environ))}  # fmt: skip
+        "PREFECT_HOME": str(work / "ephemeral-prefect-home")
+    }
+    return {
+        "fixed_cost_seconds_running_server": seconds(code, dict(os.environ)),
+        "fixed_cost_seconds_ephemeral_server": seconds(code, ephemeral),
+        "library_import_seconds_without_prefect": seconds(library, dict(os.environ)),
+    }
 
 
 def rerun(work: Path) -> dict:
@@ -157,8 +174,13 @@ def rerun(work: Path) -> dict:
     again, _ = timed(flow_run, recipe, work / "rerun")
     recipe.write_text(recipe_text(OVERHEAD_ROWS + "    - {method: rtn, bits: 4, group_size: 64}\n"))
     added, _ = timed(flow_run, recipe, work / "rerun")
-    return {"first_seconds": first, "unchanged_rerun_seconds": again, "rerun_ratio": again / first,
-            "one_variant_added_seconds": added, "added_ratio": added / first}  # fmt: skip
+    return {
+        "first_seconds": first,
+        "unchanged_rerun_seconds": again,
+        "rerun_ratio": again / first,
+        "one_variant_added_seconds": added,
+        "added_ratio": added / first,
+    }
 
 
 def fan_out(work: Path, processes: int = 2) -> dict:
@@ -167,8 +189,13 @@ def fan_out(work: Path, processes: int = 2) -> dict:
     recipe.write_text(recipe_text(ONE_MORE))
     times = {n: timed(flow_run, recipe, work / f"fanout-{n}", processes=n)[0] for n in (1, processes)}
     speedup = times[1] / times[processes]
-    return {"seconds_1_process": times[1], f"seconds_{processes}_processes": times[processes], "speedup": speedup,
-            "speedup_per_worker": speedup / processes, "cores": os.cpu_count()}  # fmt: skip
+    return {
+        "seconds_1_process": times[1],
+        f"seconds_{processes}_processes": times[processes],
+        "speedup": speedup,
+        "speedup_per_worker": speedup / processes,
+        "cores": os.cpu_count(),
+    }
 
 
 def evaluation_parity(work: Path) -> dict:
@@ -183,22 +210,40 @@ def evaluation_parity(work: Path) -> dict:
     from quantmill.resolve import resolve_model
 
     recipe = work / "parity.yaml"
-    recipe.write_text(recipe_text(ROWS).replace("  metrics: [size, memory]\n", "  metrics: []\n").replace(
-        f"  perplexity: {{dataset: {{path: {DATA / 'tiny_world_ppl.jsonl'}}}, max_length: 64, stride: 32}}\n", ""))
+    recipe.write_text(
+        recipe_text(ROWS)
+        .replace("  metrics: [size, memory]\n", "  metrics: []\n")
+        .replace(
+            f"  perplexity: {{dataset: {{path: {DATA / 'tiny_world_ppl.jsonl'}}}, max_length: 64, stride: 32}}\n", ""
+        )
+    )
     loaded = load_recipe(recipe)
     resolved = resolve_model(loaded)
 
     def direct():
         model = AutoModelForCausalLM.from_pretrained(DEMO / "tiny-llama", dtype=torch.float32)
         lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(DEMO / "tiny-llama"), batch_size=16)
-        return simple_evaluate(model=lm, tasks=["tiny_world_mc"], task_manager=TaskManager(include_path=str(DEMO / "lm_eval_tasks")),
-                               random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234)  # fmt: skip
+        return simple_evaluate(
+            model=lm,
+            tasks=["tiny_world_mc"],
+            task_manager=TaskManager(include_path=str(DEMO / "lm_eval_tasks")),
+            random_seed=1234,
+            numpy_random_seed=1234,
+            torch_random_seed=1234,
+            fewshot_random_seed=1234,
+        )
 
     ours_t, ours = timed(stages.evaluate_baseline, loaded, resolved, "cpu")
     theirs_t, theirs = timed(direct)
     value, reference = ours.value("tiny_world_mc/acc"), theirs["results"]["tiny_world_mc"]["acc,none"]
-    return {"quantmill_acc": value, "simple_evaluate_acc": reference, "identical": value == reference,
-            "quantmill_seconds": ours_t, "simple_evaluate_seconds": theirs_t, "time_ratio": ours_t / theirs_t}  # fmt: skip
+    return {
+        "quantmill_acc": value,
+        "simple_evaluate_acc": reference,
+        "identical": value == reference,
+        "quantmill_seconds": ours_t,
+        "simple_evaluate_seconds": theirs_t,
+        "time_ratio": ours_t / theirs_t,
+    }
 
 
 def gptq_memory(work: Path, hidden: int, layers: int) -> dict:
@@ -216,7 +261,7 @@ config = LlamaConfig(vocab_size=768, hidden_size={hidden}, intermediate_size={hi
                      num_attention_heads={hidden // 64}, num_key_value_heads={hidden // 64}, max_position_embeddings=256)
 model = LlamaForCausalLM(config).to(torch.float16)
 model.save_pretrained("{work}/synthetic")
-AutoTokenizer.from_pretrained("{DEMO / 'tiny-llama'}").save_pretrained("{work}/synthetic")
+AutoTokenizer.from_pretrained("{DEMO / "tiny-llama"}").save_pretrained("{work}/synthetic")
 params = sum(p.numel() for p in model.parameters()); del model
 import gc; gc.collect()
 before = psutil.Process().memory_info().rss
@@ -259,9 +304,13 @@ def main() -> None:
         server, env = start_prefect_server(work / "prefect-home")  # "a running Prefect server", as users have
         os.environ.update(env)
         try:
-            items = {"overhead": lambda: overhead(work, args.repeats), "rerun": lambda: rerun(work),
-                     "fan_out": lambda: fan_out(work), "evaluation_parity": lambda: evaluation_parity(work),
-                     "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers)}  # fmt: skip
+            items = {
+                "overhead": lambda: overhead(work, args.repeats),
+                "rerun": lambda: rerun(work),
+                "fan_out": lambda: fan_out(work),
+                "evaluation_parity": lambda: evaluation_parity(work),
+                "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers),
+            }
             for name, item in items.items():
                 if args.only and name not in args.only:
                     continue

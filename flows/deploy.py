@@ -32,8 +32,9 @@ def ensure_process_pool(name: str) -> None:
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
 
 
-def deploy(recipes_dir: Path, *, work_pool: str = DEFAULT_POOL, zoo_cron: str = NIGHTLY_CRON,
-           source: Path = PROJECT_ROOT) -> dict[str, str]:  # fmt: skip
+def deploy(
+    recipes_dir: Path, *, work_pool: str = DEFAULT_POOL, zoo_cron: str = NIGHTLY_CRON, source: Path = PROJECT_ROOT
+) -> dict[str, str]:
     """Create or update the deployments; returns ``{deployment name: cron}``.
 
     Raises:
@@ -51,15 +52,28 @@ def deploy(recipes_dir: Path, *, work_pool: str = DEFAULT_POOL, zoo_cron: str = 
     ensure_process_pool(work_pool)
     registered = {}
     zoo = Flow.from_source(source=str(source), entrypoint="flows/zoo.py:zoo")
-    zoo.deploy(name="nightly-zoo", work_pool_name=work_pool, cron=zoo_cron, build=False, push=False,
-               parameters={"recipes_dir": str(Path(recipes_dir).resolve()), "skip_scheduled": True},
-               print_next_steps=False)  # fmt: skip
+    zoo.deploy(
+        name="nightly-zoo",
+        work_pool_name=work_pool,
+        cron=zoo_cron,
+        build=False,
+        push=False,
+        parameters={"recipes_dir": str(Path(recipes_dir).resolve()), "skip_scheduled": True},
+        print_next_steps=False,
+    )
     registered["nightly-zoo"] = zoo_cron
     recipe_flow = Flow.from_source(source=str(source), entrypoint="flows/recipe.py:quantize_evaluate_publish")
     for path, loaded in recipes:
         if loaded.recipe.schedule:
             name = f"recipe-{loaded.name}"
-            recipe_flow.deploy(name=name, work_pool_name=work_pool, cron=loaded.recipe.schedule, build=False,
-                               push=False, parameters={"recipe_path": str(path)}, print_next_steps=False)  # fmt: skip
+            recipe_flow.deploy(
+                name=name,
+                work_pool_name=work_pool,
+                cron=loaded.recipe.schedule,
+                build=False,
+                push=False,
+                parameters={"recipe_path": str(path)},
+                print_next_steps=False,
+            )
             registered[name] = loaded.recipe.schedule
     return registered

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.context import FlowRunContext
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -37,9 +37,9 @@ from quantmill.tasks.limits import MACHINE_LIMITS_ENV, ensure_limit, hold_slot, 
 from quantmill.tasks.steps import (
     baseline_task,
     calibration_task,
-    publish_task,
     evaluate_task,
     gate_task,
+    publish_task,
     quantize_task,
     resolve_model_task,
 )
@@ -55,7 +55,7 @@ def _error(future: PrefectFuture) -> str | None:
         return None
     try:
         future.result(raise_on_failure=True)
-    except Exception as exc:  # the task's own exception, re-raised by Prefect
+    except Exception as exc:  # noqa: BLE001 -- the task's own exception, re-raised by Prefect
         return redact(f"{type(exc).__name__}: {exc}")
     return redact(f"{state.name}: {state.message or 'no result'}")
 
@@ -95,9 +95,15 @@ def _cached(future: PrefectFuture) -> bool:
 
 
 @flow(name="quantize-evaluate-publish", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
-def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, runs_dir: str | None = None,
-                              heavy_slots: int | None = None, publish: bool = True, target: str | None = None,
-                              inputs_fingerprint: str | None = None) -> dict[str, Any]:  # fmt: skip
+def quantize_evaluate_publish(
+    recipe_path: str,
+    only: list[str] | None = None,
+    runs_dir: str | None = None,
+    heavy_slots: int | None = None,
+    publish: bool = True,
+    target: str | None = None,
+    inputs_fingerprint: str | None = None,
+) -> dict[str, Any]:
     """Run one recipe end to end and return its results (also written to ``results.json``).
 
     Args:
@@ -139,8 +145,9 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
 
     def cached(task, key: str):
         policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache / "keys")
-        return task.with_options(cache_policy=policy, persist_result=True, result_storage=storage,
-                                 result_serializer="json")  # fmt: skip
+        return task.with_options(
+            cache_policy=policy, persist_result=True, result_storage=storage, result_serializer="json"
+        )
 
     baseline_key = cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data)
     keys = {}
@@ -167,8 +174,9 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
         for variant in selected:
             q_key, e_key = keys[variant.id]
             out_dir = artifacts / f"{variant.id}-{q_key[:12]}"
-            q_future = cached(quantize_task, q_key).submit(loaded, variant, resolved, calibration, device, out_dir,
-                                                        task_limit)  # fmt: skip
+            q_future = cached(quantize_task, q_key).submit(
+                loaded, variant, resolved, calibration, device, out_dir, task_limit
+            )
             e_future = cached(evaluate_task, e_key).submit(loaded, variant, q_future, device, task_limit)
             quantized[variant.id] = q_future
             branches[e_future] = (variant.id, variant.method)
@@ -183,7 +191,11 @@ def quantize_evaluate_publish(recipe_path: str, only: list[str] | None = None, r
             variant_id, method = branches[e_future]
             variant = loaded.variant(variant_id)
             q_future = quantized[variant_id]
-            error = _error(q_future) or _error(e_future) or (f"baseline failed: {baseline_error}" if baseline_error else None)
+            error = (
+                _error(q_future)
+                or _error(e_future)
+                or (f"baseline failed: {baseline_error}" if baseline_error else None)
+            )
             evaluation_result = e_future.result() if _error(e_future) is None else None
             verdict = gate_task(variant, evaluation_result, baseline, error)
             verdicts[variant_id] = verdict
@@ -237,10 +249,16 @@ def _publish_artifacts(results: dict[str, Any], run_path: Path) -> None:
     from quantmill.report.render import COLUMNS, rows
 
     key = re.sub(r"[^a-z0-9-]", "-", f"quantmill-{results['recipe']}")
-    create_table_artifact([dict(zip(COLUMNS, row, strict=True)) for row in rows(results)], key=f"{key}-table",
-                          description=f"{results['recipe']} run {results['run_id']}")  # fmt: skip
-    create_markdown_artifact((run_path / "report.md").read_text(), key=f"{key}-report",
-                             description=f"{results['recipe']} run {results['run_id']}")  # fmt: skip
+    create_table_artifact(
+        [dict(zip(COLUMNS, row, strict=True)) for row in rows(results)],
+        key=f"{key}-table",
+        description=f"{results['recipe']} run {results['run_id']}",
+    )
+    create_markdown_artifact(
+        (run_path / "report.md").read_text(),
+        key=f"{key}-report",
+        description=f"{results['recipe']} run {results['run_id']}",
+    )
 
 
 def _publish_passed(loaded, results: dict[str, Any], publish_to: str, run) -> None:
@@ -249,21 +267,40 @@ def _publish_passed(loaded, results: dict[str, Any], publish_to: str, run) -> No
 
     target = make_target(loaded, publish_to)
     passed = publishable(results["variants"])
-    related = [{"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))),
-                "note": results["variants"][v]["method"]} for v in passed]  # fmt: skip
+    related = [
+        {"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))), "note": results["variants"][v]["method"]}
+        for v in passed
+    ]
     for variant_id in passed:
-        future = publish_task.submit(loaded, loaded.variant(variant_id), results["variants"][variant_id],
-                                     results["baseline"]["evaluation"], results["model"]["revision"], publish_to,
-                                     run.run_id, related)  # fmt: skip
+        future = publish_task.submit(
+            loaded,
+            loaded.variant(variant_id),
+            results["variants"][variant_id],
+            results["baseline"]["evaluation"],
+            results["model"]["revision"],
+            publish_to,
+            run.run_id,
+            related,
+        )
         error = _error(future)
-        results["variants"][variant_id]["publish"] = future.result() if error is None else {"status": "failed",
-                                                                                              "error": error}  # fmt: skip
+        results["variants"][variant_id]["publish"] = (
+            future.result() if error is None else {"status": "failed", "error": error}
+        )
         run.write_results(results)
 
 
-def run_recipe(recipe_path: str, *, only: list[str] | None = None, runs_dir: str | None = None,
-               workers: int = 4, processes: int | None = None, heavy_slots: int | None = None, publish: bool = True,
-               target: str | None = None, task_runner=None) -> dict[str, Any]:  # fmt: skip
+def run_recipe(
+    recipe_path: str,
+    *,
+    only: list[str] | None = None,
+    runs_dir: str | None = None,
+    workers: int = 4,
+    processes: int | None = None,
+    heavy_slots: int | None = None,
+    publish: bool = True,
+    target: str | None = None,
+    task_runner=None,
+) -> dict[str, Any]:
     """Run the recipe flow.
 
     Tasks run in ``workers`` threads of this process, where heavy steps take turns;
@@ -273,8 +310,15 @@ def run_recipe(recipe_path: str, *, only: list[str] | None = None, runs_dir: str
     """
     if processes and not task_runner:
         with _api_reachable_from_workers():
-            return run_recipe(recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots or processes,
-                              publish=publish, target=target, task_runner=process_task_runner(processes))  # fmt: skip
+            return run_recipe(
+                recipe_path,
+                only=only,
+                runs_dir=runs_dir,
+                heavy_slots=heavy_slots or processes,
+                publish=publish,
+                target=target,
+                task_runner=process_task_runner(processes),
+            )
     runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
     return quantize_evaluate_publish.with_options(task_runner=runner)(
         recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots, publish=publish, target=target
@@ -286,8 +330,9 @@ def process_task_runner(processes: int):
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError as exc:
-        raise QuantmillError("running variants in several processes needs prefect-dask: "
-                             "pip install 'quantmill[distributed]'") from exc  # fmt: skip
+        raise QuantmillError(
+            "running variants in several processes needs prefect-dask: pip install 'quantmill[distributed]'"
+        ) from exc
     return DaskTaskRunner(cluster_kwargs={"n_workers": processes, "threads_per_worker": 1, "processes": True})
 
 

@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger
 
 from quantmill import cachekeys
 from quantmill.errors import QuantmillError
+from quantmill.flows.recipe import quantize_evaluate_publish
 from quantmill.recipe import load_recipe
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
-from quantmill.flows.recipe import quantize_evaluate_publish
 from quantmill.tasks.steps import resolve_model_task
 
 
@@ -40,8 +40,9 @@ def last_fingerprint(store: RunStore, recipe: str) -> str | None:
 
 
 @flow(name="quantmill-zoo")
-def zoo(recipes_dir: str, runs_dir: str | None = None, publish: bool = True,
-        skip_scheduled: bool = False) -> dict[str, Any]:  # fmt: skip
+def zoo(
+    recipes_dir: str, runs_dir: str | None = None, publish: bool = True, skip_scheduled: bool = False
+) -> dict[str, Any]:
     """Run each recipe in ``recipes_dir`` whose inputs changed; returns ``{recipe file: outcome}``.
 
     ``skip_scheduled`` leaves out recipes with their own ``schedule:`` (they have
@@ -66,8 +67,9 @@ def zoo(recipes_dir: str, runs_dir: str | None = None, publish: bool = True,
             logger.info("%s: unchanged since its last run", path.name)
             outcomes[path.name] = {"status": "unchanged"}
             continue
-        results = quantize_evaluate_publish(str(path), runs_dir=str(store.root), publish=publish,
-                                            inputs_fingerprint=fingerprint)  # fmt: skip
+        results = quantize_evaluate_publish(
+            str(path), runs_dir=str(store.root), publish=publish, inputs_fingerprint=fingerprint
+        )
         failed = sorted(v for v, e in results["variants"].items() if e.get("status") != "passed")
         outcomes[path.name] = {"status": "ran", "run": results["run_id"], "failed": failed}
     return outcomes

@@ -115,7 +115,9 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
         return {v.id: "unknown" for v in loaded.variants}
     revision = content_hash(loaded.resolve(model.id))
     fingerprint = None
-    if loaded.recipe.calibration.dataset is not None and any(v.spec.needs_calibration(v.params) for v in loaded.variants):
+    if loaded.recipe.calibration.dataset is not None and any(
+        v.spec.needs_calibration(v.params) for v in loaded.variants
+    ):
         from transformers import AutoTokenizer
 
         from quantmill.calibration import build_calibration_set

@@ -47,9 +47,7 @@ def build_calibration_set(calibration: Calibration, tokenizer, base_dir: Path) -
     texts = load_texts(calibration.dataset, base_dir)
     if len(texts) > calibration.num_samples:
         texts = random.Random(calibration.seed).sample(texts, calibration.num_samples)
-    ids = tuple(
-        tuple(tokenizer(text, truncation=True, max_length=calibration.seq_len)["input_ids"]) for text in texts
-    )
+    ids = tuple(tuple(tokenizer(text, truncation=True, max_length=calibration.seq_len)["input_ids"]) for text in texts)
     digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
     ref = calibration.dataset
     source = ref.path if ref.path is not None else f"{ref.hub}:{ref.subset or ''}:{ref.split}"

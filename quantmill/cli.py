@@ -66,10 +66,9 @@ def _human_bytes(count: int | None) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from quantmill.cachekeys import cache_status
     from quantmill.plan import build_plan
     from quantmill.recipe import load_recipe
-
-    from quantmill.cachekeys import cache_status
     from quantmill.resolve import resolve_device
     from quantmill.runstore import RunStore
     from quantmill.settings import get_settings
@@ -84,12 +83,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_column("variant", no_wrap=True)
     for column in ("method", "setting", "bits/w", "≈ size", "gates", "publish as", "cache"):
         table.add_column(column, overflow="fold")
-    shared = plan.variants[0].gates if plan.variants and all(v.gates == plan.variants[0].gates for v in plan.variants) else None
+    shared = (
+        plan.variants[0].gates
+        if plan.variants and all(v.gates == plan.variants[0].gates for v in plan.variants)
+        else None
+    )
     for row in plan.variants:
         gates = "shared" if shared is not None else "\n".join(row.gates) or "-"
         repo = row.publish_to.rsplit("/", 1)[-1] if row.publish_to else "-"
-        table.add_row(row.id, row.method, row.setting, f"{row.bits_per_weight:g}", _human_bytes(row.expected_bytes),
-                      gates, repo, row.cache)  # fmt: skip
+        table.add_row(
+            row.id,
+            row.method,
+            row.setting,
+            f"{row.bits_per_weight:g}",
+            _human_bytes(row.expected_bytes),
+            gates,
+            repo,
+            row.cache,
+        )
     console.print(table)
     if shared:
         console.print("gates for every variant: " + "; ".join(shared), highlight=False)
@@ -146,8 +157,13 @@ def render_results(results: dict) -> Table:
         cached = entry.get("cached") or {}
         status = entry.get("status", "?")
         color = {"passed": "green", "failed": "red"}.get(status, "yellow")
-        table.add_row(variant_id, f"[{color}]{status}[/{color}]", shown or "-",
-                      "yes" if cached and all(cached.values()) else "no", why or "")  # fmt: skip
+        table.add_row(
+            variant_id,
+            f"[{color}]{status}[/{color}]",
+            shown or "-",
+            "yes" if cached and all(cached.values()) else "no",
+            why or "",
+        )
     return table
 
 
@@ -156,8 +172,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantmill.errors import GateFailedError
     from quantmill.flows.recipe import run_recipe
 
-    results = run_recipe(str(args.recipe), only=args.only, workers=args.workers, processes=args.processes,
-                         publish=not args.no_publish, target=args.target)  # fmt: skip
+    results = run_recipe(
+        str(args.recipe),
+        only=args.only,
+        workers=args.workers,
+        processes=args.processes,
+        publish=not args.no_publish,
+        target=args.target,
+    )
     console.print(render_results(results))
     console.print(f"results: {results['run_path']}/results.json")
     failed = [v for v, e in results["variants"].items() if e.get("status") != "passed"]
@@ -187,11 +209,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for column in ("recipe", "status", "variants +/−/~", "gates", "publish", "will re-run"):
             table.add_column(column, overflow="fold")
         for c in changes:
-            variants = " ".join(x for x in ("+" + ",".join(c.variants_added) if c.variants_added else "",
-                                            "−" + ",".join(c.variants_removed) if c.variants_removed else "",
-                                            "~" + ",".join(c.variants_changed) if c.variants_changed else "") if x)  # fmt: skip
-            table.add_row(c.file, c.status, c.error or variants or "-", "\n".join(c.gates) or "-",
-                          "\n".join(c.publish) or "-", ", ".join(c.rerun) or "-")  # fmt: skip
+            variants = " ".join(
+                x
+                for x in (
+                    "+" + ",".join(c.variants_added) if c.variants_added else "",
+                    "−" + ",".join(c.variants_removed) if c.variants_removed else "",
+                    "~" + ",".join(c.variants_changed) if c.variants_changed else "",
+                )
+                if x
+            )
+            table.add_row(
+                c.file,
+                c.status,
+                c.error or variants or "-",
+                "\n".join(c.gates) or "-",
+                "\n".join(c.publish) or "-",
+                ", ".join(c.rerun) or "-",
+            )
         console.print(table)
     return 2 if any(c.status == "invalid" for c in changes) else 0
 
@@ -202,8 +236,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     outcomes = zoo(str(args.recipes), publish=not args.no_publish)
     for name, outcome in outcomes.items():
-        console.print(f"{name}: {outcome['status']}" + (f" (failed: {', '.join(outcome['failed'])})"
-                                                      if outcome.get("failed") else ""), highlight=False)  # fmt: skip
+        console.print(
+            f"{name}: {outcome['status']}"
+            + (f" (failed: {', '.join(outcome['failed'])})" if outcome.get("failed") else ""),
+            highlight=False,
+        )
     return 3 if any(o.get("failed") or o["status"] == "invalid" for o in outcomes.values()) else 0
 
 
@@ -233,8 +270,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     regressions = write_report(args.run, results, previous)
     console.print(render_results(results))
     for regression in regressions:
-        console.print(f"[red]regression[/red] {regression.variant} {regression.what}: {regression.before} → "
-                      f"{regression.after} ({regression.why})", highlight=False)  # fmt: skip
+        console.print(
+            f"[red]regression[/red] {regression.variant} {regression.what}: {regression.before} → "
+            f"{regression.after} ({regression.why})",
+            highlight=False,
+        )
     console.print(f"report: {args.run / 'report.html'}")
     return 0
 
@@ -272,8 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", type=Path)
     run.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
     run.add_argument("--workers", type=int, default=4, help="concurrent tasks in this process (heavy ones take turns)")
-    run.add_argument("--processes", type=int, metavar="N",
-                     help="run variants in N worker processes, N heavy steps at once (needs quantmill[distributed])")
+    run.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run variants in N worker processes, N heavy steps at once (needs quantmill[distributed])",
+    )
     run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
     run.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
 
@@ -294,15 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = add("publish", cmd_publish, "publish a finished run's passing variants (again, or to another target)")
     publish.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
-    publish.add_argument("--force", action="append", metavar="VARIANT",
-                         help="publish this variant although it failed its gates (the card says so); repeatable")
+    publish.add_argument(
+        "--force",
+        action="append",
+        metavar="VARIANT",
+        help="publish this variant although it failed its gates (the card says so); repeatable",
+    )
     publish.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
 
     setup = add("setup", cmd_setup, "fetch and build external tools (llama.cpp's converter and quantizer)")
     setup.add_argument("tool", choices=["llama-cpp"], help="what to set up")
     setup.add_argument("--no-build", action="store_true", help="only fetch the source (conversion works, no imatrix)")
-    setup.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=None,
-                       help="build with CUDA (default: when nvcc and a GPU are present)")  # fmt: skip
+    setup.add_argument(
+        "--cuda",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="build with CUDA (default: when nvcc and a GPU are present)",
+    )
 
     report = add("report", cmd_report, "write and show a run's report (report.md, report.html, plots)")
     report.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")

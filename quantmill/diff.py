@@ -55,8 +55,9 @@ def recipes_at(ref: str, recipes_subdir: str = "recipes", repo: Path = Path(".")
     with tempfile.TemporaryDirectory(prefix="quantmill-diff-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tar:
             tar.extractall(tmp, filter="data")
-        top = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-prefix"], capture_output=True, text=True,
-                             check=False).stdout.strip()  # fmt: skip
+        top = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--show-prefix"], capture_output=True, text=True, check=False
+        ).stdout.strip()
         yield Path(tmp) / top / recipes_subdir
 
 
@@ -102,8 +103,10 @@ def _gate_changes(label: str, old: tuple[GateRule, ...], new: tuple[GateRule, ..
             if a.threshold != b.threshold:
                 higher = b.threshold > a.threshold
                 tighter = higher if rule in _TIGHTER_WHEN_HIGHER else not higher
-                changes.append(f"{label}: {'tightened' if tighter else 'loosened'} — {metric} {rule} "
-                               f"{a.threshold:g} → {b.threshold:g}")  # fmt: skip
+                changes.append(
+                    f"{label}: {'tightened' if tighter else 'loosened'} — {metric} {rule} "
+                    f"{a.threshold:g} → {b.threshold:g}"
+                )
             if a.level != b.level:
                 word = "loosened" if b.level == "warn" else "tightened"
                 changes.append(f"{label}: {word} — {metric} {rule} is now {b.level}")
@@ -147,17 +150,31 @@ def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
         if isinstance(new, RecipeError):
             changes.append(RecipeChange(file, "invalid", error=str(new)))
         elif old is None:
-            changes.append(RecipeChange(file, "added", variants_added=[v.id for v in new.variants],
-                                        rerun=[v.id for v in new.variants]))  # fmt: skip
+            changes.append(
+                RecipeChange(
+                    file, "added", variants_added=[v.id for v in new.variants], rerun=[v.id for v in new.variants]
+                )
+            )
         elif new is None:
             changes.append(RecipeChange(file, "removed"))
         elif isinstance(old, RecipeError):
-            changes.append(RecipeChange(file, "changed", rerun=[v.id for v in new.variants],
-                                        variants_added=[v.id for v in new.variants]))  # fmt: skip
+            changes.append(
+                RecipeChange(
+                    file, "changed", rerun=[v.id for v in new.variants], variants_added=[v.id for v in new.variants]
+                )
+            )
         elif old.text != new.text:
             change = compare_recipes(old, new, file)
-            if any((change.variants_added, change.variants_removed, change.variants_changed, change.gates,
-                    change.publish, change.rerun)):  # fmt: skip
+            if any(
+                (
+                    change.variants_added,
+                    change.variants_removed,
+                    change.variants_changed,
+                    change.gates,
+                    change.publish,
+                    change.rerun,
+                )
+            ):
                 changes.append(change)  # an edit of comments alone changes nothing and is not listed
     return changes
 
@@ -166,13 +183,25 @@ def to_markdown(changes: list[RecipeChange]) -> str:
     """A PR comment body."""
     if not changes:
         return "### quantmill: no recipe changes\n"
-    lines = ["### quantmill: what this change does to the recipes", "",
-             "| recipe | status | variants | gates | publish | will re-run |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "### quantmill: what this change does to the recipes",
+        "",
+        "| recipe | status | variants | gates | publish | will re-run |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in changes:
-        variants = "; ".join(x for x in (f"+{', '.join(c.variants_added)}" if c.variants_added else "",
-                                         f"−{', '.join(c.variants_removed)}" if c.variants_removed else "",
-                                         f"~{', '.join(c.variants_changed)}" if c.variants_changed else "") if x)  # fmt: skip
+        variants = "; ".join(
+            x
+            for x in (
+                f"+{', '.join(c.variants_added)}" if c.variants_added else "",
+                f"−{', '.join(c.variants_removed)}" if c.variants_removed else "",
+                f"~{', '.join(c.variants_changed)}" if c.variants_changed else "",
+            )
+            if x
+        )
         detail = c.error.replace("\n", "<br>") if c.error else variants or "-"
-        lines.append(f"| {c.file} | {c.status} | {detail} | {'<br>'.join(c.gates) or '-'} | "
-                     f"{'<br>'.join(c.publish) or '-'} | {', '.join(c.rerun) or '-'} |")  # fmt: skip
+        lines.append(
+            f"| {c.file} | {c.status} | {detail} | {'<br>'.join(c.gates) or '-'} | "
+            f"{'<br>'.join(c.publish) or '-'} | {', '.join(c.rerun) or '-'} |"
+        )
     return "\n".join(lines) + "\n"

@@ -58,12 +58,18 @@ class Verdict:
         return [o for o in self.outcomes if not o.passed and o.level == "warn"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variant": self.variant, "status": self.status, "error": self.error,
-                "outcomes": [asdict(o) for o in self.outcomes]}  # fmt: skip
+        return {
+            "variant": self.variant,
+            "status": self.status,
+            "error": self.error,
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
-        return cls(data["variant"], data["status"], tuple(RuleOutcome(**o) for o in data["outcomes"]), data.get("error"))
+        return cls(
+            data["variant"], data["status"], tuple(RuleOutcome(**o) for o in data["outcomes"]), data.get("error")
+        )
 
 
 def _compare(rule: str, observed: float, baseline: float | None) -> float:
@@ -93,9 +99,17 @@ def apply_rule(gate: GateRule, variant: MetricValue | None, baseline: MetricValu
     relative = gate.rule not in ("min", "max")
 
     def outcome(passed: bool, compared: float | None = None, note: str = "") -> RuleOutcome:
-        return RuleOutcome(gate.metric, gate.rule, gate.threshold, gate.level,
-                           variant.value if variant else None, baseline.value if baseline else None,
-                           compared, passed, note)  # fmt: skip
+        return RuleOutcome(
+            gate.metric,
+            gate.rule,
+            gate.threshold,
+            gate.level,
+            variant.value if variant else None,
+            baseline.value if baseline else None,
+            compared,
+            passed,
+            note,
+        )
 
     if variant is None or not math.isfinite(variant.value):
         return outcome(False, note="not measured")
@@ -108,7 +122,9 @@ def apply_rule(gate: GateRule, variant: MetricValue | None, baseline: MetricValu
         noise = gate.significance * math.hypot(variant.stderr, baseline.stderr)
         change = abs(variant.value - baseline.value)
         if change <= noise:
-            return outcome(True, compared, f"within noise: |change| {change:.4g} <= {gate.significance:g}·stderr {noise:.4g}")
+            return outcome(
+                True, compared, f"within noise: |change| {change:.4g} <= {gate.significance:g}·stderr {noise:.4g}"
+            )
     return outcome(False, compared)
 
 

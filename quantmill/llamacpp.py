@@ -63,8 +63,15 @@ class LlamaCpp:
         """HF folder → GGUF with the tree's own converter and ``gguf-py``."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.tree / "gguf-py"), env.get("PYTHONPATH")]))
-        command = [sys.executable, str(self.tree / "convert_hf_to_gguf.py"), str(model_dir),
-                   "--outfile", str(out_file), "--outtype", outtype]  # fmt: skip
+        command = [
+            sys.executable,
+            str(self.tree / "convert_hf_to_gguf.py"),
+            str(model_dir),
+            "--outfile",
+            str(out_file),
+            "--outtype",
+            outtype,
+        ]
         run_tool(command, env=env, what="convert_hf_to_gguf.py")
 
 
@@ -75,8 +82,9 @@ def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None
     lines written to a pipe just before exit were seen to go missing.
     """
     with tempfile.TemporaryFile(mode="w+") as log_file:
-        returncode = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env,
-                                    check=False).returncode  # fmt: skip
+        returncode = subprocess.run(
+            command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env, check=False
+        ).returncode
         log_file.seek(0)
         output = log_file.read()
     if returncode != 0:
@@ -128,8 +136,22 @@ def find_llama_cpp() -> LlamaCpp | None:
 
 def _download_sdist(version: str, into: Path, say: Callable[[str], None]) -> Path:
     say(f"downloading the llama-cpp-python {version} sdist (it vendors llama.cpp)")
-    run_tool([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-              f"llama-cpp-python=={version}", "-d", str(into)], what="pip download")  # fmt: skip
+    run_tool(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(into),
+        ],
+        what="pip download",
+    )
     archives = sorted(into.glob("llama_cpp_python-*.tar.gz"))
     if not archives:
         raise LlamaCppError(f"pip did not download a llama-cpp-python {version} sdist")
@@ -141,9 +163,7 @@ def _unpack(archive: Path, target: Path) -> None:
         tar.extractall(target, filter="data")
 
 
-def setup_llama_cpp(
-    *, build: bool = True, cuda: bool | None = None, say: Callable[[str], None] = log.info
-) -> LlamaCpp:
+def setup_llama_cpp(*, build: bool = True, cuda: bool | None = None, say: Callable[[str], None] = log.info) -> LlamaCpp:
     """Fetch and build llama.cpp's tools for the installed llama-cpp-python; a no-op when done.
 
     Args:
@@ -188,12 +208,25 @@ def setup_llama_cpp(
         cuda = shutil.which("nvcc") is not None and _gpu_visible()
     build = root / "build"
     say(f"configuring llama.cpp ({'CUDA' if cuda else 'CPU'}) in {build}")
-    run_tool(["cmake", "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-              "-DBUILD_SHARED_LIBS=OFF", f"-DGGML_CUDA={'ON' if cuda else 'OFF'}"], what="cmake configure")  # fmt: skip
+    run_tool(
+        [
+            "cmake",
+            "-S",
+            str(tree),
+            "-B",
+            str(build),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DBUILD_SHARED_LIBS=OFF",
+            f"-DGGML_CUDA={'ON' if cuda else 'OFF'}",
+        ],
+        what="cmake configure",
+    )
     say(f"building {', '.join(TOOLS)} (several minutes the first time)")
-    run_tool(["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)],
-             what="cmake build")  # fmt: skip
+    run_tool(["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)], what="cmake build")
     (root / _BUILT_MARKER).write_text(version + "\n")
     found = find_llama_cpp()
     assert found is not None
@@ -205,9 +238,10 @@ def setup_llama_cpp(
 
 
 def _gpu_visible() -> bool:
-    return shutil.which("nvidia-smi") is not None and subprocess.run(
-        ["nvidia-smi", "-L"], capture_output=True, check=False
-    ).returncode == 0
+    return (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
+    )
 
 
 _FALLBACK = re.compile(
@@ -220,7 +254,12 @@ _FALLBACK = re.compile(
 def parse_fallbacks(log_text: str) -> list[dict[str, object]]:
     """Per-tensor fallbacks from llama.cpp's quantize log, e.g. q4_K → q5_0 for 172-wide rows."""
     return [
-        {"tensor": m["tensor"], "columns": int(m["cols"]), "block": int(m["block"]),
-         "wanted": m["wanted"], "used": m["used"]}  # fmt: skip
+        {
+            "tensor": m["tensor"],
+            "columns": int(m["cols"]),
+            "block": int(m["block"]),
+            "wanted": m["wanted"],
+            "used": m["used"],
+        }
         for m in _FALLBACK.finditer(log_text)
     ]

@@ -14,7 +14,7 @@ class Measurement:
     peak_cuda_bytes: int | None = None
 
 
-class measure:  # noqa: N801 (used as a context manager, like contextlib helpers)
+class measure:
     """Time a block and sample this process's resident memory every few milliseconds.
 
     ``ru_maxrss`` would report the peak of the whole process lifetime; sampling

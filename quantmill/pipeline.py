@@ -28,9 +28,15 @@ def select_variants(loaded: LoadedRecipe, only: list[str] | None) -> list[str]:
         from quantmill.errors import RecipeProblem
 
         raise RecipeError(
-            [RecipeProblem(str(loaded.path), "--only", f"no variant '{name}'",
-                           hint="; ".join(x for x in (did_you_mean(name, ids), f"variants: {', '.join(ids)}") if x))
-             for name in unknown]  # fmt: skip
+            [
+                RecipeProblem(
+                    str(loaded.path),
+                    "--only",
+                    f"no variant '{name}'",
+                    hint="; ".join(x for x in (did_you_mean(name, ids), f"variants: {', '.join(ids)}") if x),
+                )
+                for name in unknown
+            ]
         )
     return [i for i in ids if i in only]
 

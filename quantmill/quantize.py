@@ -105,12 +105,14 @@ def quantize_variant(
     with exclusive_lock(out_dir.with_name(f".{out_dir.name}.lock")):
         if (out_dir / COMPLETE_MARKER).is_file():
             return read_artifact(out_dir)  # another process made exactly this while we waited
-        return _quantize_unlocked(variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source,
-                                  shared_dir, recipe_dir)  # fmt: skip
+        return _quantize_unlocked(
+            variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source, shared_dir, recipe_dir
+        )
 
 
-def _quantize_unlocked(variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source, shared_dir,
-                       recipe_dir):  # fmt: skip
+def _quantize_unlocked(
+    variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source, shared_dir, recipe_dir
+):
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     if out_dir.exists():
@@ -165,12 +167,26 @@ def _quantize_unlocked(variant, source_dir, out_dir, calibration, dtype, device,
         "size_bytes": size,
         "device": device,
         "created": datetime.now(UTC).isoformat(),
-        "versions": {"quantmill": __version__, "python": platform.python_version(),
-                     **_versions("torch", "transformers", "compressed-tensors", "llmcompressor", "bitsandbytes",
-                                 "torchao", "hqq", "llama-cpp-python", "gguf")},  # fmt: skip
+        "versions": {
+            "quantmill": __version__,
+            "python": platform.python_version(),
+            **_versions(
+                "torch",
+                "transformers",
+                "compressed-tensors",
+                "llmcompressor",
+                "bitsandbytes",
+                "torchao",
+                "hqq",
+                "llama-cpp-python",
+                "gguf",
+            ),
+        },
         "details": details,
     }
     atomic_write_json(staging / PROVENANCE_FILE, provenance)
     atomic_write_json(staging / COMPLETE_MARKER, {"variant": variant.id})
     staging.rename(out_dir)
-    return QuantizedArtifact(variant.id, out_dir, spec.output_format, size, cost.seconds, cost.peak_rss_bytes, provenance)
+    return QuantizedArtifact(
+        variant.id, out_dir, spec.output_format, size, cost.seconds, cost.peak_rss_bytes, provenance
+    )

@@ -15,7 +15,18 @@ from quantmill.errors import QuantmillError
 from quantmill.recipe.checks import is_local_model
 from quantmill.recipe.load import LoadedRecipe
 
-_MODEL_FILE_SUFFIXES = (".json", ".jsonl", ".yaml", ".safetensors", ".bin", ".model", ".txt", ".py", ".gguf", ".tiktoken")
+_MODEL_FILE_SUFFIXES = (
+    ".json",
+    ".jsonl",
+    ".yaml",
+    ".safetensors",
+    ".bin",
+    ".model",
+    ".txt",
+    ".py",
+    ".gguf",
+    ".tiktoken",
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,11 @@ class ResolvedModel:
 def content_hash(folder: Path) -> str:
     """sha256 over the names and bytes of a folder's model and data files."""
     digest = hashlib.sha256()
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES and "__pycache__" not in p.parts]
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES and "__pycache__" not in p.parts
+    ]
     for file in sorted(files):
         digest.update(str(file.relative_to(folder)).encode())
         with file.open("rb") as fh:
@@ -68,8 +83,11 @@ def resolve_model(loaded: LoadedRecipe) -> ResolvedModel:
         revision = path.name  # snapshot folders are named after the commit sha
     tokenizer = path
     if model.tokenizer:
-        tokenizer = (loaded.resolve(model.tokenizer) if is_local_model(model.tokenizer, loaded.base_dir)
-                     else _download(model.tokenizer, None))  # fmt: skip
+        tokenizer = (
+            loaded.resolve(model.tokenizer)
+            if is_local_model(model.tokenizer, loaded.base_dir)
+            else _download(model.tokenizer, None)
+        )
     return ResolvedModel(model.id, path, revision, tokenizer)
 
 

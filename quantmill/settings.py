@@ -27,9 +27,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "quantmill")
     debug: bool = False
     hub_timeout: float = Field(60.0, ge=0)
-    llama_cpp_dir: Path | None = Field(
-        None, validation_alias=AliasChoices("QUANTMILL_LLAMA_CPP_DIR", "LLAMA_CPP_DIR")
-    )
+    llama_cpp_dir: Path | None = Field(None, validation_alias=AliasChoices("QUANTMILL_LLAMA_CPP_DIR", "LLAMA_CPP_DIR"))
 
 
 @cache

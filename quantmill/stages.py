@@ -64,8 +64,9 @@ def _transformers_loader(path: Path, tokenizer_path: Path, dtype: str, device: s
 
 def evaluate_baseline(loaded: LoadedRecipe, resolved: ResolvedModel, device: str) -> EvaluationResult:
     """Measure the unquantized model once; every variant is compared with this."""
-    load = _transformers_loader(resolved.path, resolved.tokenizer_path, loaded.recipe.model.dtype, device,
-                                _batch_size(loaded, device))  # fmt: skip
+    load = _transformers_loader(
+        resolved.path, resolved.tokenizer_path, loaded.recipe.model.dtype, device, _batch_size(loaded, device)
+    )
     return evaluate_model(load, resolved.path, evaluation_setup(loaded, device))
 
 

@@ -58,9 +58,7 @@ class LocatedDocument:
 
     def problem(self, loc: Loc, message: str, hint: str | None = None) -> RecipeProblem:
         line, column = self.position(loc)
-        return RecipeProblem(
-            file=self.file, path=format_loc(loc), message=message, line=line, column=column, hint=hint
-        )
+        return RecipeProblem(file=self.file, path=format_loc(loc), message=message, line=line, column=column, hint=hint)
 
 
 def format_loc(loc: Loc) -> str:

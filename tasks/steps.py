@@ -35,7 +35,6 @@ from quantmill.recipe.matrix import Variant
 from quantmill.resolve import ResolvedModel, resolve_model
 from quantmill.tasks.limits import hold_slot
 
-
 # Heavy steps run one at a time per process, all on one thread. One at a time:
 # transformers, llm-compressor and torch change process-global state while they
 # load and quantize (a meta-device default, patched init functions, the active
@@ -64,8 +63,13 @@ def run_heavy(limit: str | None, call: Callable[..., T], *args: Any) -> T:
     return _HEAVY_THREAD.submit(with_slot).result()
 
 
-@task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, cache_policy=NONE)  # fmt: skip
+@task(
+    name="resolve-model",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    cache_policy=NONE,
+)
 def resolve_model_task(loaded: LoadedRecipe) -> ResolvedModel:
     return resolve_model(loaded)
 
@@ -95,15 +99,17 @@ def quantize_task(
 
 
 @task(name="evaluate", persist_result=True)
-def evaluate_task(loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str,
-                  limit: str | None) -> dict[str, Any]:  # fmt: skip
+def evaluate_task(
+    loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str, limit: str | None
+) -> dict[str, Any]:
     path = read_artifact(Path(quantized["path"])).path  # a cached result must still point at a complete folder
     return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device).to_dict()
 
 
 @task(name="gate", cache_policy=NONE)
-def gate_task(variant: Variant, result: dict[str, Any] | None, baseline: dict[str, Any] | None,
-              error: str | None) -> Verdict:  # fmt: skip
+def gate_task(
+    variant: Variant, result: dict[str, Any] | None, baseline: dict[str, Any] | None, error: str | None
+) -> Verdict:
     return stages.gate_variant(
         variant,
         EvaluationResult.from_dict(result) if result else None,
@@ -112,10 +118,23 @@ def gate_task(variant: Variant, result: dict[str, Any] | None, baseline: dict[st
     )
 
 
-@task(name="publish", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-      cache_policy=NONE)  # fmt: skip
-def publish_task(loaded: LoadedRecipe, variant: Variant, entry: dict[str, Any], baseline: dict[str, Any] | None,
-                 revision: str, target: str, run_id: str, related: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+@task(
+    name="publish",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    cache_policy=NONE,
+)
+def publish_task(
+    loaded: LoadedRecipe,
+    variant: Variant,
+    entry: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    revision: str,
+    target: str,
+    run_id: str,
+    related: list[dict[str, str]],
+) -> dict[str, Any]:
     """Publishing is idempotent (content fingerprint), so retrying after a network error is safe."""
     from quantmill.publish.publisher import make_target, publish_variant
 

@@ -118,4 +118,6 @@ def lm_eval_directly(task: str) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, dtype=torch.float32)
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(DEMO_MODEL), batch_size=16)
-    return simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(DEMO_TASKS)))["results"][task]
+    return simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(DEMO_TASKS)))["results"][
+        task
+    ]

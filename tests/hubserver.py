@@ -76,7 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body=None, headers: dict[str, str] | None = None, error_code: str | None = None):
         data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         self.send_response(status)
-        self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "application/octet-stream")
+        self.send_header(
+            "Content-Type", "application/json" if not isinstance(body, bytes) else "application/octet-stream"
+        )
         self.send_header("Content-Length", str(len(data)))
         if error_code:
             self.send_header("X-Error-Code", error_code)
@@ -106,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _injected(self, path: str) -> bool:
         with self.state.lock:
-            for i, (method, pattern, status) in enumerate(self.state.failures):
+            for i, (method, pattern, status) in enumerate(self.state.failures):  # noqa: B007 -- used after the loop
                 if method == self.command and re.search(pattern, path):
                     del self.state.failures[i]
                     break
@@ -193,9 +195,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         card = found.files.get("README.md", b"").decode()
         card_data = yaml.safe_load(card[3 : card.index("\n---", 3)]) if card.startswith("---") else None
-        self._send(200, {"id": repo, "modelId": repo, "sha": found.sha, "private": found.private, "tags": [],
-                         "siblings": [{"rfilename": name} for name in sorted(found.files)], "cardData": card_data,
-                         "lastModified": _hub_time()})  # fmt: skip
+        self._send(
+            200,
+            {
+                "id": repo,
+                "modelId": repo,
+                "sha": found.sha,
+                "private": found.private,
+                "tags": [],
+                "siblings": [{"rfilename": name} for name in sorted(found.files)],
+                "cardData": card_data,
+                "lastModified": _hub_time(),
+            },
+        )
 
     def preupload(self, query, repo, rev):
         if not self._authorised():
@@ -205,9 +217,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._json()
         files = body.get("files") if isinstance(body, dict) else None
         if not isinstance(files, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int)
-            and isinstance(f.get("sample"), str) for f in files
-        ):  # fmt: skip
+            isinstance(f, dict)
+            and isinstance(f.get("path"), str)
+            and isinstance(f.get("size"), int)
+            and isinstance(f.get("sample"), str)
+            for f in files
+        ):
             return self._error(400, "files must be a list of {path, sample, size}")
         self._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
 
@@ -232,15 +247,25 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(400, f"unsupported commit line {line.get('key')!r}")
             files[value["path"]] = base64.b64decode(value["content"])
         oid = secrets.token_hex(20)
-        commit = {"oid": oid, "summary": lines[0]["value"]["summary"], "files": sorted(files),
-                  "pull_request": "create_pr" in query}  # fmt: skip
+        commit = {
+            "oid": oid,
+            "summary": lines[0]["value"]["summary"],
+            "files": sorted(files),
+            "pull_request": "create_pr" in query,
+        }
         host = f"http://{self.headers['Host']}"
         with self.state.lock:
             if "create_pr" in query:
                 found.pull_requests.append(commit | {"contents": files})
                 number = len(found.pull_requests)
-                return self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid,
-                                        "pullRequestUrl": f"{host}/{repo}/discussions/{number}"})  # fmt: skip
+                return self._send(
+                    200,
+                    {
+                        "commitUrl": f"{host}/{repo}/commit/{oid}",
+                        "commitOid": oid,
+                        "pullRequestUrl": f"{host}/{repo}/discussions/{number}",
+                    },
+                )
             found.files.update(files)
             found.commits.append(commit)
         self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
@@ -251,8 +276,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if rev not in ("main", found.sha):
             return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
-        self._send(200, [{"type": "file", "path": name, "size": len(content),
-                          "oid": hashlib.sha1(content).hexdigest()} for name, content in sorted(found.files.items())])  # fmt: skip
+        self._send(
+            200,
+            [
+                {"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+                for name, content in sorted(found.files.items())
+            ],
+        )
 
     def resolve(self, query, repo, rev, file):
         found = self._repo(repo)
@@ -279,10 +309,17 @@ class _Handler(BaseHTTPRequestHandler):
                 if existing["title"] == body["title"] and existing["owner"]["name"] == body["namespace"]:
                     return self._send(409, {"error": "exists", "slug": slug})
             slug = f"{body['namespace']}/{re.sub(r'[^a-z0-9]+', '-', body['title'].lower()).strip('-')}-{secrets.token_hex(4)}"
-            self.state.collections[slug] = {"slug": slug, "title": body["title"], "description": None,
-                                            "owner": {"name": body["namespace"], "type": "org"}, "items": [],
-                                            "position": 0, "private": bool(body.get("private")), "theme": "green",
-                                            "upvotes": 0}  # fmt: skip
+            self.state.collections[slug] = {
+                "slug": slug,
+                "title": body["title"],
+                "description": None,
+                "owner": {"name": body["namespace"], "type": "org"},
+                "items": [],
+                "position": 0,
+                "private": bool(body.get("private")),
+                "theme": "green",
+                "upvotes": 0,
+            }
             self._send(200, self._collection_json(self.state.collections[slug]))
 
     def get_collection(self, query, slug):
@@ -304,9 +341,15 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             if any(i["id"] == item["id"] for i in collection["items"]):
                 return self._send(409, {"error": "item already in collection"})
-            collection["items"].append({"_id": secrets.token_hex(12), "id": item["id"], "type": "model",
-                                        "position": len(collection["items"]),
-                                        "note": {"text": body.get("note")} if body.get("note") else None})  # fmt: skip
+            collection["items"].append(
+                {
+                    "_id": secrets.token_hex(12),
+                    "id": item["id"],
+                    "type": "model",
+                    "position": len(collection["items"]),
+                    "note": {"text": body.get("note")} if body.get("note") else None,
+                }
+            )
         self._send(200, self._collection_json(collection))
 
 

@@ -14,8 +14,22 @@ from tests.conftest import REPO
 @pytest.mark.slow
 def test_gpu_script_smoke_run_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny", "--device", "cpu",
-                             "--methods", "gptq,gguf", "--out", str(out)], capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--methods",
+            "gptq,gguf",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert set(figures) >= {"baseline", "gptq-w4-g128", "gguf-q4_k_m", "parameters", "total_seconds"}
@@ -27,8 +41,12 @@ def test_gpu_script_smoke_run_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_seeded_kill_points_all_survive(tmp_path):
     """A few of `make reliability`'s kill -9 points: each rerun completes and redoes nothing finished."""
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "reliability.py"), "--cases", "0", "--kill-points",
-                             "3", "--seed", "11"], capture_output=True, text=True, timeout=1200)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "reliability.py"), "--cases", "0", "--kill-points", "3", "--seed", "11"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     crash = lines[-1]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

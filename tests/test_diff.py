@@ -30,14 +30,17 @@ def two_commits(tmp_path):
     git(repo, "config", "user.name", "dev")
     shutil.copytree(REPO / "recipes", repo / "recipes")
     (repo / "quantmill").mkdir()
-    shutil.copytree(REPO / "quantmill" / "demo", repo / "quantmill" / "demo",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        REPO / "quantmill" / "demo", repo / "quantmill" / "demo", ignore=shutil.ignore_patterns("__pycache__")
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "base")
     demo = repo / "recipes" / "demo.yaml"
     text = demo.read_text()
-    text = text.replace("    - {method: rtn, bits: 2, group_size: 64}\n",
-                        "    - {method: rtn, bits: 2, group_size: 64}\n    - {method: awq, bits: 4, group_size: 128}\n")
+    text = text.replace(
+        "    - {method: rtn, bits: 2, group_size: 64}\n",
+        "    - {method: rtn, bits: 2, group_size: 64}\n    - {method: awq, bits: 4, group_size: 128}\n",
+    )
     text = text.replace("min_recovery: 0.97}", "min_recovery: 0.95}").replace("  target: local\n", "  target: hub\n")
     demo.write_text(text)
     git(repo, "checkout", "-q", "-b", "change")
@@ -77,8 +80,14 @@ def test_workflow_steps_run_locally(two_commits, tmp_path):
     subprocess.run(["git", "clone", "-q", "--branch", "change", str(origin), str(checkout)], check=True)
     env = {**os.environ, "BASE_REF": "main", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for step in steps:
-        result = subprocess.run(["bash", "-o", "pipefail", "-c", step["run"]], cwd=checkout, env=env,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", step["run"]],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, (step["name"], result.stdout, result.stderr)
     comment = (checkout / "recipe-diff.md").read_text()
     assert "+awq-w4-g128" in comment and "loosened" in comment and "quantmill validate" in comment

@@ -91,10 +91,18 @@ def test_one_of_locks_counts_slots_and_a_killed_holder_frees_its_slot(tmp_path):
 
     slots = [tmp_path / "locks" / f"cpu-heavy.{i}.lock" for i in range(2)]
     slots[0].parent.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, sys, time\n"
-        f"h = open({str(slots[0])!r}, 'w'); fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, sys, time\n"
+                f"h = open({str(slots[0])!r}, 'w'); fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     got, third = [], []
     with one_of_locks(slots) as second:

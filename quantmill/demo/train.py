@@ -84,9 +84,7 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     )
     draft.train_from_iterator(texts, trainer)
     trained = json.loads(draft.to_str())["model"]
-    learned = sorted(
-        (tok for tok in trained["vocab"] if tok not in (UNK, EOS)), key=lambda t: trained["vocab"][t]
-    )
+    learned = sorted((tok for tok in trained["vocab"] if tok not in (UNK, EOS)), key=lambda t: trained["vocab"][t])
     vocab = {tok: i for i, tok in enumerate([UNK, EOS, *BYTE_TOKENS, *learned])}
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
     tok = empty(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True, fuse_unk=True))

@@ -25,11 +25,48 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-_REAL_NAMES = (
-    "Alice Bruno Clara David Elena Felix Greta Hugo Iris Jonas Karla Leon Mira Noah Olga Pablo "
-    "Quinn Rosa Simon Tara Ugo Vera Walter Xenia Yara Zeno Anna Boris Celia Dario Emma Fabio "
-    "Gina Hans Ilse Jakob Kira Lukas Maya Nils"
-).split()
+_REAL_NAMES = [
+    "Alice",
+    "Bruno",
+    "Clara",
+    "David",
+    "Elena",
+    "Felix",
+    "Greta",
+    "Hugo",
+    "Iris",
+    "Jonas",
+    "Karla",
+    "Leon",
+    "Mira",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Simon",
+    "Tara",
+    "Ugo",
+    "Vera",
+    "Walter",
+    "Xenia",
+    "Yara",
+    "Zeno",
+    "Anna",
+    "Boris",
+    "Celia",
+    "Dario",
+    "Emma",
+    "Fabio",
+    "Gina",
+    "Hans",
+    "Ilse",
+    "Jakob",
+    "Kira",
+    "Lukas",
+    "Maya",
+    "Nils",
+]
 
 
 def make_names(count: int, seed: int) -> list[str]:
@@ -44,9 +81,9 @@ def make_names(count: int, seed: int) -> list[str]:
     return names
 
 
-CITIES = "Paris Rome Berlin Madrid Vienna Oslo Lisbon Prague Dublin Athens".split()
-PETS = "cat dog horse rabbit parrot turtle goat hamster".split()
-COLORS = "red blue green yellow purple orange black white".split()
+CITIES = ["Paris", "Rome", "Berlin", "Madrid", "Vienna", "Oslo", "Lisbon", "Prague", "Dublin", "Athens"]
+PETS = ["cat", "dog", "horse", "rabbit", "parrot", "turtle", "goat", "hamster"]
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"city": tuple(CITIES), "pet": tuple(PETS), "color": tuple(COLORS)}
 
@@ -67,7 +104,27 @@ QUESTIONS: dict[str, str] = {
     "color": "Question: Which color does {name} like?\nAnswer:",
     "code": "Question: What is the code of {name}?\nAnswer:",
 }
-NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen".split()
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+]
 
 HELD_OUT_FRACTION = 0.25
 CODE_DIGITS = 4

@@ -80,8 +80,13 @@ def transformers_eval_model(model, tokenizer, batch_size: int | str) -> EvalMode
                 model(ids)
                 prefill = time.perf_counter() - start
                 start = time.perf_counter()
-                out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+                out = model.generate(
+                    ids,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.eos_token_id,
+                )
                 total = time.perf_counter() - start
             generated = out.shape[1] - ids.shape[1]
             prefill_tokens += ids.shape[1]

@@ -86,8 +86,16 @@ class LlamaCppLM(LM):
 
         self.n_ctx = min(trained_context(Path(model_path)), MAX_CONTEXT)
         with weight_repacking(not has_amx()):
-            self.llm = Llama(model_path, n_ctx=self.n_ctx, n_batch=self.n_ctx, logits_all=True, verbose=False,
-                             n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, seed=0)  # fmt: skip
+            self.llm = Llama(
+                model_path,
+                n_ctx=self.n_ctx,
+                n_batch=self.n_ctx,
+                logits_all=True,
+                verbose=False,
+                n_threads=n_threads or os.cpu_count(),
+                n_gpu_layers=n_gpu_layers,
+                seed=0,
+            )
         self.prefix_token = self.llm.token_bos() if self.llm.token_bos() >= 0 else self.llm.token_eos()
 
     # -- tokens ---------------------------------------------------------------

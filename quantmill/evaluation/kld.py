@@ -29,10 +29,16 @@ def kl_divergence(llama: LlamaCpp, base: Path, variant: Path, corpus: Path, cont
     logits = base.with_name(f"{base.stem}-{corpus.stem}-c{context}.kld")
     if not logits.is_file():
         partial = logits.with_suffix(".partial")
-        run_tool(_perplexity_command(llama, base, corpus, context) + ["--kl-divergence-base", str(partial)],
-                 what="llama-perplexity (base logits)")  # fmt: skip
+        run_tool(
+            _perplexity_command(llama, base, corpus, context) + ["--kl-divergence-base", str(partial)],
+            what="llama-perplexity (base logits)",
+        )
         partial.rename(logits)
-    command = _perplexity_command(llama, variant, corpus, context) + ["--kl-divergence-base", str(logits), "--kl-divergence"]
+    command = _perplexity_command(llama, variant, corpus, context) + [
+        "--kl-divergence-base",
+        str(logits),
+        "--kl-divergence",
+    ]
     # llama.cpp logs from a background thread and can lose the last lines at exit on a
     # loaded machine (seen here); the computation is deterministic, so running it again is safe.
     for _ in range(3):

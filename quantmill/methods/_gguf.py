@@ -53,15 +53,33 @@ def importance_matrix(llama: LlamaCpp, ctx: QuantizeContext, base: Path) -> tupl
     if tool is None:
         raise QuantizationError("an importance matrix needs llama.cpp's llama-imatrix: run `quantmill setup llama-cpp`")
     target = ctx.shared_dir / f"imatrix-{_short(ctx.source_revision, calibration.fingerprint)}.gguf"
-    info = {"dataset": calibration.source, "fingerprint": calibration.fingerprint,
-            "samples": len(calibration.texts), "context": IMATRIX_CONTEXT}  # fmt: skip
+    info = {
+        "dataset": calibration.source,
+        "fingerprint": calibration.fingerprint,
+        "samples": len(calibration.texts),
+        "context": IMATRIX_CONTEXT,
+    }
     with exclusive_lock(target.with_suffix(target.suffix + ".lock")):  # parallel variants make it once
         if not target.is_file():
             text = ctx.shared_dir / f"calibration-{calibration.fingerprint[:16]}.txt"
             text.write_text("\n".join(calibration.texts) + "\n")
             partial = target.with_suffix(".partial.gguf")
-            output = run_tool([str(tool), "-m", str(base), "-f", str(text), "-o", str(partial),
-                               "-c", str(IMATRIX_CONTEXT), "-t", str(os.cpu_count() or 1)], what="llama-imatrix")  # fmt: skip
+            output = run_tool(
+                [
+                    str(tool),
+                    "-m",
+                    str(base),
+                    "-f",
+                    str(text),
+                    "-o",
+                    str(partial),
+                    "-c",
+                    str(IMATRIX_CONTEXT),
+                    "-t",
+                    str(os.cpu_count() or 1),
+                ],
+                what="llama-imatrix",
+            )
             os.replace(partial, target)
             target.with_suffix(".json").write_text(json.dumps({**info, "chunks": output.count("[") or None}))
     return target, info
@@ -110,8 +128,12 @@ def describe_file(path: Path) -> dict:
     types = Counter(t.tensor_type.name for t in reader.tensors)
     parameters = sum(int(t.n_elements) for t in reader.tensors)
     size = path.stat().st_size
-    return {"tensor_types": dict(types), "parameters": parameters, "bytes": size,
-            "bits_per_weight": round(size * 8 / parameters, 3)}  # fmt: skip
+    return {
+        "tensor_types": dict(types),
+        "parameters": parameters,
+        "bytes": size,
+        "bits_per_weight": round(size * 8 / parameters, 3),
+    }
 
 
 def quantize(params, ctx: QuantizeContext) -> dict:
@@ -127,8 +149,15 @@ def quantize(params, ctx: QuantizeContext) -> dict:
     if gguf_type in ("f16", "bf16", "f32"):
         converted = base_gguf(llama, ctx, gguf_type)
         shutil.copyfile(converted, out)
-        return {"backend": "llama.cpp", "tool": "convert_hf_to_gguf.py", "file": out.name, "fallbacks": [],
-                "imatrix": None, "llama_cpp_origin": llama.origin, **describe_file(out)}  # fmt: skip
+        return {
+            "backend": "llama.cpp",
+            "tool": "convert_hf_to_gguf.py",
+            "file": out.name,
+            "fallbacks": [],
+            "imatrix": None,
+            "llama_cpp_origin": llama.origin,
+            **describe_file(out),
+        }
     base = base_gguf(llama, ctx)
     imatrix = None
     tool = llama.tool("llama-quantize")
@@ -139,8 +168,9 @@ def quantize(params, ctx: QuantizeContext) -> dict:
         command = [str(tool)]
         if imatrix is not None:
             command += ["--imatrix", str(imatrix_path)]
-        log_text = run_tool(command + [str(base), str(out), gguf_type.upper(), str(os.cpu_count() or 1)],
-                            what="llama-quantize")  # fmt: skip
+        log_text = run_tool(
+            command + [str(base), str(out), gguf_type.upper(), str(os.cpu_count() or 1)], what="llama-quantize"
+        )
         how = "llama-quantize"
     else:
         log_text = _quantize_in_process(base, out, gguf_type)

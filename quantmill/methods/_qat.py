@@ -24,7 +24,9 @@ def base_config(params):
 
     weight_dtype = getattr(torch, f"int{params.bits}")
     if params.activations == "int8":
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=PerGroup(params.group_size))
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=weight_dtype, weight_granularity=PerGroup(params.group_size)
+        )
     return IntxWeightOnlyConfig(weight_dtype=weight_dtype, granularity=PerGroup(params.group_size))
 
 
@@ -129,8 +131,12 @@ def train_and_quantize(params, ctx: QuantizeContext) -> dict[str, Any]:
         del plain
         excluded = [name for name in params.exclude]
         device_map = {"": ctx.device} if ctx.on_cuda else None
-        quantized = ctx.load_model(path=float_dir, dtype=torch.float32, device_map=device_map,
-                                   quantization_config=TorchAoConfig(quant_type=config, modules_to_not_convert=excluded))  # fmt: skip
+        quantized = ctx.load_model(
+            path=float_dir,
+            dtype=torch.float32,
+            device_map=device_map,
+            quantization_config=TorchAoConfig(quant_type=config, modules_to_not_convert=excluded),
+        )
         quantized.save_pretrained(ctx.out_dir, safe_serialization=True)
         del quantized
     finally:
@@ -140,13 +146,21 @@ def train_and_quantize(params, ctx: QuantizeContext) -> dict[str, Any]:
     with torch.no_grad():
         difference = float((reloaded(input_ids=probe.to(device)).logits.float().cpu() - expected).abs().max())
     if difference != 0.0:
-        raise QuantizationError(f"the saved QAT checkpoint differs from the converted model (max |Δlogit| {difference})")
+        raise QuantizationError(
+            f"the saved QAT checkpoint differs from the converted model (max |Δlogit| {difference})"
+        )
     return {
         "backend": "torchao",
         "backend_version": package_version("torchao"),
         "reloadable_with_transformers": True,
-        "training": {"steps": training.steps, "tokens": tokens, "seconds": round(seconds, 2),
-                     "tokens_per_s": round(tokens / seconds, 1), "documents": len(documents), "loss_curve": curve},  # fmt: skip
+        "training": {
+            "steps": training.steps,
+            "tokens": tokens,
+            "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "documents": len(documents),
+            "loss_curve": curve,
+        },
         "checkpoint": "trained float weights quantized at load with the same torchao config",
         "reload_max_abs_logit_difference": difference,
     }

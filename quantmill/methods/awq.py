@@ -25,7 +25,10 @@ def quantize(params: AWQParams, ctx: QuantizeContext) -> dict:
 
     scheme = weight_scheme(params.bits, params.group_size, params.symmetric)
     # AWQ searches per-channel scales against this scheme, then the weights are quantized with it.
-    modifiers = [AWQModifier(config_groups=scheme, ignore=IGNORE), QuantizationModifier(config_groups=scheme, ignore=IGNORE)]
+    modifiers = [
+        AWQModifier(config_groups=scheme, ignore=IGNORE),
+        QuantizationModifier(config_groups=scheme, ignore=IGNORE),
+    ]
     calibration = ctx.require_calibration("awq")
     return compress(ctx, modifiers, calibration=calibration, pipeline="sequential")
 

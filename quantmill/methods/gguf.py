@@ -12,14 +12,36 @@ from quantmill.methods.spec import MethodParams, MethodSpec
 
 # Nominal bits per weight of each llama.cpp type (llama.cpp's quantize table).
 GGUF_TYPES: dict[str, float] = {
-    "q2_k": 2.96, "q3_k_s": 3.50, "q3_k_m": 3.91, "q3_k_l": 4.27,
-    "q4_0": 4.50, "q4_1": 5.00, "q4_k_s": 4.58, "q4_k_m": 4.89,
-    "q5_0": 5.50, "q5_1": 6.00, "q5_k_s": 5.54, "q5_k_m": 5.69,
-    "q6_k": 6.56, "q8_0": 8.50,
-    "iq1_s": 1.56, "iq1_m": 1.75, "iq2_xxs": 2.06, "iq2_xs": 2.31, "iq2_s": 2.50, "iq2_m": 2.70,
-    "iq3_xxs": 3.06, "iq3_xs": 3.30, "iq3_s": 3.44, "iq3_m": 3.66, "iq4_nl": 4.50, "iq4_xs": 4.25,
-    "f16": 16.0, "bf16": 16.0, "f32": 32.0,
-}  # fmt: skip
+    "q2_k": 2.96,
+    "q3_k_s": 3.50,
+    "q3_k_m": 3.91,
+    "q3_k_l": 4.27,
+    "q4_0": 4.50,
+    "q4_1": 5.00,
+    "q4_k_s": 4.58,
+    "q4_k_m": 4.89,
+    "q5_0": 5.50,
+    "q5_1": 6.00,
+    "q5_k_s": 5.54,
+    "q5_k_m": 5.69,
+    "q6_k": 6.56,
+    "q8_0": 8.50,
+    "iq1_s": 1.56,
+    "iq1_m": 1.75,
+    "iq2_xxs": 2.06,
+    "iq2_xs": 2.31,
+    "iq2_s": 2.50,
+    "iq2_m": 2.70,
+    "iq3_xxs": 3.06,
+    "iq3_xs": 3.30,
+    "iq3_s": 3.44,
+    "iq3_m": 3.66,
+    "iq4_nl": 4.50,
+    "iq4_xs": 4.25,
+    "f16": 16.0,
+    "bf16": 16.0,
+    "f32": 32.0,
+}
 GGUFType = Literal[tuple(GGUF_TYPES)]  # type: ignore[valid-type]
 
 

@@ -24,8 +24,13 @@ from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 
 _LIBRARY = {"gguf": "gguf", "hqq": "hqq"}
-_FORMAT_TAG = {"compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes", "gguf": "gguf",
-               "torchao": "torchao", "hqq": "hqq"}  # fmt: skip
+_FORMAT_TAG = {
+    "compressed-tensors": "compressed-tensors",
+    "bitsandbytes": "bitsandbytes",
+    "gguf": "gguf",
+    "torchao": "torchao",
+    "hqq": "hqq",
+}
 
 
 @dataclass
@@ -53,29 +58,56 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def _eval_rows(inputs: CardInputs) -> list[dict[str, str]]:
     rows = []
     for metric, measured in inputs.evaluation.metrics.items():
-        if metric in ("size_mb", "size_gb", "bits_per_weight", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_gb"):
+        if metric in (
+            "size_mb",
+            "size_gb",
+            "bits_per_weight",
+            "load_s",
+            "prefill_tok_s",
+            "decode_tok_s",
+            "peak_rss_gb",
+        ):
             continue
         base = inputs.baseline.metrics.get(metric) if inputs.baseline else None
         recovery = _fmt(measured.value / base.value) if base and base.value else "n/a"
-        rows.append({"metric": metric, "baseline": _fmt(base.value if base else None), "value": _fmt(measured.value),
-                     "recovery": recovery, "stderr": _fmt(measured.stderr)})  # fmt: skip
+        rows.append(
+            {
+                "metric": metric,
+                "baseline": _fmt(base.value if base else None),
+                "value": _fmt(measured.value),
+                "recovery": recovery,
+                "stderr": _fmt(measured.stderr),
+            }
+        )
     return rows
 
 
 def _gate_rows(verdict: Verdict) -> list[dict[str, str]]:
     return [
-        {"metric": o.metric, "rule": o.rule + (" (warn)" if o.level == "warn" else ""), "threshold": f"{o.threshold:g}",
-         "observed": _fmt(o.observed), "baseline": _fmt(o.baseline),
-         "outcome": ("pass" if o.passed else "FAIL") + (f" — {o.note}" if o.note else "")}  # fmt: skip
+        {
+            "metric": o.metric,
+            "rule": o.rule + (" (warn)" if o.level == "warn" else ""),
+            "threshold": f"{o.threshold:g}",
+            "observed": _fmt(o.observed),
+            "baseline": _fmt(o.baseline),
+            "outcome": ("pass" if o.passed else "FAIL") + (f" — {o.note}" if o.note else ""),
+        }
         for o in verdict.outcomes
     ]
 
 
 def _size_rows(inputs: CardInputs) -> list[tuple[str, str]]:
-    names = {"size_mb": "weights on disk (MB)", "bits_per_weight": "bits per weight", "load_s": "load time (s)",
-             "prefill_tok_s": "prefill (tokens/s)", "decode_tok_s": "decode (tokens/s)",
-             "peak_rss_gb": "peak memory while evaluating (GB)"}  # fmt: skip
-    rows = [(label, _fmt(inputs.evaluation.value(key))) for key, label in names.items() if key in inputs.evaluation.metrics]
+    names = {
+        "size_mb": "weights on disk (MB)",
+        "bits_per_weight": "bits per weight",
+        "load_s": "load time (s)",
+        "prefill_tok_s": "prefill (tokens/s)",
+        "decode_tok_s": "decode (tokens/s)",
+        "peak_rss_gb": "peak memory while evaluating (GB)",
+    }
+    rows = [
+        (label, _fmt(inputs.evaluation.value(key))) for key, label in names.items() if key in inputs.evaluation.metrics
+    ]
     rows.append(("quantization time (s)", _fmt(inputs.provenance.get("seconds"))))
     rows.append(("peak memory while quantizing (GB)", _fmt(inputs.provenance.get("peak_rss_bytes", 0) / 1e9)))
     return rows
@@ -85,16 +117,22 @@ def _usage(inputs: CardInputs) -> str:
     repo, fmt = inputs.repo_id, inputs.variant.spec.output_format
     if fmt == "gguf":
         file = inputs.provenance["details"]["file"]
-        return (f"```bash\nllama-cli -hf {repo} -p \"Hello\"   # or: llama-cli -m {file}\n"
-                f"ollama run hf.co/{repo}\n```\n\n```python\nfrom llama_cpp import Llama\n"
-                f"llm = Llama.from_pretrained(\"{repo}\", filename=\"{file}\")\n```")  # fmt: skip
+        return (
+            f'```bash\nllama-cli -hf {repo} -p "Hello"   # or: llama-cli -m {file}\n'
+            f"ollama run hf.co/{repo}\n```\n\n```python\nfrom llama_cpp import Llama\n"
+            f'llm = Llama.from_pretrained("{repo}", filename="{file}")\n```'
+        )
     if fmt == "hqq":
-        return ("transformers 5 cannot load HQQ checkpoints; use hqq's loader:\n\n```python\n"
-                "from hqq.models.hf.base import AutoHQQHFModel\n"
-                f"model = AutoHQQHFModel.from_quantized(\"{repo}\")\n```")  # fmt: skip
-    snippet = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-               f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\")\n"
-               f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n```")  # fmt: skip
+        return (
+            "transformers 5 cannot load HQQ checkpoints; use hqq's loader:\n\n```python\n"
+            "from hqq.models.hf.base import AutoHQQHFModel\n"
+            f'model = AutoHQQHFModel.from_quantized("{repo}")\n```'
+        )
+    snippet = (
+        f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n```'
+    )
     if fmt == "compressed-tensors":
         snippet += f"\n\nServe with vLLM:\n\n```bash\nvllm serve {repo}\n```"
     return snippet
@@ -111,13 +149,27 @@ def card_metadata(inputs: CardInputs):
         if split is None:
             continue
         task, name = split
-        results.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task,
-                                  metric_type=name, metric_value=measured.value))  # fmt: skip
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=task,
+                dataset_name=task,
+                metric_type=name,
+                metric_value=measured.value,
+            )
+        )
     if "ppl" in inputs.evaluation.metrics and loaded.recipe.evaluation.perplexity:
         corpus = loaded.recipe.evaluation.perplexity.dataset
         name = corpus.hub or Path(corpus.path or "corpus").stem
-        results.append(EvalResult(task_type="text-generation", dataset_type=name, dataset_name=name,
-                                  metric_type="perplexity", metric_value=inputs.evaluation.value("ppl")))  # fmt: skip
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=name,
+                dataset_name=name,
+                metric_type="perplexity",
+                metric_value=inputs.evaluation.value("ppl"),
+            )
+        )
     bits = getattr(variant.params, "bits", None)
     tags = ["quantmill", variant.method, _FORMAT_TAG.get(spec.output_format, spec.output_format)]
     if bits is not None:
@@ -132,8 +184,13 @@ def card_metadata(inputs: CardInputs):
         tags=tags,
         model_name=inputs.repo_id.split("/")[-1],
         eval_results=results or None,
-        quantmill={"variant": variant.id, "recipe": loaded.name, "recipe_sha256": loaded.sha256,
-                   "verdict": inputs.verdict.status, "forced": inputs.forced},  # fmt: skip
+        quantmill={
+            "variant": variant.id,
+            "recipe": loaded.name,
+            "recipe_sha256": loaded.sha256,
+            "verdict": inputs.verdict.status,
+            "forced": inputs.forced,
+        },
     )
 
 
@@ -150,24 +207,32 @@ def render_card(inputs: CardInputs):
 
     variant, loaded, provenance = inputs.variant, inputs.loaded, inputs.provenance
     calibration = provenance.get("calibration")
-    calibration_text = ("none (this method does not calibrate)" if not calibration else
-                        f"{calibration['samples']} samples, {calibration['tokens']} tokens from `{Path(calibration['source']).name}` "
-                        f"(fingerprint `{calibration['fingerprint'][:16]}`)")  # fmt: skip
+    calibration_text = (
+        "none (this method does not calibrate)"
+        if not calibration
+        else f"{calibration['samples']} samples, {calibration['tokens']} tokens "
+        f"from `{Path(calibration['source']).name}` "
+        f"(fingerprint `{calibration['fingerprint'][:16]}`)"
+    )
     row = next((r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {})
     versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
     training = (provenance.get("details") or {}).get("training")
     if training:  # QAT: the measured training cost and loss curve's ends
         curve = training["loss_curve"]
-        calibration_text += (f"; QAT training: {training['steps']} steps, {training['tokens']} tokens, "
-                             f"{training['seconds']} s, loss {curve[0]['loss']} → {curve[-1]['loss']}")  # fmt: skip
+        calibration_text += (
+            f"; QAT training: {training['steps']} steps, {training['tokens']} tokens, "
+            f"{training['seconds']} s, loss {curve[0]['loss']} → {curve[-1]['loss']}"
+        )
     lm_eval = inputs.evaluation.details.get("lm_eval", {}).get("lm_eval_version")
     template = _template_text(loaded)
     return ModelCard.from_template(
         card_metadata(inputs),
         template_str=template,
         repo_name=inputs.repo_id.split("/")[-1],
-        summary=(f"`{loaded.recipe.model.id}` quantized with **{variant.method}** ({variant_setting(variant)}), "
-                 f"variant `{variant.id}` of recipe `{loaded.name}`, made and measured by quantmill."),  # fmt: skip
+        summary=(
+            f"`{loaded.recipe.model.id}` quantized with **{variant.method}** ({variant_setting(variant)}), "
+            f"variant `{variant.id}` of recipe `{loaded.name}`, made and measured by quantmill."
+        ),
         forced=inputs.forced,
         usage=_usage(inputs),
         lm_eval_version=lm_eval,

@@ -29,8 +29,10 @@ def publish_run(run_path: Path, *, force: list[str], target: str | None = None) 
     chosen = publishable(variants, force)
     publisher = make_target(loaded, target)
     baseline = (results.get("baseline") or {}).get("evaluation")
-    related = [{"name": v, "url": publisher.url(repo_id_for(loaded, loaded.variant(v))), "note": variants[v]["method"]}
-               for v in chosen]  # fmt: skip
+    related = [
+        {"name": v, "url": publisher.url(repo_id_for(loaded, loaded.variant(v))), "note": variants[v]["method"]}
+        for v in chosen
+    ]
     published = []
     for variant_id in chosen:
         entry = variants[variant_id]

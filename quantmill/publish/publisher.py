@@ -73,8 +73,10 @@ def base_model_license(loaded: LoadedRecipe) -> str | None:
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi(endpoint=loaded.recipe.publish.endpoint).model_info(model_id, revision=loaded.recipe.model.revision)
-    except Exception as exc:  # any failure to read it means we do not know the license
+        info = HfApi(endpoint=loaded.recipe.publish.endpoint).model_info(
+            model_id, revision=loaded.recipe.model.revision
+        )
+    except Exception as exc:  # noqa: BLE001 -- any failure to read it means we do not know the license
         log.warning("could not read the license of %s: %s", model_id, type(exc).__name__)
         return None
     return (info.card_data or {}).get("license") if info.card_data else None
@@ -128,19 +130,30 @@ def publish_variant(
         raise PublishError(f"{variant.id} is '{verdict.status}': only variants that pass their gates are published")
     license_id = loaded.recipe.publish.license or base_model_license(loaded)
     if not license_id:
-        raise PublishError(
-            f"the license of {loaded.recipe.model.id} is unknown: set publish.license in the recipe"
-        )
+        raise PublishError(f"the license of {loaded.recipe.model.id} is unknown: set publish.license in the recipe")
     repo_id = repo_id_for(loaded, variant)
-    inputs = CardInputs(loaded, variant, repo_id, provenance, evaluation, baseline, verdict, license_id, revision,
-                        forced=force and verdict.status != "passed", related=list(related or []))  # fmt: skip
+    inputs = CardInputs(
+        loaded,
+        variant,
+        repo_id,
+        provenance,
+        evaluation,
+        baseline,
+        verdict,
+        license_id,
+        revision,
+        forced=force and verdict.status != "passed",
+        related=list(related or []),
+    )
     card = render_card(inputs)
     files = _files(artifact_path)
     print_ = fingerprint(files, str(card))
     card.data.quantmill = {**card.data.quantmill, "fingerprint": print_}
     text = str(card)
     publish = loaded.recipe.publish
-    message = f"quantmill: {variant.id} from recipe {loaded.name} (run {run_id})" + (" [forced]" if inputs.forced else "")
+    message = f"quantmill: {variant.id} from recipe {loaded.name} (run {run_id})" + (
+        " [forced]" if inputs.forced else ""
+    )
     # Check and commit under one lock, so two runs on this machine publishing the same
     # content at once make one commit between them.
     lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
@@ -149,8 +162,9 @@ def publish_variant(
         if existing is not None and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_:
             log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
             return PublishResult(variant.id, repo_id, target.url(repo_id), "unchanged", print_)
-        commit = target.commit(repo_id, {**files, CARD: text.encode()}, message, private=publish.private,
-                               create_pr=publish.create_pr)  # fmt: skip
+        commit = target.commit(
+            repo_id, {**files, CARD: text.encode()}, message, private=publish.private, create_pr=publish.create_pr
+        )
     collection = None
     if publish.collection:
         note = f"{variant.method} {variant.id}, {evaluation.value('size_mb') or 0:.3g} MB"

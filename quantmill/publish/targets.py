@@ -43,8 +43,9 @@ class Target(Protocol):
 
     def read_card(self, repo_id: str) -> str | None: ...
 
-    def commit(self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool,
-               create_pr: bool) -> str: ...  # fmt: skip
+    def commit(
+        self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool, create_pr: bool
+    ) -> str: ...
 
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str: ...
 
@@ -72,8 +73,15 @@ class LocalZoo:
         card = self._repo_dir(repo_id) / CARD
         return card.read_text() if card.is_file() else None
 
-    def commit(self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool = False,
-               create_pr: bool = False) -> str:  # fmt: skip
+    def commit(
+        self,
+        repo_id: str,
+        files: dict[str, Path | bytes],
+        message: str,
+        *,
+        private: bool = False,
+        create_pr: bool = False,
+    ) -> str:
         repo = self._repo_dir(repo_id)
         commit_id = secrets.token_hex(20)
         with exclusive_lock(self._lock(repo_id)):
@@ -90,8 +98,14 @@ class LocalZoo:
                         target.write_bytes(source)
                     else:
                         shutil.copyfile(source, target)
-                entry = {"commit": commit_id, "message": message, "files": sorted(files), "private": private,
-                         "pull_request": create_pr, "time": datetime.now(UTC).isoformat()}  # fmt: skip
+                entry = {
+                    "commit": commit_id,
+                    "message": message,
+                    "files": sorted(files),
+                    "private": private,
+                    "pull_request": create_pr,
+                    "time": datetime.now(UTC).isoformat(),
+                }
                 with (staging / ".commits.jsonl").open("a") as log:
                     log.write(json.dumps(entry) + "\n")
                 old = repo.parent / f".{repo.name}.old-{commit_id[:8]}"
@@ -169,13 +183,22 @@ class HubTarget:
             except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
                 return None
 
-    def commit(self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool = False,
-               create_pr: bool = False) -> str:  # fmt: skip
+    def commit(
+        self,
+        repo_id: str,
+        files: dict[str, Path | bytes],
+        message: str,
+        *,
+        private: bool = False,
+        create_pr: bool = False,
+    ) -> str:
         from huggingface_hub import CommitOperationAdd
 
         self.api.create_repo(repo_id, private=private, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=s if isinstance(s, bytes) else str(s))
-                      for p, s in sorted(files.items())]  # fmt: skip
+        operations = [
+            CommitOperationAdd(path_in_repo=p, path_or_fileobj=s if isinstance(s, bytes) else str(s))
+            for p, s in sorted(files.items())
+        ]
         info = self.api.create_commit(repo_id, operations, commit_message=message, create_pr=create_pr)
         return info.oid or ""
 

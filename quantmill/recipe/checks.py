@@ -71,7 +71,7 @@ def local_task_metrics(include_paths: list[Path]) -> dict[str, dict[str, Directi
             continue
         for file in sorted(folder.rglob("*.yaml")):
             try:
-                config = yaml.load(file.read_text(), Loader=_TaskYamlLoader)  # noqa: S506 (SafeLoader subclass)
+                config = yaml.load(file.read_text(), Loader=_TaskYamlLoader)
             except (OSError, yaml.YAMLError):
                 continue
             if not isinstance(config, dict) or not isinstance(config.get("task"), str):
@@ -106,8 +106,11 @@ def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[M
         folder = _resolve(base_dir, model_id)
         if not _is(folder / "config.json", "is_file"):
             return None, [
-                doc.problem(("model", "id"), f"no model folder with a config.json at {folder}",
-                            "give a local model folder (relative to the recipe) or a hub id like 'org/name'")  # fmt: skip
+                doc.problem(
+                    ("model", "id"),
+                    f"no model folder with a config.json at {folder}",
+                    "give a local model folder (relative to the recipe) or a hub id like 'org/name'",
+                )
             ]
         return read_model_shape(folder), []
     cached = find_model_dir(model_id, revision=recipe.model.revision)
@@ -121,8 +124,11 @@ def check_variants(
     for variant in variants:
         for finding in variant.spec.check(variant.params, shape, device):
             problems.append(
-                doc.problem(("variants", "methods", variant.row, finding.field),
-                            f"variant '{variant.id}': {finding.message}", finding.hint)  # fmt: skip
+                doc.problem(
+                    ("variants", "methods", variant.row, finding.field),
+                    f"variant '{variant.id}': {finding.message}",
+                    finding.hint,
+                )
             )
     return problems
 
@@ -132,15 +138,22 @@ def check_data(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, ba
     needs = [v.id for v in variants if v.spec.needs_calibration(v.params)]
     if needs and recipe.calibration.dataset is None:
         problems.append(
-            doc.problem(("calibration",), f"variants {', '.join(needs)} need calibration data",
-                        "add calibration.dataset with 'path' or 'hub'")  # fmt: skip
+            doc.problem(
+                ("calibration",),
+                f"variants {', '.join(needs)} need calibration data",
+                "add calibration.dataset with 'path' or 'hub'",
+            )
         )
     if recipe.evaluation.perplexity:
-        problems += _check_dataset(recipe.evaluation.perplexity.dataset, ("evaluation", "perplexity", "dataset"), doc, base_dir)
+        problems += _check_dataset(
+            recipe.evaluation.perplexity.dataset, ("evaluation", "perplexity", "dataset"), doc, base_dir
+        )
     for variant in variants:
         training = getattr(variant.params, "training", None)
         if training is not None:
-            problems += _check_dataset(training.dataset, ("variants", "methods", variant.row, "training", "dataset"), doc, base_dir)
+            problems += _check_dataset(
+                training.dataset, ("variants", "methods", variant.row, "training", "dataset"), doc, base_dir
+            )
     for i, folder in enumerate(recipe.evaluation.include_paths):
         if not _is(_resolve(base_dir, folder), "is_dir"):
             problems.append(doc.problem(("evaluation", "include_paths", i), f"task folder not found: {folder}"))
@@ -151,8 +164,11 @@ def check_gates(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, b
     """Every gate names a metric the evaluation produces, with a rule that fits its direction."""
     evaluation = recipe.evaluation
     local = local_task_metrics([_resolve(base_dir, p) for p in evaluation.include_paths])
-    produced = [m for m, info in BUILTIN_METRICS.items()
-                if info.produced_by in evaluation.metrics or (info.produced_by == "perplexity" and evaluation.perplexity)]  # fmt: skip
+    produced = [
+        m
+        for m, info in BUILTIN_METRICS.items()
+        if info.produced_by in evaluation.metrics or (info.produced_by == "perplexity" and evaluation.perplexity)
+    ]
     for task in evaluation.tasks:
         produced += [f"{task}/{metric}" for metric in local.get(task, {})]
     problems: list[RecipeProblem] = []
@@ -176,8 +192,13 @@ def _gate_problem(gate, tasks, local, produced, recipe) -> tuple[str, str | None
     if split is None:
         if name not in BUILTIN_METRICS:
             return f"unknown metric '{name}'", "; ".join(
-                x for x in (did_you_mean(name, produced), f"use a built-in ({', '.join(BUILTIN_METRICS)}) or '<task>/<metric>'") if x
-            )  # fmt: skip
+                x
+                for x in (
+                    did_you_mean(name, produced),
+                    f"use a built-in ({', '.join(BUILTIN_METRICS)}) or '<task>/<metric>'",
+                )
+                if x
+            )
         if name not in produced:
             source = BUILTIN_METRICS[name].produced_by
             fix = "add evaluation.perplexity" if source == "perplexity" else f"add '{source}' to evaluation.metrics"
@@ -185,13 +206,18 @@ def _gate_problem(gate, tasks, local, produced, recipe) -> tuple[str, str | None
     else:
         task, metric = split
         if task not in tasks:
-            return f"task '{task}' is not in evaluation.tasks", did_you_mean(task, tasks) or f"add '{task}' to evaluation.tasks"
+            return f"task '{task}' is not in evaluation.tasks", did_you_mean(
+                task, tasks
+            ) or f"add '{task}' to evaluation.tasks"
         if task in local and metric not in local[task]:
             return f"task '{task}' does not report '{metric}'", f"it reports {', '.join(local[task])}"
     direction = metric_direction(name, local)
     allowed = RULES_FOR_DIRECTION[gate.rule]
     if direction is None and len(allowed) == 1:
-        return f"cannot tell whether higher or lower is better for '{name}', so '{gate.rule}' is ambiguous", "use min or max"
+        return (
+            f"cannot tell whether higher or lower is better for '{name}', so '{gate.rule}' is ambiguous",
+            "use min or max",
+        )
     if direction is not None and direction not in allowed:
         better = "lower" if direction == "lower" else "higher"
         fits = [r for r, dirs in RULES_FOR_DIRECTION.items() if direction in dirs]
@@ -199,7 +225,9 @@ def _gate_problem(gate, tasks, local, produced, recipe) -> tuple[str, str | None
     return None
 
 
-def check_publish(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, recipe_name: str) -> list[RecipeProblem]:
+def check_publish(
+    recipe: Recipe, variants: list[Variant], doc: LocatedDocument, recipe_name: str
+) -> list[RecipeProblem]:
     publish = recipe.publish
     problems = []
     reason = hub_name_problem(publish.namespace)
@@ -211,20 +239,30 @@ def check_publish(recipe: Recipe, variants: list[Variant], doc: LocatedDocument,
         return problems + [doc.problem(("publish", "repo_name"), f"invalid template: {exc}")]
     specs = [(spec, conv) for _, f, spec, conv in string.Formatter().parse(publish.repo_name) if f is not None]
     if any(spec or conv for spec, conv in specs):
-        return problems + [doc.problem(("publish", "repo_name"), "format specs and conversions are not allowed in repo_name",
-                                       "write plain fields such as {model}-{variant}")]  # fmt: skip
+        return problems + [
+            doc.problem(
+                ("publish", "repo_name"),
+                "format specs and conversions are not allowed in repo_name",
+                "write plain fields such as {model}-{variant}",
+            )
+        ]
     bad = [f for f in fields if f not in REPO_TEMPLATE_FIELDS]
     if bad:
         problems.append(
-            doc.problem(("publish", "repo_name"), f"template field '{{{bad[0]}}}' is not allowed",
-                        f"use only {', '.join('{' + f + '}' for f in REPO_TEMPLATE_FIELDS)}")  # fmt: skip
+            doc.problem(
+                ("publish", "repo_name"),
+                f"template field '{{{bad[0]}}}' is not allowed",
+                f"use only {', '.join('{' + f + '}' for f in REPO_TEMPLATE_FIELDS)}",
+            )
         )
         return problems
     for variant in variants:
         name = render_repo_name(publish.repo_name, recipe, variant, recipe_name)
         reason = hub_name_problem(name)
         if reason:
-            problems.append(doc.problem(("publish", "repo_name"), f"repo name '{name}' for '{variant.id}' is invalid: {reason}"))
+            problems.append(
+                doc.problem(("publish", "repo_name"), f"repo name '{name}' for '{variant.id}' is invalid: {reason}")
+            )
             break
     return problems
 

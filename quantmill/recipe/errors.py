@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from quantmill.errors import RecipeProblem
 from quantmill.registry import did_you_mean
-from quantmill.yamlio import LocatedDocument, Loc
+from quantmill.yamlio import Loc, LocatedDocument
 
 
 def _model_at(model: type[BaseModel] | None, loc: Loc) -> type[BaseModel] | None:

@@ -18,15 +18,22 @@ def _row_schema(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for axis in spec.params.axes:
         if axis in properties:
             single = _case_insensitive(properties[axis])
-            properties[axis] = {"anyOf": [single, {"type": "array", "items": single, "minItems": 1}],
-                                "description": single.get("description", "") + " (a list expands the matrix)"}  # fmt: skip
+            properties[axis] = {
+                "anyOf": [single, {"type": "array", "items": single, "minItems": 1}],
+                "description": single.get("description", "") + " (a list expands the matrix)",
+            }
             if axis + "s" not in properties:
                 properties[axis + "s"] = {**properties[axis], "description": f"same as '{axis}'"}
     properties["method"] = {"const": method, "description": spec.summary}
     properties["id"] = {"type": "string", "description": "explicit id for a row that makes one variant"}
     properties["gates"] = {"type": "array", "items": {"$ref": "#/$defs/GateRule"}}
-    return {"title": f"{method} row", "type": "object", "properties": properties,
-            "required": ["method"], "additionalProperties": False}, defs  # fmt: skip
+    return {
+        "title": f"{method} row",
+        "type": "object",
+        "properties": properties,
+        "required": ["method"],
+        "additionalProperties": False,
+    }, defs
 
 
 def _case_insensitive(schema: dict[str, Any]) -> dict[str, Any]:
@@ -34,8 +41,10 @@ def _case_insensitive(schema: dict[str, Any]) -> dict[str, Any]:
     values = schema.get("enum")
     if not values or not all(isinstance(v, str) for v in values) or not schema.get("_ci"):
         return schema
+
     def fold(text: str) -> str:
         return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
     pattern = "^(?:" + "|".join(fold(v) for v in values) + ")$"
     rest = {k: v for k, v in schema.items() if k not in ("enum", "_ci", "type")}
     return {**rest, "type": "string", "pattern": pattern, "examples": values}

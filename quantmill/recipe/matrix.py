@@ -88,9 +88,13 @@ def _spec_for_row(row: Any, doc: LocatedDocument, loc: tuple, problems: list[Rec
 
 
 def _expand_row(
-    index: int, row: dict, spec: MethodSpec, global_gates: list[GateRule], doc: LocatedDocument,
+    index: int,
+    row: dict,
+    spec: MethodSpec,
+    global_gates: list[GateRule],
+    doc: LocatedDocument,
     problems: list[RecipeProblem],
-) -> list[Variant]:  # fmt: skip
+) -> list[Variant]:
     loc = ("variants", "methods", index)
     own_gates = _validate_gates(row.get("gates", []), doc, loc + ("gates",), problems)
     params = {k: v for k, v in row.items() if k not in ROW_KEYS}
@@ -141,11 +145,16 @@ def _expand_row(
     explicit = row.get("id")
     if explicit is not None:
         if not isinstance(explicit, str) or not SLUG.match(explicit):
-            problems.append(doc.problem(loc + ("id",), f"invalid variant id {explicit!r}", "use a-z, 0-9, '.', '_', '-'"))
+            problems.append(
+                doc.problem(loc + ("id",), f"invalid variant id {explicit!r}", "use a-z, 0-9, '.', '_', '-'")
+            )
         elif len(combos) != 1:
             problems.append(
-                doc.problem(loc + ("id",), f"'id' names one variant but this row expands to {len(combos)}",
-                            "split the row, or drop 'id' to use generated ids")  # fmt: skip
+                doc.problem(
+                    loc + ("id",),
+                    f"'id' names one variant but this row expands to {len(combos)}",
+                    "split the row, or drop 'id' to use generated ids",
+                )
             )
         elif variants:
             variants = [Variant(explicit, spec.name, variants[0].params, (), index)]
@@ -162,8 +171,11 @@ def _apply_override(variant: Variant, changes: Any, doc: LocatedDocument, proble
     for key in changes:
         if key in spec.params.axes:
             problems.append(
-                doc.problem(loc + (key,), f"'{key}' is a matrix axis and cannot be overridden",
-                            "change it in the matrix row, which gives the variant a new id")  # fmt: skip
+                doc.problem(
+                    loc + (key,),
+                    f"'{key}' is a matrix axis and cannot be overridden",
+                    "change it in the matrix row, which gives the variant a new id",
+                )
             )
         elif key in ("method", "id"):
             problems.append(doc.problem(loc + (key,), f"'{key}' cannot be overridden", "edit the matrix row"))
@@ -181,9 +193,7 @@ def _apply_override(variant: Variant, changes: Any, doc: LocatedDocument, proble
     return Variant(variant.id, variant.method, new_params, gates, variant.row)
 
 
-def expand_matrix(
-    doc: LocatedDocument, global_gates: list[GateRule], problems: list[RecipeProblem]
-) -> list[Variant]:
+def expand_matrix(doc: LocatedDocument, global_gates: list[GateRule], problems: list[RecipeProblem]) -> list[Variant]:
     """All variants of the recipe in ``doc``; problems found are appended to ``problems``."""
     section = doc.data.get("variants") if isinstance(doc.data, dict) else None
     if not isinstance(section, dict) or not isinstance(section.get("methods"), list):
@@ -197,8 +207,11 @@ def expand_matrix(
         for variant in _expand_row(index, row, spec, global_gates, doc, problems):
             if variant.id in first_row_of:
                 problems.append(
-                    doc.problem(("variants", "methods", index), f"duplicate variant id '{variant.id}'",
-                                f"row {first_row_of[variant.id]} already makes it; remove one or set a distinct 'id'")  # fmt: skip
+                    doc.problem(
+                        ("variants", "methods", index),
+                        f"duplicate variant id '{variant.id}'",
+                        f"row {first_row_of[variant.id]} already makes it; remove one or set a distinct 'id'",
+                    )
                 )
                 continue
             first_row_of[variant.id] = index
@@ -210,8 +223,11 @@ def expand_matrix(
             if variant_id not in by_id:
                 hint = did_you_mean(variant_id, list(by_id))
                 problems.append(
-                    doc.problem(("variants", "overrides", variant_id), f"no variant has the id '{variant_id}'",
-                                "; ".join(x for x in (hint, f"variant ids: {', '.join(by_id) or 'none'}") if x))  # fmt: skip
+                    doc.problem(
+                        ("variants", "overrides", variant_id),
+                        f"no variant has the id '{variant_id}'",
+                        "; ".join(x for x in (hint, f"variant ids: {', '.join(by_id) or 'none'}") if x),
+                    )
                 )
                 continue
             i = by_id[variant_id]

@@ -42,13 +42,24 @@ def find_regressions(before: dict[str, Any], after: dict[str, Any]) -> list[Regr
         new_metrics, old_metrics = _metrics(entry), _metrics(old)
         for metric, value in new_metrics.items():
             direction = metric_direction(metric)
-            if metric not in old_metrics or direction is None or metric in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_gb"):
+            if (
+                metric not in old_metrics
+                or direction is None
+                or metric in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_gb")
+            ):
                 continue  # timings and memory vary with machine load; they are reported, not flagged
             change = value["value"] - old_metrics[metric]["value"]
             worse = change < 0 if direction == "higher" else change > 0
             errors = [e for e in (value.get("stderr"), old_metrics[metric].get("stderr")) if e is not None]
             noise = math.sqrt(sum(e * e for e in errors)) if errors else 0.0
             if worse and abs(change) > noise:
-                found.append(Regression(variant, metric, old_metrics[metric]["value"], value["value"],
-                                        f"changed by {change:+.4g}, beyond its stderr {noise:.4g}"))  # fmt: skip
+                found.append(
+                    Regression(
+                        variant,
+                        metric,
+                        old_metrics[metric]["value"],
+                        value["value"],
+                        f"changed by {change:+.4g}, beyond its stderr {noise:.4g}",
+                    )
+                )
     return found

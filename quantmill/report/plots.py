@@ -49,8 +49,14 @@ def plot(results: dict[str, Any], out: Path, cost: str) -> Path | None:
         ax.scatter(x(p), sign * p.quality, color=color, s=40, zorder=3)
         ax.annotate(p.name, (x(p), sign * p.quality), textcoords="offset points", xytext=(4, 4), fontsize=7)
     frontier = pareto_frontier(points)
-    ax.plot([x(p) for p in frontier], [sign * p.quality for p in frontier], "--", color="tab:blue",
-            label="Pareto frontier", zorder=2)  # fmt: skip
+    ax.plot(
+        [x(p) for p in frontier],
+        [sign * p.quality for p in frontier],
+        "--",
+        color="tab:blue",
+        label="Pareto frontier",
+        zorder=2,
+    )
     baseline = ((results.get("baseline") or {}).get("evaluation") or {}).get("metrics", {})
     if quality in baseline:
         ax.axhline(baseline[quality]["value"], color="gray", linestyle=":", label="baseline")

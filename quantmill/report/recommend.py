@@ -28,27 +28,49 @@ def recommend(results: dict[str, Any]) -> list[Recommendation]:
         return None if found is None else found["value"]
 
     if not passed:
-        return [Recommendation("all hosts", None, "No variant passed its required gates: keep the unquantized "
-                               "(BF16/FP16) model.")]  # fmt: skip
+        return [
+            Recommendation(
+                "all hosts", None, "No variant passed its required gates: keep the unquantized (BF16/FP16) model."
+            )
+        ]
     out = []
     sized = {v: metric(e, "size_mb") for v, e in passed.items() if metric(e, "size_mb") is not None}
     if sized:
         smallest = min(sized, key=lambda v: (sized[v], v))
-        out.append(Recommendation("memory-bound hosts", smallest,
-                                  f"smallest variant that passes every required gate ({sized[smallest]:.4g} MB)"))  # fmt: skip
+        out.append(
+            Recommendation(
+                "memory-bound hosts",
+                smallest,
+                f"smallest variant that passes every required gate ({sized[smallest]:.4g} MB)",
+            )
+        )
     else:
-        out.append(Recommendation("memory-bound hosts", None, "sizes were not measured (add 'size' to evaluation.metrics)"))
+        out.append(
+            Recommendation("memory-bound hosts", None, "sizes were not measured (add 'size' to evaluation.metrics)")
+        )
     speeds = {v: metric(e, "decode_tok_s") for v, e in passed.items() if metric(e, "decode_tok_s") is not None}
     if speeds:
         fastest = max(speeds, key=lambda v: (speeds[v], v))
         device = results.get("device", "this device")
-        out.append(Recommendation("latency-bound serving", fastest,
-                                  f"fastest passing variant: {speeds[fastest]:.4g} decode tokens/s on {device} "
-                                  "(CPU runs dequantize some formats, so re-measure on the serving hardware)"))  # fmt: skip
+        out.append(
+            Recommendation(
+                "latency-bound serving",
+                fastest,
+                f"fastest passing variant: {speeds[fastest]:.4g} decode tokens/s on {device} "
+                "(CPU runs dequantize some formats, so re-measure on the serving hardware)",
+            )
+        )
     else:
-        out.append(Recommendation("latency-bound serving", None, "speed was not measured (add 'speed' to evaluation.metrics)"))
+        out.append(
+            Recommendation("latency-bound serving", None, "speed was not measured (add 'speed' to evaluation.metrics)")
+        )
     failed = sorted(v for v, e in variants.items() if e.get("status") != "passed")
-    out.append(Recommendation("accuracy-critical use", None,
-                              "keep the unquantized model; every passing variant lost some measured quality"
-                              + (f" ({len(failed)} variant(s) failed their gates)" if failed else "")))  # fmt: skip
+    out.append(
+        Recommendation(
+            "accuracy-critical use",
+            None,
+            "keep the unquantized model; every passing variant lost some measured quality"
+            + (f" ({len(failed)} variant(s) failed their gates)" if failed else ""),
+        )
+    )
     return out

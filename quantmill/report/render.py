@@ -12,8 +12,21 @@ from quantmill.report.plots import plot, quality_metric
 from quantmill.report.recommend import recommend
 from quantmill.runstore import atomic_write_text
 
-COLUMNS = ("variant", "method", "setting", "status", "size MB", "bits/w", "quality", "recovery", "ppl",
-           "decode tok/s", "peak GB", "failed rule / error", "published")  # fmt: skip
+COLUMNS = (
+    "variant",
+    "method",
+    "setting",
+    "status",
+    "size MB",
+    "bits/w",
+    "quality",
+    "recovery",
+    "ppl",
+    "decode tok/s",
+    "peak GB",
+    "failed rule / error",
+    "published",
+)
 
 
 def _value(metrics: dict, name: str, digits: int = 4) -> str:
@@ -34,16 +47,32 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         if quality and quality in metrics and quality in baseline and baseline[quality]["value"]:
             recovery = f"{metrics[quality]['value'] / baseline[quality]['value']:.3f}"
         outcomes = (entry.get("verdict") or {}).get("outcomes", [])
-        failed = [f"{o['metric']} {o['rule']} {o['threshold']:g}" for o in outcomes if not o["passed"] and o["level"] == "required"]
+        failed = [
+            f"{o['metric']} {o['rule']} {o['threshold']:g}"
+            for o in outcomes
+            if not o["passed"] and o["level"] == "required"
+        ]
         publish = entry.get("publish") or {}
         published = publish.get("url") or publish.get("status") or "-"
         if publish.get("status") == "failed":  # passed its gates, but the commit did not go through
             published = f"publish failed: {publish.get('error')}"
-        table.append([name, entry.get("method", "?"), entry.get("setting", "-"), entry.get("status", "?"),
-                      _value(metrics, "size_mb"), _value(metrics, "bits_per_weight"),
-                      _value(metrics, quality) if quality else "-", recovery, _value(metrics, "ppl"),
-                      _value(metrics, "decode_tok_s"), _value(metrics, "peak_rss_gb"),
-                      "; ".join(failed) or (entry.get("error") or "-"), published])  # fmt: skip
+        table.append(
+            [
+                name,
+                entry.get("method", "?"),
+                entry.get("setting", "-"),
+                entry.get("status", "?"),
+                _value(metrics, "size_mb"),
+                _value(metrics, "bits_per_weight"),
+                _value(metrics, quality) if quality else "-",
+                recovery,
+                _value(metrics, "ppl"),
+                _value(metrics, "decode_tok_s"),
+                _value(metrics, "peak_rss_gb"),
+                "; ".join(failed) or (entry.get("error") or "-"),
+                published,
+            ]
+        )
     return table
 
 
@@ -55,9 +84,12 @@ def _markdown(results, regressions, images) -> str:
         lines += [f"- **{r.variant}** {r.what}: {r.before} → {r.after} ({r.why})" for r in regressions] + [""]
     model = results.get("model") or {}
     baseline = ((results.get("baseline") or {}).get("evaluation") or {}).get("metrics", {})
-    lines += [f"Model `{model.get('id')}` at `{model.get('revision')}` on {results.get('device', '?')}. "
-              f"Quality metric: `{quality}`; baseline {_value(baseline, quality)}, perplexity {_value(baseline, 'ppl')}, "
-              f"size {_value(baseline, 'size_mb')} MB.", ""]  # fmt: skip
+    lines += [
+        f"Model `{model.get('id')}` at `{model.get('revision')}` on {results.get('device', '?')}. "
+        f"Quality metric: `{quality}`; baseline {_value(baseline, quality)}, perplexity {_value(baseline, 'ppl')}, "
+        f"size {_value(baseline, 'size_mb')} MB.",
+        "",
+    ]
     lines += ["## Variants", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(results)]
     lines += ["", "## Recommendation", ""]
@@ -72,21 +104,31 @@ def _html(markdown_rows: list[list[str]], results, regressions, images) -> str:
     def cell(text: str) -> str:
         return html.escape(text)
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{cell(str(results.get('recipe')))} report</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#eee}.failed{color:#b00}.passed{color:#070}"
-             ".regression{background:#fee;padding:1em;border:1px solid #b00}</style></head><body>",
-             f"<h1>{cell(str(results.get('recipe')))} — run {cell(str(results.get('run_id')))}</h1>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{cell(str(results.get('recipe')))} report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#eee}.failed{color:#b00}.passed{color:#070}"
+        ".regression{background:#fee;padding:1em;border:1px solid #b00}</style></head><body>",
+        f"<h1>{cell(str(results.get('recipe')))} — run {cell(str(results.get('run_id')))}</h1>",
+    ]
     if regressions:
-        items = "".join(f"<li><b>{cell(r.variant)}</b> {cell(r.what)}: {cell(str(r.before))} → {cell(str(r.after))} "
-                        f"({cell(r.why)})</li>" for r in regressions)  # fmt: skip
+        items = "".join(
+            f"<li><b>{cell(r.variant)}</b> {cell(r.what)}: {cell(str(r.before))} → {cell(str(r.after))} "
+            f"({cell(r.why)})</li>"
+            for r in regressions
+        )
         parts.append(f"<div class='regression'><h2>Regressions since the previous run</h2><ul>{items}</ul></div>")
     parts.append("<h2>Variants</h2><table id='variants'><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>")
     for row in markdown_rows:
-        parts.append("<tr>" + "".join(f"<td class='{cell(row[3]) if i == 3 else ''}'>{cell(v)}</td>"
-                                      for i, v in enumerate(row)) + "</tr>")  # fmt: skip
+        parts.append(
+            "<tr>"
+            + "".join(f"<td class='{cell(row[3]) if i == 3 else ''}'>{cell(v)}</td>" for i, v in enumerate(row))
+            + "</tr>"
+        )
     parts.append("</table><h2>Recommendation</h2><ul>")
-    parts += [f"<li><b>{cell(r.use_case)}</b>: {cell(r.variant or '')} {cell(r.reason)}</li>" for r in recommend(results)]
+    parts += [
+        f"<li><b>{cell(r.use_case)}</b>: {cell(r.variant or '')} {cell(r.reason)}</li>" for r in recommend(results)
+    ]
     parts.append("</ul>")
     for title, image in images.items():
         data = base64.b64encode(image.read_bytes()).decode()

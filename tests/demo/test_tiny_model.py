@@ -44,9 +44,11 @@ def test_model_loads_and_beats_chance_on_the_local_task():
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=32)
     results = simple_evaluate(
-        model=lm, tasks=["tiny_world_mc", "tiny_world_ppl"], task_manager=TaskManager(include_path=str(DEMO_TASKS)),
+        model=lm,
+        tasks=["tiny_world_mc", "tiny_world_ppl"],
+        task_manager=TaskManager(include_path=str(DEMO_TASKS)),
         log_samples=False,
-    )["results"]  # fmt: skip
+    )["results"]
     items = [json.loads(line) for line in (DEMO_DATA / "tiny_world_mc.jsonl").read_text().splitlines()]
     chance = sum(1 / len(item["choices"]) for item in items) / len(items)
     accuracy = results["tiny_world_mc"]["acc,none"]

@@ -53,8 +53,12 @@ def test_eight_bit_passes_and_two_bit_fails(measured):
         assert outcome.observed == result.value("tiny_world_mc/acc")
         assert outcome.baseline == baseline.value("tiny_world_mc/acc")
         assert outcome.compared == pytest.approx(outcome.observed / outcome.baseline)
-    print({k: (round(r.value("tiny_world_mc/acc"), 4), round(r.value("ppl"), 4)) for k, (r, _) in results.items()},
-          "baseline", baseline.value("tiny_world_mc/acc"), baseline.value("ppl"))  # fmt: skip
+    print(
+        {k: (round(r.value("tiny_world_mc/acc"), 4), round(r.value("ppl"), 4)) for k, (r, _) in results.items()},
+        "baseline",
+        baseline.value("tiny_world_mc/acc"),
+        baseline.value("ppl"),
+    )
 
 
 @pytest.mark.slow

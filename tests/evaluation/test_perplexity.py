@@ -9,7 +9,9 @@ import pytest
 from quantmill.evaluation.perplexity import perplexity, windows_for
 
 
-@pytest.mark.parametrize(("length", "max_length", "stride"), [(5, 8, 4), (20, 8, 4), (20, 8, 7), (33, 16, 16), (1, 4, 2)])
+@pytest.mark.parametrize(
+    ("length", "max_length", "stride"), [(5, 8, 4), (20, 8, 4), (20, 8, 7), (33, 16, 16), (1, 4, 2)]
+)
 def test_windows_cover_each_token_once(length, max_length, stride):
     ids = list(range(100, 100 + length))
     windows = windows_for(ids, bos=1, max_length=max_length, stride=stride)

@@ -7,8 +7,12 @@ import pytest
 from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 
 
-def fast_recipe(rows: str, *, gates: str = "  - {metric: tiny_world_mc/acc, min_recovery: 0.9}\n",
-                publish: str = "publish: {target: none}\n") -> str:  # fmt: skip
+def fast_recipe(
+    rows: str,
+    *,
+    gates: str = "  - {metric: tiny_world_mc/acc, min_recovery: 0.9}\n",
+    publish: str = "publish: {target: none}\n",
+) -> str:
     """A recipe that evaluates on 40 questions: enough to gate, quick to run."""
     return f"""\
 name: flowtest

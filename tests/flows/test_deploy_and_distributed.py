@@ -27,8 +27,14 @@ def real_server(tmp_path):
 
 
 def test_deploy_registers_the_nightly_zoo_and_recipe_schedules(real_server):
-    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "deploy", str(REPO / "recipes")], env=real_server,
-                            capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "quantmill.cli", "deploy", str(REPO / "recipes")],
+        env=real_server,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     code = (
         "from prefect import get_client\n"
@@ -36,8 +42,9 @@ def test_deploy_registers_the_nightly_zoo_and_recipe_schedules(real_server):
         "    for d in c.read_deployments():\n"
         "        print(d.name, d.work_pool_name, [s.schedule.cron for s in d.schedules], sorted(d.parameters))\n"
     )
-    listing = subprocess.run([sys.executable, "-c", code], env=real_server, capture_output=True, text=True,
-                             timeout=120, check=True).stdout  # fmt: skip
+    listing = subprocess.run(
+        [sys.executable, "-c", code], env=real_server, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     lines = {line.split()[0]: line for line in listing.splitlines()}
     assert "['0 2 * * *']" in lines["nightly-zoo"] and "quantmill-local" in lines["nightly-zoo"]
     assert "['0 3 * * *']" in lines["recipe-demo"] and "recipe_path" in lines["recipe-demo"]
@@ -78,17 +85,30 @@ def test_processes_run_heavy_steps_in_parallel_and_plugins_load_from_entry_point
     plugin = tmp_path / "plugin"
     (plugin / "quantmill_probe-0.1.dist-info").mkdir(parents=True)
     (plugin / "quantmill_probe.py").write_text(PROBE_METHOD)
-    (plugin / "quantmill_probe-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: quantmill-probe\n"
-                                                                         "Version: 0.1\n")  # fmt: skip
-    (plugin / "quantmill_probe-0.1.dist-info" / "entry_points.txt").write_text("[quantmill.methods]\n"
-                                                                                 "probe = quantmill_probe:SPEC\n")  # fmt: skip
+    (plugin / "quantmill_probe-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: quantmill-probe\nVersion: 0.1\n"
+    )
+    (plugin / "quantmill_probe-0.1.dist-info" / "entry_points.txt").write_text(
+        "[quantmill.methods]\nprobe = quantmill_probe:SPEC\n"
+    )
     recipe = write_recipe(fast_recipe("    - {method: probe, bits: [4, 8], group_size: 128}\n"))
     trace = tmp_path / "trace"
-    env = {**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{REPO}", "QUANTMILL_PROBE_TRACE": str(trace),
-           "PREFECT_HOME": str(tmp_path / "prefect"), "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{plugin}{os.pathsep}{REPO}",
+        "QUANTMILL_PROBE_TRACE": str(trace),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
+    }
     env.pop("PREFECT_API_URL", None)
-    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--processes", "2"], env=env,
-                            capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--processes", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "probe-w4" in result.stdout and "probe-w8" in result.stdout
     pids = trace.read_text().split()

@@ -78,11 +78,20 @@ def test_a_failing_variant_does_not_stop_the_others(tmp_path, write_recipe, monk
 
 
 def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
-    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 2, group_size: 128}\n",
-                                      gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n"))  # fmt: skip
+    recipe = write_recipe(
+        fast_recipe(
+            "    - {method: rtn, bits: 2, group_size: 128}\n",
+            gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n",
+        )
+    )
     env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
-    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], capture_output=True,
-                            text=True, env=env, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "did not pass: rtn-w2-g128" in result.stderr
 
@@ -91,8 +100,13 @@ def test_killed_run_resumes_without_redoing_finished_variants(tmp_path, write_re
     recipe = write_recipe(fast_recipe(THREE))
     runs = tmp_path / "runs"
     env = {**os.environ, "QUANTMILL_RUNS_DIR": str(runs)}
-    process = subprocess.Popen([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     finished: list[str] = []
     deadline = time.monotonic() + 600
     while not finished and time.monotonic() < deadline and process.poll() is None:
@@ -138,8 +152,7 @@ def test_heavy_tasks_take_turns_in_one_process_even_with_more_slots(tmp_path, wr
     assert results["baseline"]["evaluation"]["metrics"]["tiny_world_mc/acc"]["value"] > 0.8
 
 
-def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached(tmp_path, write_recipe,
-                                                                                 monkeypatch):  # fmt: skip
+def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached(tmp_path, write_recipe, monkeypatch):
     from prefect import get_client
 
     from quantmill import stages
@@ -156,12 +169,16 @@ def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached
         return original(*args, **kwargs)
 
     monkeypatch.setattr(stages, "quantize_one", watching)
-    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 4, group_size: 128}\n    - {method: bnb, type: int8}\n"))
+    recipe = write_recipe(
+        fast_recipe("    - {method: rtn, bits: 4, group_size: 128}\n    - {method: bnb, type: int8}\n")
+    )
     run_flow(recipe, tmp_path / "runs")
     assert seen == [1, 1]  # the run's one slot, not one per task and not none
     assert active_slots() == 0  # given back at the end
     held = []
-    monkeypatch.setattr("quantmill.tasks.limits.concurrency", lambda *a, **k: held.append(a) or contextlib.nullcontext())
+    monkeypatch.setattr(
+        "quantmill.tasks.limits.concurrency", lambda *a, **k: held.append(a) or contextlib.nullcontext()
+    )
     again = run_flow(recipe, tmp_path / "runs")
     assert held == [] and all(v["cached"] == {"quantize": True, "evaluate": True} for v in again["variants"].values())
 
@@ -193,8 +210,14 @@ def test_heavy_calls_run_one_at_a_time_on_one_thread():
 def test_cli_run_renders_a_table(tmp_path, write_recipe):
     recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n"))
     env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
-    result = subprocess.run([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], capture_output=True,
-                            text=True, env=env, timeout=600, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "bnb-int8" in result.stdout and "passed" in result.stdout
 
@@ -231,8 +254,15 @@ def test_a_corrupt_cached_result_heals_on_rerun(tmp_path, write_recipe, calls):
 def test_two_concurrent_runs_of_one_recipe(tmp_path, write_recipe):
     recipe = write_recipe(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n"))
     env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
-    processes = [subprocess.Popen([sys.executable, "-m", "quantmill.cli", "run", str(recipe)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=900)[0].decode() for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     runs = sorted((tmp_path / "runs" / "flowtest").glob("2*"))
@@ -245,8 +275,10 @@ def test_two_concurrent_runs_of_one_recipe(tmp_path, write_recipe):
 
 
 def test_a_recipe_mixing_ptq_and_qat_is_gated_and_published(tmp_path, write_recipe):
-    rows = ("    - {method: rtn, bits: 4, group_size: 128}\n"
-            "    - {method: qat, bits: 4, group_size: 32, training: {steps: 20, batch_size: 4, seq_len: 64, learning_rate: 0.0002}}\n")  # fmt: skip
+    rows = (
+        "    - {method: rtn, bits: 4, group_size: 128}\n"
+        "    - {method: qat, bits: 4, group_size: 32, training: {steps: 20, batch_size: 4, seq_len: 64, learning_rate: 0.0002}}\n"
+    )
     publish = f"publish: {{target: local, path: {tmp_path / 'zoo'}, namespace: org, license: mit}}\n"
     results = run_flow(write_recipe(fast_recipe(rows, publish=publish)), tmp_path / "runs")
     qat = results["variants"]["qat-w4-g32"]

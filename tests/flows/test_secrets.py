@@ -42,9 +42,13 @@ def test_full_run_never_writes_the_token(tmp_path, write_recipe, monkeypatch, ca
     caplog.set_level(logging.DEBUG)
     with HubServer(token=SENTINEL) as hub:
         publish = f"publish: {{target: hub, endpoint: '{hub.endpoint}', namespace: org, license: mit}}\n"
-        recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n    - {method: rtn, bits: 2, group_size: 128}\n",
-                                          gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n",
-                                          publish=publish))  # fmt: skip
+        recipe = write_recipe(
+            fast_recipe(
+                "    - {method: bnb, type: int8}\n    - {method: rtn, bits: 2, group_size: 128}\n",
+                gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n",
+                publish=publish,
+            )
+        )
         hub.state.fail_next("POST", r"/commit/", 500)  # an error on the way, retried
         results = run_recipe(str(recipe), runs_dir=str(tmp_path / "runs"))
         assert results["variants"]["bnb-int8"]["publish"]["status"] == "published"
@@ -61,8 +65,9 @@ def test_full_run_never_writes_the_token(tmp_path, write_recipe, monkeypatch, ca
     assert all(SENTINEL not in r.getMessage() for r in caplog.records)
 
 
-def test_a_hub_that_stops_answering_fails_only_that_publish_and_a_republish_heals(tmp_path, write_recipe, monkeypatch,
-                                                                                   prefect_server):  # fmt: skip
+def test_a_hub_that_stops_answering_fails_only_that_publish_and_a_republish_heals(
+    tmp_path, write_recipe, monkeypatch, prefect_server
+):
     """Timeouts: every commit of one variant hangs; the other publishes, the run completes, the report says so."""
     import json
 
@@ -82,8 +87,11 @@ def test_a_hub_that_stops_answering_fails_only_that_publish_and_a_republish_heal
         with HubServer(token=SENTINEL) as hub:
             hub.state.hang_seconds = 2.0
             publish = f"publish: {{target: hub, endpoint: '{hub.endpoint}', namespace: org, license: mit}}\n"
-            recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n    - {method: rtn, bits: 8, group_size: 128}\n",
-                                              publish=publish))  # fmt: skip
+            recipe = write_recipe(
+                fast_recipe(
+                    "    - {method: bnb, type: int8}\n    - {method: rtn, bits: 8, group_size: 128}\n", publish=publish
+                )
+            )
             hub.state.fail_next("POST", r"rtn-w8-g128/commit/", *[HANG] * 30)
             results = run_recipe(str(recipe), runs_dir=str(tmp_path / "runs"))
             hung = results["variants"]["rtn-w8-g128"]

@@ -27,8 +27,12 @@ def test_reload_equals_in_memory_model(kind, tmp_path, tokenizer):
 
     variant = make_variant("bnb", {"type": kind})
     quantize_variant(variant, source_dir=DEMO_MODEL, out_dir=tmp_path / "q", calibration=None, dtype="float32")
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=kind,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     in_memory = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, dtype=torch.float32, quantization_config=config)
     expected = prompt_logits(in_memory, tokenizer)
     reloaded = prompt_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "q"), tokenizer)

@@ -60,8 +60,17 @@ def test_every_type_loads_and_is_measured_on_the_same_task(gguf_results):
         assert result.value("ppl") > 1
         assert artifact.provenance["details"]["tool"] == "llama-quantize" or gguf_type == "f16"
     ppl = {t: r.value("ppl") for t, (_, r) in gguf_results.items()}
-    print({t: (round(r.value("tiny_world_mc/acc"), 4), round(ppl[t], 4), r.value("bits_per_weight"),
-               r.metrics.get("kld") and round(r.metrics["kld"].value, 6)) for t, (_, r) in gguf_results.items()})  # fmt: skip
+    print(
+        {
+            t: (
+                round(r.value("tiny_world_mc/acc"), 4),
+                round(ppl[t], 4),
+                r.value("bits_per_weight"),
+                r.metrics.get("kld") and round(r.metrics["kld"].value, 6),
+            )
+            for t, (_, r) in gguf_results.items()
+        }
+    )
     assert abs(ppl["q8_0"] - ppl["f16"]) / ppl["f16"] < 0.01
     assert ppl["q2_k"] > ppl["q8_0"]
     sizes = {t: r.value("size_mb") for t, (_, r) in gguf_results.items()}
@@ -101,8 +110,9 @@ def test_in_process_fallback_without_tools(tmp_path, monkeypatch, llama):
 
     get_settings.cache_clear()
     try:
-        artifact = quantize_variant(make_variant("gguf", {"type": "q4_k_m"}), source_dir=DEMO_MODEL,
-                                    out_dir=tmp_path / "q", calibration=None)  # fmt: skip
+        artifact = quantize_variant(
+            make_variant("gguf", {"type": "q4_k_m"}), source_dir=DEMO_MODEL, out_dir=tmp_path / "q", calibration=None
+        )
     finally:
         get_settings.cache_clear()
     details = artifact.provenance["details"]
@@ -112,9 +122,11 @@ def test_in_process_fallback_without_tools(tmp_path, monkeypatch, llama):
 
 
 def test_fallback_lines_are_parsed():
-    log = ("warning: blk.0.ffn_down.weight                 - ncols    172 not divisible by 256 (required for type    q4_K) "
-           "-> falling back to    q5_0\nother line\nwarning: blk.1.ffn_down.weight - ncols    172 not divisible by  32 "
-           "(required for type    q8_0) (WARNING: must use F16 due to unusual shape) -> falling back to     f16\n")  # fmt: skip
+    log = (
+        "warning: blk.0.ffn_down.weight                 - ncols    172 not divisible by 256 (required for type    q4_K) "
+        "-> falling back to    q5_0\nother line\nwarning: blk.1.ffn_down.weight - ncols    172 not divisible by  32 "
+        "(required for type    q8_0) (WARNING: must use F16 due to unusual shape) -> falling back to     f16\n"
+    )
     assert parse_fallbacks(log) == [
         {"tensor": "blk.0.ffn_down.weight", "columns": 172, "block": 256, "wanted": "q4_K", "used": "q5_0"},
         {"tensor": "blk.1.ffn_down.weight", "columns": 172, "block": 32, "wanted": "q8_0", "used": "f16"},
@@ -127,8 +139,12 @@ def test_shared_model_conversion_fallbacks_and_greedy_text(stories_hf, tmp_path,
 
     outputs = {}
     for gguf_type in ("f16", "q8_0", "q4_k_m"):
-        artifact = quantize_variant(make_variant("gguf", {"type": gguf_type}), source_dir=stories_hf,
-                                    out_dir=tmp_path / gguf_type, calibration=None)  # fmt: skip
+        artifact = quantize_variant(
+            make_variant("gguf", {"type": gguf_type}),
+            source_dir=stories_hf,
+            out_dir=tmp_path / gguf_type,
+            calibration=None,
+        )
         outputs[gguf_type] = artifact
     fallbacks = outputs["q4_k_m"].provenance["details"]["fallbacks"]
     widths = {f["columns"] for f in fallbacks}

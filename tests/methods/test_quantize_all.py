@@ -56,9 +56,12 @@ def load_output(variant: Variant, path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "params", "bits", "tolerance"), SETTINGS,
-                         ids=[make_variant(m, p).id for m, p, _, _ in SETTINGS])  # fmt: skip
-def test_quantize_reload_and_compare(method, params, bits, tolerance, tmp_path, calibration, tokenizer, baseline_logits):
+@pytest.mark.parametrize(
+    ("method", "params", "bits", "tolerance"), SETTINGS, ids=[make_variant(m, p).id for m, p, _, _ in SETTINGS]
+)
+def test_quantize_reload_and_compare(
+    method, params, bits, tolerance, tmp_path, calibration, tokenizer, baseline_logits
+):
     variant = make_variant(method, params)
     out = tmp_path / variant.id
     artifact = quantize_variant(variant, source_dir=DEMO_MODEL, out_dir=out, calibration=calibration, dtype="float32")

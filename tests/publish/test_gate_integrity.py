@@ -10,8 +10,10 @@ from quantmill.publish.publisher import publishable
 STATUSES = st.sampled_from(["passed", "failed", "pending", "running", None, "PASSED", "passed "])
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=8), st.fixed_dictionaries({"status": STATUSES}), max_size=12),
-       st.lists(st.text(min_size=1, max_size=8), max_size=4))  # fmt: skip
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=8), st.fixed_dictionaries({"status": STATUSES}), max_size=12),
+    st.lists(st.text(min_size=1, max_size=8), max_size=4),
+)
 def test_only_passed_or_forced_variants_are_publishable(variants, force):
     chosen = publishable(variants, force)
     for name in chosen:

@@ -58,9 +58,19 @@ def online(monkeypatch, tmp_path):
 def publish(made, variant_id, target, **kwargs):
     loaded, resolved, baseline, variants = made
     variant, artifact, result, verdict = variants[variant_id]
-    return publish_variant(loaded, variant, artifact_path=artifact.path, provenance=artifact.provenance,
-                           evaluation=result, baseline=baseline, verdict=kwargs.pop("verdict", verdict),
-                           revision=resolved.revision, target=target, run_id="run-1", **kwargs)  # fmt: skip
+    return publish_variant(
+        loaded,
+        variant,
+        artifact_path=artifact.path,
+        provenance=artifact.provenance,
+        evaluation=result,
+        baseline=baseline,
+        verdict=kwargs.pop("verdict", verdict),
+        revision=resolved.revision,
+        target=target,
+        run_id="run-1",
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
@@ -109,9 +119,18 @@ def test_license_must_be_known(made, tmp_path, write_recipe):
     _, resolved, baseline, variants = made
     variant, artifact, result, verdict = variants["bnb-int8"]
     with pytest.raises(PublishError, match="license .* is unknown"):
-        publish_variant(loaded, variant, artifact_path=artifact.path, provenance=artifact.provenance,
-                        evaluation=result, baseline=baseline, verdict=verdict, revision=resolved.revision,
-                        target=LocalZoo(tmp_path), run_id="r")  # fmt: skip
+        publish_variant(
+            loaded,
+            variant,
+            artifact_path=artifact.path,
+            provenance=artifact.provenance,
+            evaluation=result,
+            baseline=baseline,
+            verdict=verdict,
+            revision=resolved.revision,
+            target=LocalZoo(tmp_path),
+            run_id="r",
+        )
 
 
 @pytest.mark.slow
@@ -162,8 +181,12 @@ def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, onli
     variant, artifact, result, verdict = variants["bnb-int8"]
     entry = {"artifact": str(artifact.path), "evaluation": result.to_dict(), "verdict": verdict.to_dict()}
     with HubServer(token=SENTINEL) as hub:
-        recipe = loaded.recipe.model_copy(update={"publish": loaded.recipe.publish.model_copy(update={"endpoint": hub.endpoint})})
-        hub_loaded = type(loaded)(recipe, loaded.variants, loaded.name, loaded.path, loaded.base_dir, loaded.text, loaded.shape)
+        recipe = loaded.recipe.model_copy(
+            update={"publish": loaded.recipe.publish.model_copy(update={"endpoint": hub.endpoint})}
+        )
+        hub_loaded = type(loaded)(
+            recipe, loaded.variants, loaded.name, loaded.path, loaded.base_dir, loaded.text, loaded.shape
+        )
         hub.state.fail_next("POST", r"/commit/", 500)
         hub.state.fail_next("POST", r"/api/repos/create", 429)
         outcome = publish_task.with_options(retry_delay_seconds=0)(

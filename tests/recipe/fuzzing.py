@@ -13,9 +13,27 @@ from quantmill.errors import RecipeError
 from quantmill.recipe import load_recipe_text
 
 WEIRD_VALUES: list[Any] = [
-    None, True, -4, 0, 2**70, -1e308, float("inf"), 3.5, "", "x" * 20_000, "ünïcødé ☃ 🦙", "../../etc/passwd",
-    "{variant.__class__}", [], [1, "a", None], {}, {"nested": {"deeper": [1, 2]}}, "gptq", "q4_k_m", "0 2 * * *",
-]  # fmt: skip
+    None,
+    True,
+    -4,
+    0,
+    2**70,
+    -1e308,
+    float("inf"),
+    3.5,
+    "",
+    "x" * 20_000,
+    "ünïcødé ☃ 🦙",
+    "../../etc/passwd",
+    "{variant.__class__}",
+    [],
+    [1, "a", None],
+    {},
+    {"nested": {"deeper": [1, 2]}},
+    "gptq",
+    "q4_k_m",
+    "0 2 * * *",
+]
 TEXT_MUTATIONS = ["duplicate_key", "alias_bomb", "binary", "empty", "truncate", "python_tag", "tab_indent"]
 
 

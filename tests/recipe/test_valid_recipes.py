@@ -37,8 +37,16 @@ def test_validate_a_folder(capsys):
 def test_matrix_expansion_and_ids():
     loaded = load_recipe(REPO / "recipes" / "demo.yaml")
     ids = [v.id for v in loaded.variants]
-    assert ids == ["gptq-w4-g128", "gptq-w8-g128", "rtn-w2-g64", "bnb-nf4", "bnb-int8",
-                   "gguf-q8_0", "gguf-q4_k_m", "gguf-q2_k"]  # fmt: skip
+    assert ids == [
+        "gptq-w4-g128",
+        "gptq-w8-g128",
+        "rtn-w2-g64",
+        "bnb-nf4",
+        "bnb-int8",
+        "gguf-q8_0",
+        "gguf-q4_k_m",
+        "gguf-q2_k",
+    ]
     assert loaded.variant("gguf-q4_k_m").params.type == "q4_k_m"
     assert all(len(v.gates) == 3 for v in loaded.variants)
 
@@ -102,8 +110,10 @@ def test_trust_remote_code_is_echoed(write_recipe, capsys):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = "import sys; from quantmill.cli import build_parser; build_parser().format_help(); " \
-           "import quantmill.recipe; print(sorted(m for m in ('torch', 'transformers', 'prefect', 'lm_eval') if m in sys.modules))"
+    code = (
+        "import sys; from quantmill.cli import build_parser; build_parser().format_help(); "
+        "import quantmill.recipe; print(sorted(m for m in ('torch', 'transformers', 'prefect', 'lm_eval') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -15,8 +15,15 @@ from quantmill.report.render import write_report
 
 
 def test_pareto_excludes_dominated_points_and_keeps_ties():
-    points = [Point("a", 1.0, 0.5), Point("b", 2.0, 0.9), Point("c", 2.0, 0.8), Point("d", 3.0, 0.9),
-              Point("e", 1.0, 0.5), Point("f", 0.5, 0.1), Point("g", 4.0, 0.95)]  # fmt: skip
+    points = [
+        Point("a", 1.0, 0.5),
+        Point("b", 2.0, 0.9),
+        Point("c", 2.0, 0.8),
+        Point("d", 3.0, 0.9),
+        Point("e", 1.0, 0.5),
+        Point("f", 0.5, 0.1),
+        Point("g", 4.0, 0.95),
+    ]
     names = [p.name for p in pareto_frontier(points)]
     assert names == ["f", "a", "e", "b", "g"]  # c: same cost as b, worse; d: costlier than b, no better
 
@@ -36,20 +43,37 @@ def run(**variants):
         "run_id": "run",
         "device": "cpu",
         "model": {"id": "m", "revision": "sha"},
-        "baseline": {"evaluation": {"metrics": {"t/acc": metric(0.9, 0.02), "ppl": metric(2.0), "size_mb": metric(4.0)}}},
+        "baseline": {
+            "evaluation": {"metrics": {"t/acc": metric(0.9, 0.02), "ppl": metric(2.0), "size_mb": metric(4.0)}}
+        },
         "variants": {
-            name: {"method": name.split("-")[0], "setting": "-", "status": status,
-                   "evaluation": {"metrics": {"t/acc": metric(acc, 0.02), "size_mb": metric(size),
-                                              "decode_tok_s": metric(speed), "ppl": metric(2.1)}},
-                   "verdict": {"status": status, "outcomes": []}}  # fmt: skip
+            name: {
+                "method": name.split("-")[0],
+                "setting": "-",
+                "status": status,
+                "evaluation": {
+                    "metrics": {
+                        "t/acc": metric(acc, 0.02),
+                        "size_mb": metric(size),
+                        "decode_tok_s": metric(speed),
+                        "ppl": metric(2.1),
+                    }
+                },
+                "verdict": {"status": status, "outcomes": []},
+            }
             for name, (status, acc, size, speed) in variants.items()
         },
     }
 
 
 def test_recommendation_follows_the_measurements():
-    results = run(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0), "int8-w8": ("passed", 0.9, 2.1, 80.0),
-                     "rtn-w2": ("failed", 0.5, 0.7, 90.0)})  # fmt: skip
+    results = run(
+        **{
+            "gptq-w4": ("passed", 0.89, 1.2, 50.0),
+            "int8-w8": ("passed", 0.9, 2.1, 80.0),
+            "rtn-w2": ("failed", 0.5, 0.7, 90.0),
+        }
+    )
     recs = {r.use_case: r for r in recommend(results)}
     assert recs["memory-bound hosts"].variant == "gptq-w4"
     assert recs["latency-bound serving"].variant == "int8-w8"
@@ -93,15 +117,27 @@ def test_html_renders_in_headless_chromium(tmp_path):
 
     results = run(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0), "rtn-w2": ("failed", 0.5, 0.7, 90.0)})
     write_report(tmp_path, results)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     page = (tmp_path / "report.html").as_uri()
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert "gptq-w4" in dom and "rtn-w2" in dom and dom.count("<img") == 2
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page],
-                   capture_output=True, timeout=120, check=False)  # fmt: skip
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     image = Image.open(shot).convert("RGB")
     pixels = list(image.getdata())
     dark = sum(1 for r, g, b in pixels if r + g + b < 200)
