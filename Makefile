@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install tools browser demo test bench reliability clean
+.PHONY: install tools browser demo test test-fast quality bench reliability clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,18 @@ demo: tools
 	  if [ $$status -eq 3 ]; then echo "demo finished: rtn-w2-g64 failed its accuracy gate as designed; see runs/demo/*/report.html and ./zoo"; \
 	  else exit $$status; fi
 
-test: tools browser
+test: tools browser quality
 	$(BIN)/python -m pytest
+
+# Unit tests that need no model, no llama.cpp and no Prefect server (under a minute)
+test-fast: install
+	$(BIN)/python -m pytest -m fast -q -p no:cacheprovider
+
+# The static gate: lint, formatting and types (CI runs it as part of `make test`)
+quality: install
+	$(BIN)/ruff check quantmill flows tasks tests bench
+	$(BIN)/ruff format --check quantmill flows tasks tests bench
+	$(BIN)/mypy quantmill flows tasks
 
 # Ratios measured side by side (writes bench/results/summary.{json,md}); not part of the tests
 bench: tools

@@ -58,10 +58,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _human_bytes(count: int | None) -> str:
     if count is None:
         return "?"
+    size = float(count)
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
-        count /= 1000
+        if size < 1000 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
+        size /= 1000
     return "?"
 
 

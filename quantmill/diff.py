@@ -149,14 +149,14 @@ def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
         old, new = before.get(file), after.get(file)
         if isinstance(new, RecipeError):
             changes.append(RecipeChange(file, "invalid", error=str(new)))
+        elif new is None:
+            changes.append(RecipeChange(file, "removed"))
         elif old is None:
             changes.append(
                 RecipeChange(
                     file, "added", variants_added=[v.id for v in new.variants], rerun=[v.id for v in new.variants]
                 )
             )
-        elif new is None:
-            changes.append(RecipeChange(file, "removed"))
         elif isinstance(old, RecipeError):
             changes.append(
                 RecipeChange(

@@ -206,15 +206,15 @@ def setup_llama_cpp(*, build: bool = True, cuda: bool | None = None, say: Callab
         raise LlamaCppError("building llama.cpp needs cmake and a C++ compiler on PATH")
     if cuda is None:
         cuda = shutil.which("nvcc") is not None and _gpu_visible()
-    build = root / "build"
-    say(f"configuring llama.cpp ({'CUDA' if cuda else 'CPU'}) in {build}")
+    build_dir = root / "build"
+    say(f"configuring llama.cpp ({'CUDA' if cuda else 'CPU'}) in {build_dir}")
     run_tool(
         [
             "cmake",
             "-S",
             str(tree),
             "-B",
-            str(build),
+            str(build_dir),
             "-DCMAKE_BUILD_TYPE=Release",
             "-DLLAMA_CURL=OFF",
             "-DLLAMA_BUILD_TESTS=OFF",
@@ -226,13 +226,15 @@ def setup_llama_cpp(*, build: bool = True, cuda: bool | None = None, say: Callab
         what="cmake configure",
     )
     say(f"building {', '.join(TOOLS)} (several minutes the first time)")
-    run_tool(["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)], what="cmake build")
+    run_tool(
+        ["cmake", "--build", str(build_dir), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)], what="cmake build"
+    )
     (root / _BUILT_MARKER).write_text(version + "\n")
     found = find_llama_cpp()
     assert found is not None
     missing = [t for t in TOOLS if not found.tool(t)]
     if missing:
-        raise LlamaCppError(f"the build finished but {', '.join(missing)} were not produced in {build / 'bin'}")
+        raise LlamaCppError(f"the build finished but {', '.join(missing)} were not produced in {build_dir / 'bin'}")
     say("llama.cpp tools ready")
     return found
 

@@ -53,7 +53,7 @@ def needs_imatrix(gguf_type: str) -> bool:
 class GGUFParams(MethodParams):
     axes: ClassVar[tuple[str, ...]] = ("type",)
 
-    type: GGUFType = Field(
+    type: GGUFType = Field(  # type: ignore[valid-type]
         "q4_k_m",
         description="llama.cpp type, case-insensitive; Q4_K_M is the balanced default",
         json_schema_extra={"_ci": True},
@@ -68,7 +68,7 @@ class GGUFParams(MethodParams):
     @model_validator(mode="after")
     def _imatrix_for_iq(self) -> GGUFParams:
         if self.imatrix is False and needs_imatrix(self.type):
-            raise ValueError(f"GGUF type {self.type.upper()} needs an importance matrix; remove 'imatrix: false'")
+            raise ValueError(f"GGUF type {str(self.type).upper()} needs an importance matrix; remove 'imatrix: false'")
         return self
 
     @property

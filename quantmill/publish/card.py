@@ -214,7 +214,9 @@ def render_card(inputs: CardInputs):
         f"from `{Path(calibration['source']).name}` "
         f"(fingerprint `{calibration['fingerprint'][:16]}`)"
     )
-    row = next((r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {})
+    row: dict[str, Any] = next(
+        (r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {}
+    )
     versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
     training = (provenance.get("details") or {}).get("training")
     if training:  # QAT: the measured training cost and loss curve's ends

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -123,7 +123,7 @@ class LocalZoo:
         path = self.root / namespace / "collections" / f"{slug}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self._lock(f"{namespace}/collections/{slug}")):
-            data = json.loads(path.read_text()) if path.is_file() else {"title": title, "items": []}
+            data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"title": title, "items": []}
             data["items"] = [i for i in data["items"] if i["id"] != repo_id] + [{"id": repo_id, "note": note}]
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=2) + "\n")

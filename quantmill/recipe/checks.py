@@ -13,7 +13,7 @@ from quantmill.errors import RecipeProblem
 from quantmill.metrics import BUILTIN_METRICS, RULES_FOR_DIRECTION, Direction, metric_direction, split_task_metric
 from quantmill.modelinfo import ModelShape, find_model_dir, read_model_shape
 from quantmill.recipe.matrix import Variant
-from quantmill.recipe.schema import Recipe
+from quantmill.recipe.schema import GateRule, Recipe
 from quantmill.registry import did_you_mean
 from quantmill.yamlio import LocatedDocument
 
@@ -172,7 +172,9 @@ def check_gates(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, b
     for task in evaluation.tasks:
         produced += [f"{task}/{metric}" for metric in local.get(task, {})]
     problems: list[RecipeProblem] = []
-    sources = [(("gates", i), gate) for i, gate in enumerate(recipe.gates)]
+    sources: list[tuple[tuple[str | int, ...], GateRule]] = [
+        (("gates", i), gate) for i, gate in enumerate(recipe.gates)
+    ]
     seen = {id(gate) for _, gate in sources}
     for variant in variants:
         for gate in variant.gates:

@@ -48,7 +48,10 @@ def find_regressions(before: dict[str, Any], after: dict[str, Any]) -> list[Regr
                 or metric in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_gb")
             ):
                 continue  # timings and memory vary with machine load; they are reported, not flagged
-            change = value["value"] - old_metrics[metric]["value"]
+            new_value, old_value = value["value"], old_metrics[metric]["value"]
+            if new_value is None or old_value is None:
+                continue  # not measured in one of the runs: nothing to compare
+            change = new_value - old_value
             worse = change < 0 if direction == "higher" else change > 0
             errors = [e for e in (value.get("stderr"), old_metrics[metric].get("stderr")) if e is not None]
             noise = math.sqrt(sum(e * e for e in errors)) if errors else 0.0
