@@ -24,6 +24,7 @@ from quantmill.evaluation.results import EvaluationResult
 from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys
 from quantmill.recipe import load_recipe
 from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
+from quantmill.redact import redact
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
@@ -47,7 +48,7 @@ def _error(future: PrefectFuture) -> str | None:
         future.result(raise_on_failure=True)
     except Exception as exc:  # noqa: BLE001 -- the task's own exception, re-raised by Prefect
         return describe_error(exc)
-    return describe_error(RuntimeError(f"{state.name}: {state.message or 'no result'}"))
+    return redact(f"{state.name}: {state.message or 'no result'}")
 
 
 def _evaluation(future: PrefectFuture) -> EvaluationResult | None:
@@ -126,8 +127,9 @@ def _record_variant(run: RecipeRun, variant, quantized: PrefectFuture, evaluated
 def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
     """Publish every passing variant, each as one commit (a task with retries); related repos link to each other."""
     publication = run.publication(publish, target)
-    for variant_id in publication.variant_ids if publication else []:
-        assert publication is not None
+    if publication is None:
+        return
+    for variant_id in publication.variant_ids:
         future = publish_task.submit(run.loaded, run.record, variant_id, publication.target, publication.related)
         error = _error(future)
         run.record_publish(
