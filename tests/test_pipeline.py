@@ -86,3 +86,14 @@ def test_a_run_records_each_outcome_as_it_happens_and_regressions_against_the_la
     assert outcomes[0] == []
     assert {(r.variant, r.what) for r in outcomes[1]} == {("bnb-int8", "verdict"), ("bnb-int8", "tiny_world_mc/acc")}
     assert run.run.read_record().regressions == outcomes[1]
+
+
+def test_the_core_the_record_and_the_shared_helpers_import_no_prefect():
+    import subprocess
+    import sys
+
+    modules = "quantmill.pipeline, quantmill.record, quantmill.publish.publish_run, quantmill.report.render"
+    helpers = "quantmill.testing.recipes, quantmill.testing.fuzzing, quantmill.testing.prefect_server"
+    code = f"import sys, {modules}, {helpers}; print('prefect' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.strip() == "False"
