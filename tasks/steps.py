@@ -152,7 +152,7 @@ def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
 
 
 def _result_storage(recipe_name: str, folder: Path) -> str:
-    """A saved local-file-system block for the recipe's results (Prefect needs it saved for worker processes)."""
+    """A saved local-file-system block for the recipe's results folder (Prefect needs it saved)."""
     name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name)
     LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
     return f"local-file-system/{name}"
