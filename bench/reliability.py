@@ -25,7 +25,7 @@ SENTINEL = "hf_SENTINEL_reliability_0123456789"
 
 
 def fuzz_recipes(cases: int, seed: int) -> dict:
-    from tests.recipe.fuzzing import fuzz
+    from quantmill.testing.fuzzing import fuzz
 
     tracebacks = 0
     counts = {"valid": 0, "error": 0}
@@ -39,12 +39,20 @@ def fuzz_recipes(cases: int, seed: int) -> dict:
     return {"cases": cases, **counts, "tracebacks": tracebacks}
 
 
+def _records(runs: Path) -> list:
+    """Every run record in the store, oldest run first (raises RunStoreError if one does not read)."""
+    from quantmill.runstore import Run
+
+    return [Run(results.parent).read_record() for results in sorted(runs.glob("*/*/results.json"))]
+
+
 def _finished(runs: Path) -> set[str]:
     """Variants a (killed) run had recorded as finished, read from its results.json."""
+    from quantmill.record import VariantStatus
+
     done: set[str] = set()
-    for results in runs.glob("*/*/results.json"):
-        variants = json.loads(results.read_text()).get("variants", {})
-        done |= {v for v, entry in variants.items() if entry.get("status") in ("passed", "failed")}
+    for record in _records(runs):
+        done |= {v for v, entry in record.variants.items() if entry.status != VariantStatus.PENDING}
     return done
 
 
@@ -55,7 +63,8 @@ def kill_points(points: int, seed: int, work: Path) -> dict:
     finished, every results.json parses, and no incomplete output folder stands where
     a complete one belongs.
     """
-    from tests.flows.conftest import fast_recipe
+    from quantmill.errors import RunStoreError
+    from quantmill.testing.recipes import fast_recipe
 
     recipe = work / "recipe.yaml"
     recipe.write_text(
@@ -86,22 +95,21 @@ def kill_points(points: int, seed: int, work: Path) -> dict:
         process.wait()
         try:
             before = _finished(runs)
-        except ValueError:
+        except RunStoreError:
             before, problems = set(), [*problems, f"point {point}: results.json unreadable after the kill"]
         rerun = subprocess.run(command, env=point_env, capture_output=True, text=True)
         why = []
         printed_leaks += SENTINEL in rerun.stdout + rerun.stderr
         if rerun.returncode != 0:
             why.append(f"rerun exit {rerun.returncode}: {rerun.stderr[-300:]}")
-        for results in runs.glob("*/*/results.json"):
-            try:
-                json.loads(results.read_text())
-            except ValueError:
-                why.append(f"{results} does not parse")
-        latest = max(runs.glob("*/*/results.json"), key=lambda p: p.parent.name, default=None)
-        if latest is not None:
-            variants = json.loads(latest.read_text()).get("variants", {})
-            redone = [v for v in before if variants.get(v, {}).get("cached") != {"quantize": True, "evaluate": True}]
+        try:
+            records = _records(runs)
+        except RunStoreError as exc:
+            why.append(str(exc))
+            records = []
+        if records:
+            latest = records[-1].variants
+            redone = [v for v in before if v not in latest or not latest[v].fully_cached]
             if redone:
                 why.append(f"finished before the kill but redone: {redone}")
         for artifact in (runs / "flowtest" / "artifacts").glob("*"):

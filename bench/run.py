@@ -83,21 +83,11 @@ def flow_run(recipe: Path, runs: Path, **kwargs) -> dict:
 
 
 def plain_run(recipe: Path, runs: Path) -> dict:
-    """The same library calls the flow makes, in sequence, with no orchestration."""
-    from quantmill import stages
-    from quantmill.recipe import load_recipe
-    from quantmill.resolve import resolve_model
+    """The same steps as the flow, in sequence, with no orchestration (``quantmill.pipeline.run_sequential``)."""
+    from quantmill.pipeline import run_sequential
 
-    loaded = load_recipe(recipe)
-    resolved = resolve_model(loaded)
-    calibration = stages.prepare_calibration(loaded, resolved)
-    baseline = stages.evaluate_baseline(loaded, resolved, "cpu")
-    verdicts = {}
-    for variant in loaded.variants:
-        artifact = stages.quantize_one(loaded, variant, resolved, calibration, "cpu", runs / variant.id)
-        result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
-        verdicts[variant.id] = stages.gate_variant(variant, result, baseline).status
-    return verdicts
+    record = run_sequential(recipe, runs_dir=runs).record
+    return {variant: entry.status.value for variant, entry in record.variants.items()}
 
 
 def overhead(work: Path, repeats: int) -> dict:
@@ -296,7 +286,7 @@ def main() -> None:
         plain_run(args.plain, Path(os.environ["QUANTMILL_RUNS_DIR"]))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    from tests.prefectserver import start_prefect_server
+    from quantmill.testing.prefect_server import start_prefect_server
 
     summary: dict = {}
     with tempfile.TemporaryDirectory(prefix="quantmill-bench-") as tmp:

@@ -3,7 +3,8 @@
 Deployments: ``nightly-zoo`` runs :func:`~quantmill.flows.zoo.zoo` over a recipes
 folder on a cron schedule, and every recipe with its own ``schedule:`` gets a
 ``recipe-<name>`` deployment on that schedule (the zoo then skips it). They run
-on a process work pool, created if missing; ``infra/`` holds Docker and
+on a process work pool, created if missing (the schedule and pool default to
+``quantmill.settings``); ``infra/`` holds Docker and
 Kubernetes GPU pool templates for production.
 """
 
@@ -18,10 +19,9 @@ from prefect.flows import Flow
 
 from quantmill.errors import RecipeError
 from quantmill.recipe import load_recipe
+from quantmill.settings import get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_POOL = "quantmill-local"
-NIGHTLY_CRON = "0 2 * * *"
 
 
 def ensure_process_pool(name: str) -> None:
@@ -33,9 +33,11 @@ def ensure_process_pool(name: str) -> None:
 
 
 def deploy(
-    recipes_dir: Path, *, work_pool: str = DEFAULT_POOL, zoo_cron: str = NIGHTLY_CRON, source: Path = PROJECT_ROOT
+    recipes_dir: Path, *, work_pool: str | None = None, zoo_cron: str | None = None, source: Path = PROJECT_ROOT
 ) -> dict[str, str]:
     """Create or update the deployments; returns ``{deployment name: cron}``.
+
+    ``work_pool`` and ``zoo_cron`` default to the settings' ``work_pool`` and ``nightly_cron``.
 
     Raises:
         RecipeError: when a recipe in the folder is invalid (nothing is registered then).
@@ -49,6 +51,8 @@ def deploy(
             problems.extend(exc.problems)
     if problems:
         raise RecipeError(problems)
+    work_pool = work_pool or get_settings().work_pool
+    zoo_cron = zoo_cron or get_settings().nightly_cron
     ensure_process_pool(work_pool)
     registered = {}
     zoo = Flow.from_source(source=str(source), entrypoint="flows/zoo.py:zoo")

@@ -1,50 +1,41 @@
 """The recipe flow: resolve → baseline once → per variant quantize → evaluate → gate → publish.
 
-Thin by design: the flow only wires tasks together and records their outcomes
-in the run store; every decision lives in the library.
+Thin by design: the flow only wires tasks (``tasks/steps.py``) around a
+``quantmill.pipeline.RecipeRun``, which holds every decision (keys, cache repair,
+slot policy, error precedence, the record, publish links, regressions).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import FlowRunContext
-from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from quantmill import cachekeys
 from quantmill.errors import QuantmillError
-from quantmill.gates import Verdict
-from quantmill.pipeline import select_variants, start_run
-from quantmill.plan import variant_setting
+from quantmill.evaluation.results import EvaluationResult
+from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys
 from quantmill.recipe import load_recipe
+from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
 from quantmill.redact import redact
-from quantmill.report.render import write_report
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
 from quantmill.tasks.limits import MACHINE_LIMITS_ENV, ensure_limit, hold_slot, limit_name
 from quantmill.tasks.steps import (
-    baseline_task,
     calibration_task,
-    evaluate_task,
     gate_task,
     publish_task,
-    quantize_task,
     resolve_model_task,
+    steps_cached_in,
 )
-
-log = logging.getLogger(__name__)
 
 
 def _error(future: PrefectFuture) -> str | None:
@@ -56,38 +47,12 @@ def _error(future: PrefectFuture) -> str | None:
     try:
         future.result(raise_on_failure=True)
     except Exception as exc:  # noqa: BLE001 -- the task's own exception, re-raised by Prefect
-        return redact(f"{type(exc).__name__}: {exc}")
+        return describe_error(exc)
     return redact(f"{state.name}: {state.message or 'no result'}")
 
 
-def result_storage(recipe_name: str, folder: Path) -> str:
-    """A saved local-file-system block for the recipe's cache folder (Prefect needs it saved)."""
-    name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name)
-    LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
-    return f"local-file-system/{name}"
-
-
-def discard_unreadable_cache_entry(cache: Path, key: str) -> bool:
-    """Delete a cache entry whose record or result does not parse, so the step runs again.
-
-    Prefect fails a task whose cached result cannot be read instead of recomputing
-    it; a crash or a full disk while writing must not poison a key forever.
-    Returns whether an entry was discarded.
-    """
-    import json
-
-    record = cache / "keys" / key
-    if not record.exists():
-        return False
-    try:
-        storage_key = json.loads(record.read_text())["storage_key"]
-        result = Path(storage_key) if Path(storage_key).is_absolute() else cache / "results" / storage_key
-        json.loads(result.read_text())
-        return False
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("discarding unreadable cache entry %s; the step will run again", key[:12])
-        record.unlink(missing_ok=True)
-        return True
+def _evaluation(future: PrefectFuture) -> EvaluationResult | None:
+    return EvaluationResult.from_dict(future.result()) if _error(future) is None else None
 
 
 def _cached(future: PrefectFuture) -> bool:
@@ -104,189 +69,87 @@ def quantize_evaluate_publish(
     target: str | None = None,
     inputs_fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Run one recipe end to end and return its results (also written to ``results.json``).
+    """Run one recipe end to end; returns its record as ``results.json`` holds it, plus ``run_path``.
 
     Args:
         recipe_path: the recipe file.
         only: variant ids to run (default: all).
         runs_dir: the run store (default: ``QUANTMILL_RUNS_DIR``).
         heavy_slots: size of the heavy-task concurrency limit (default: an existing
-            limit keeps its size; a new one gets the visible GPUs on CUDA, 1 on the CPU).
+            limit keeps its size; a new one gets the visible GPUs on CUDA, ``QUANTMILL_CPU_HEAVY_SLOTS`` on the CPU).
         publish: publish the variants that pass (to the recipe's target).
         target: ``local`` or ``hub``, overriding the recipe's publish target.
         inputs_fingerprint: what the zoo flow compares to decide whether a recipe changed.
     """
-    logger = get_run_logger()
     loaded = load_recipe(recipe_path)
-    selected = [loaded.variant(v) for v in select_variants(loaded, only)]
-    store = RunStore(Path(runs_dir) if runs_dir else get_settings().runs_dir)
-    run = start_run(Path(recipe_path), only=only, store=store)
-    results = run.read_results()
-    results["status"] = "running"
-    results["inputs_fingerprint"] = inputs_fingerprint
-    run.write_results(results)
-
+    run = start_run(loaded, only, RunStore(Path(runs_dir)) if runs_dir else None, inputs_fingerprint=inputs_fingerprint)
+    run.logger = get_run_logger()
     device = resolve_device(loaded.recipe.device)
     limit = limit_name(device)
     ensure_limit(limit, heavy_slots)
-    cache = (store.recipe_dir(loaded.name) / ".cache").resolve()
-    artifacts = store.recipe_dir(loaded.name) / "artifacts"
-
     resolved = resolve_model_task(loaded)
-    results["model"] = {"id": resolved.id, "revision": resolved.revision}
-    results["device"] = device
+    run.begin(device, resolved)
     calibration = calibration_task(loaded, resolved) if loaded.recipe.calibration.dataset else None
-    fingerprint = calibration.fingerprint if calibration else None
-    data = cachekeys.evaluation_data_fingerprint(loaded)
-    dtype = loaded.recipe.model.dtype
-    evaluation = loaded.recipe.evaluation
+    keys = step_keys(loaded, run.variants, resolved, calibration, device)
+    all_cached = run.prepare_cache(keys)
+    steps = steps_cached_in(run.cache_dir, loaded.name)
+    in_process = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+    slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
+    with hold_slot(slots.run):
+        baseline = steps.baseline.submit(loaded, resolved, device, slots.task, cache_key=keys.baseline)
+        branches = {}
+        for variant in run.variants:
+            out_dir = run.artifact_dir(variant, keys)
+            args = (loaded, variant, resolved, calibration, device, out_dir, slots.task)
+            quantized = steps.quantize.submit(*args, cache_key=keys.quantize[variant.id])
+            evaluated = steps.evaluate.submit(
+                loaded, variant, quantized, device, slots.task, cache_key=keys.evaluate[variant.id]
+            )
+            branches[evaluated] = (variant, quantized)
+        run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
+        for evaluated in as_completed(list(branches)):
+            _record_variant(run, *branches[evaluated], evaluated)
+    _publish_passed(run, publish, target)
+    run.finish()
+    _publish_artifacts(run)
+    return run.record.to_json() | {"run_path": str(run.path)}
 
-    storage = result_storage(loaded.name, cache / "results")
 
-    def cached(task, key: str):
-        policy = CacheKeyFnPolicy(cache_key_fn=lambda *_: key).configure(key_storage=cache / "keys")
-        return task.with_options(
-            cache_policy=policy, persist_result=True, result_storage=storage, result_serializer="json"
+def _record_variant(run: RecipeRun, variant, quantized: PrefectFuture, evaluated: PrefectFuture) -> None:
+    error = run.variant_error(_error(quantized), _error(evaluated))
+    evaluation = _evaluation(evaluated)
+    verdict = gate_task(variant, evaluation, run.record.baseline_evaluation(), error)
+    artifact = Path(quantized.result()["path"]) if _error(quantized) is None else None
+    cached = CachedSteps(quantize=_cached(quantized), evaluate=_cached(evaluated))
+    run.record_variant(variant, error=error, artifact=artifact, evaluation=evaluation, verdict=verdict, cached=cached)
+
+
+def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
+    """Publish every passing variant, each as one commit (a task with retries); related repos link to each other."""
+    publication = run.publication(publish, target)
+    if publication is None:
+        return
+    for variant_id in publication.variant_ids:
+        future = publish_task.submit(run.loaded, run.record, variant_id, publication.target, publication.related)
+        error = _error(future)
+        run.record_publish(
+            variant_id, future.result() if error is None else PublishOutcome(status=PublishStatus.FAILED, error=error)
         )
 
-    baseline_key = cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data)
-    keys = {}
-    for variant in selected:
-        q_key = cachekeys.quantize_key(resolved.revision, variant, fingerprint, dtype, device)
-        keys[variant.id] = (q_key, cachekeys.evaluation_key(q_key, variant, evaluation, device, data))
-    every_key = [baseline_key, *(key for pair in keys.values() for key in pair)]
-    for key in every_key:
-        discard_unreadable_cache_entry(cache, key)
-    all_cached = all((cache / "keys" / key).exists() for key in every_key)
 
-    # Tasks in this process take turns on the heavy work anyway (one heavy thread per
-    # process, see tasks/steps.py), so the run holds one slot of the global limit while
-    # they compute, instead of each task taking its own: on Prefect's SQLite server a
-    # slot asked for right after one was given back is often refused ("database is
-    # locked", retried after ~2 s), which cost 14 × 2 s on a 7-variant run. A run
-    # with everything cached holds none. Tasks in other processes (Dask) take their own.
-    in_process = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
-    task_limit = None if in_process else limit
-    with hold_slot(limit if in_process and not all_cached else None):
-        baseline_future = cached(baseline_task, baseline_key).submit(loaded, resolved, device, task_limit)
-        branches: dict[PrefectFuture, tuple[str, str]] = {}
-        quantized: dict[str, PrefectFuture] = {}
-        for variant in selected:
-            q_key, e_key = keys[variant.id]
-            out_dir = artifacts / f"{variant.id}-{q_key[:12]}"
-            q_future = cached(quantize_task, q_key).submit(
-                loaded, variant, resolved, calibration, device, out_dir, task_limit
-            )
-            e_future = cached(evaluate_task, e_key).submit(loaded, variant, q_future, device, task_limit)
-            quantized[variant.id] = q_future
-            branches[e_future] = (variant.id, variant.method)
-
-        baseline_error = _error(baseline_future)
-        baseline = baseline_future.result() if baseline_error is None else None
-        results["baseline"] = {"evaluation": baseline, "error": baseline_error, "cached": _cached(baseline_future)}
-        run.write_results(results)
-
-        verdicts: dict[str, Verdict] = {}
-        for e_future in as_completed(list(branches)):
-            variant_id, method = branches[e_future]
-            variant = loaded.variant(variant_id)
-            q_future = quantized[variant_id]
-            error = (
-                _error(q_future)
-                or _error(e_future)
-                or (f"baseline failed: {baseline_error}" if baseline_error else None)
-            )
-            evaluation_result = e_future.result() if _error(e_future) is None else None
-            verdict = gate_task(variant, evaluation_result, baseline, error)
-            verdicts[variant_id] = verdict
-            entry = results["variants"][variant_id]
-            entry.update(
-                status=verdict.status,
-                setting=variant_setting(variant),
-                error=error,
-                artifact=q_future.result()["path"] if _error(q_future) is None else None,
-                evaluation=evaluation_result,
-                verdict=verdict.to_dict(),
-                cached={"quantize": _cached(q_future), "evaluate": _cached(e_future)},
-            )
-            if error:
-                logger.error("variant %s failed: %s", variant_id, error)
-            else:
-                logger.info("variant %s %s", variant_id, verdict.status)
-            run.write_results(results)
-
-    publish_to = (target or loaded.recipe.publish.target) if publish else "none"
-    if publish_to != "none":
-        _publish_passed(loaded, results, publish_to, run)
-    results["status"] = "completed"
-    results["finished"] = datetime.now(UTC).isoformat()
-    previous = _previous_results(store, loaded.name, run.run_id)
-    regressions = write_report(run.path, results, previous)
-    results["regressions"] = [r.to_dict() for r in regressions]
-    run.write_results(results)
-    _publish_artifacts(results, run.path)
-    return run.read_results() | {"run_path": str(run.path)}
-
-
-def _previous_results(store: RunStore, recipe: str, current: str) -> dict[str, Any] | None:
-    """The latest earlier run of the recipe that completed, for regression checks."""
-    for earlier in reversed(store.runs(recipe)):
-        if earlier.run_id >= current:
-            continue
-        try:
-            results = earlier.read_results()
-        except Exception:  # an unreadable old run is skipped, not fatal  # noqa: BLE001
-            continue
-        if results.get("status") == "completed":
-            return results
-    return None
-
-
-def _publish_artifacts(results: dict[str, Any], run_path: Path) -> None:
+def _publish_artifacts(run: RecipeRun) -> None:
     """A table artifact (variant × metrics × verdict) and the markdown report, for the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from quantmill.report.render import COLUMNS, rows
 
-    key = re.sub(r"[^a-z0-9-]", "-", f"quantmill-{results['recipe']}")
+    record = run.record
+    key = re.sub(r"[^a-z0-9-]", "-", f"quantmill-{record.recipe}")
+    description = f"{record.recipe} run {record.run_id}"
     create_table_artifact(
-        [dict(zip(COLUMNS, row, strict=True)) for row in rows(results)],
-        key=f"{key}-table",
-        description=f"{results['recipe']} run {results['run_id']}",
+        [dict(zip(COLUMNS, row, strict=True)) for row in rows(record)], key=f"{key}-table", description=description
     )
-    create_markdown_artifact(
-        (run_path / "report.md").read_text(),
-        key=f"{key}-report",
-        description=f"{results['recipe']} run {results['run_id']}",
-    )
-
-
-def _publish_passed(loaded, results: dict[str, Any], publish_to: str, run) -> None:
-    """Publish every passing variant, each as one commit; related repos link to each other."""
-    from quantmill.publish.publisher import make_target, publishable, repo_id_for
-
-    target = make_target(loaded, publish_to)
-    passed = publishable(results["variants"])
-    related = [
-        {"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))), "note": results["variants"][v]["method"]}
-        for v in passed
-    ]
-    for variant_id in passed:
-        future = publish_task.submit(
-            loaded,
-            loaded.variant(variant_id),
-            results["variants"][variant_id],
-            results["baseline"]["evaluation"],
-            results["model"]["revision"],
-            publish_to,
-            run.run_id,
-            related,
-        )
-        error = _error(future)
-        results["variants"][variant_id]["publish"] = (
-            future.result() if error is None else {"status": "failed", "error": error}
-        )
-        run.write_results(results)
+    create_markdown_artifact((run.path / "report.md").read_text(), key=f"{key}-report", description=description)
 
 
 def run_recipe(
@@ -294,16 +157,16 @@ def run_recipe(
     *,
     only: list[str] | None = None,
     runs_dir: str | None = None,
-    workers: int = 4,
+    workers: int | None = None,
     processes: int | None = None,
     heavy_slots: int | None = None,
     publish: bool = True,
     target: str | None = None,
     task_runner=None,
 ) -> dict[str, Any]:
-    """Run the recipe flow.
+    """Run the recipe flow; returns what the flow returns.
 
-    Tasks run in ``workers`` threads of this process, where heavy steps take turns;
+    Tasks run in ``workers`` threads of this process (default: ``QUANTMILL_WORKERS``), where heavy steps take turns;
     ``processes`` runs them in that many Dask worker processes instead, so heavy
     steps run in parallel (up to ``heavy_slots``, default ``processes``); or pass
     any ``task_runner``.
@@ -319,7 +182,7 @@ def run_recipe(
                 target=target,
                 task_runner=process_task_runner(processes),
             )
-    runner = task_runner or ThreadPoolTaskRunner(max_workers=workers)
+    runner = task_runner or ThreadPoolTaskRunner(max_workers=workers or get_settings().workers)
     return quantize_evaluate_publish.with_options(task_runner=runner)(
         recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots, publish=publish, target=target
     )

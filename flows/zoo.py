@@ -17,8 +17,10 @@ from prefect import flow, get_run_logger
 from quantmill import cachekeys
 from quantmill.errors import QuantmillError
 from quantmill.flows.recipe import quantize_evaluate_publish
+from quantmill.pipeline import latest_completed
 from quantmill.recipe import load_recipe
-from quantmill.runstore import RunStore
+from quantmill.record import VariantStatus
+from quantmill.runstore import Run, RunStore
 from quantmill.settings import get_settings
 from quantmill.tasks.steps import resolve_model_task
 
@@ -29,14 +31,9 @@ def inputs_fingerprint(recipe_text: str, revision: str) -> str:
 
 
 def last_fingerprint(store: RunStore, recipe: str) -> str | None:
-    for run in reversed(store.runs(recipe)):
-        try:
-            results = run.read_results()
-        except QuantmillError:
-            continue
-        if results.get("status") == "completed":
-            return results.get("inputs_fingerprint")
-    return None
+    """The inputs fingerprint of the recipe's latest completed run."""
+    previous = latest_completed(store, recipe)
+    return previous.inputs_fingerprint if previous else None
 
 
 @flow(name="quantmill-zoo")
@@ -67,9 +64,10 @@ def zoo(
             logger.info("%s: unchanged since its last run", path.name)
             outcomes[path.name] = {"status": "unchanged"}
             continue
-        results = quantize_evaluate_publish(
+        ran = quantize_evaluate_publish(
             str(path), runs_dir=str(store.root), publish=publish, inputs_fingerprint=fingerprint
         )
-        failed = sorted(v for v, e in results["variants"].items() if e.get("status") != "passed")
-        outcomes[path.name] = {"status": "ran", "run": results["run_id"], "failed": failed}
+        record = Run(Path(ran["run_path"])).read_record()
+        failed = sorted(v for v, e in record.variants.items() if e.status != VariantStatus.PASSED)
+        outcomes[path.name] = {"status": "ran", "run": record.run_id, "failed": failed}
     return outcomes

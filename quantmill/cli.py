@@ -14,12 +14,17 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from quantmill import __version__
 from quantmill.errors import QuantmillError, RecipeError
+from quantmill.settings import get_settings
+
+if TYPE_CHECKING:
+    from quantmill.record import RunRecord
 
 console = Console()
 err_console = Console(stderr=True)
@@ -72,7 +77,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from quantmill.recipe import load_recipe
     from quantmill.resolve import resolve_device
     from quantmill.runstore import RunStore
-    from quantmill.settings import get_settings
 
     loaded = load_recipe(args.recipe)
     cache = RunStore(get_settings().runs_dir).recipe_dir(loaded.name) / ".cache"
@@ -145,24 +149,21 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def render_results(results: dict) -> Table:
-    table = Table(title=f"{results.get('recipe')} — run {results.get('run_id')}")
+def render_results(record: RunRecord) -> Table:
+    table = Table(title=f"{record.recipe} — run {record.run_id}")
     for column in ("variant", "status", "key metrics", "cached", "why"):
         table.add_column(column, overflow="fold")
-    for variant_id, entry in results.get("variants", {}).items():
-        metrics = (entry.get("evaluation") or {}).get("metrics", {})
-        shown = ", ".join(f"{k}={v['value']:.4g}" for k, v in list(metrics.items())[:3])
-        verdict = entry.get("verdict") or {}
-        failed = [o for o in verdict.get("outcomes", []) if not o["passed"] and o["level"] == "required"]
-        why = entry.get("error") or "; ".join(f"{o['metric']} {o['rule']} {o['threshold']:g}" for o in failed)
-        cached = entry.get("cached") or {}
-        status = entry.get("status", "?")
-        color = {"passed": "green", "failed": "red"}.get(status, "yellow")
+    for variant_id, entry in record.variants.items():
+        metrics = entry.evaluation.metrics if entry.evaluation else {}
+        shown = ", ".join(f"{k}={v.value:.4g}" for k, v in list(metrics.items())[:3])
+        failed = entry.verdict.failed_rules if entry.verdict else []
+        why = entry.error or "; ".join(f"{o.metric} {o.rule} {o.threshold:g}" for o in failed)
+        color = {"passed": "green", "failed": "red"}.get(entry.status, "yellow")
         table.add_row(
             variant_id,
-            f"[{color}]{status}[/{color}]",
+            f"[{color}]{entry.status.value}[/{color}]",
             shown or "-",
-            "yes" if cached and all(cached.values()) else "no",
+            "yes" if entry.fully_cached else "no",
             why or "",
         )
     return table
@@ -172,8 +173,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from quantmill.errors import GateFailedError
     from quantmill.flows.recipe import run_recipe
+    from quantmill.record import VariantStatus
+    from quantmill.runstore import Run
 
-    results = run_recipe(
+    outcome = run_recipe(
         str(args.recipe),
         only=args.only,
         workers=args.workers,
@@ -181,9 +184,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         publish=not args.no_publish,
         target=args.target,
     )
-    console.print(render_results(results))
-    console.print(f"results: {results['run_path']}/results.json")
-    failed = [v for v, e in results["variants"].items() if e.get("status") != "passed"]
+    run = Run(Path(outcome["run_path"]))
+    record = run.read_record()
+    console.print(render_results(record))
+    console.print(f"results: {run.results_path}")
+    failed = [v for v, e in record.variants.items() if e.status != VariantStatus.PASSED]
     if failed:
         raise GateFailedError(f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
     return 0
@@ -192,8 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from quantmill.publish.publish_run import publish_run
 
-    for result in publish_run(args.run, force=args.force or [], target=args.target):
-        console.print(f"{result.variant}: {result.status} → {result.url}", highlight=False)
+    for outcome in publish_run(args.run, force=args.force or [], target=args.target):
+        console.print(f"{outcome.variant}: {outcome.status.value} → {outcome.url}", highlight=False)
     return 0
 
 
@@ -266,10 +271,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from quantmill.report.render import write_report
     from quantmill.runstore import Run
 
-    results = Run(args.run).read_results()
-    previous = Run(args.compare).read_results() if args.compare else None
-    regressions = write_report(args.run, results, previous)
-    console.print(render_results(results))
+    record = Run(args.run).read_record()
+    previous = Run(args.compare).read_record() if args.compare else None
+    regressions = write_report(args.run, record, previous)
+    console.print(render_results(record))
     for regression in regressions:
         console.print(
             f"[red]regression[/red] {regression.variant} {regression.what}: {regression.before} → "
@@ -312,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", cmd_run, "run a recipe (creates a run folder in the run store)")
     run.add_argument("recipe", type=Path)
     run.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
-    run.add_argument("--workers", type=int, default=4, help="concurrent tasks in this process (heavy ones take turns)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="concurrent tasks in this process, heavy ones taking turns (default: QUANTMILL_WORKERS, else 4)",
+    )
     run.add_argument(
         "--processes",
         type=int,
@@ -334,8 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = add("deploy", cmd_deploy, "register the nightly zoo and scheduled recipes with a Prefect server")
     deploy.add_argument("recipes", type=Path, nargs="?", default=Path("recipes"), help="folder of recipes")
-    deploy.add_argument("--work-pool", default="quantmill-local", help="process work pool (created if missing)")
-    deploy.add_argument("--cron", default="0 2 * * *", help="schedule of the nightly zoo run")
+    deploy.add_argument(
+        "--work-pool", help="process work pool, created if missing (default: QUANTMILL_WORK_POOL, else quantmill-local)"
+    )
+    deploy.add_argument(
+        "--cron", help="schedule of the nightly zoo run (default: QUANTMILL_NIGHTLY_CRON, else 0 2 * * *)"
+    )
 
     publish = add("publish", cmd_publish, "publish a finished run's passing variants (again, or to another target)")
     publish.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
@@ -364,8 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quantmill.settings import get_settings
-
     args = build_parser().parse_args(argv)
     from quantmill.redact import install_log_redaction, redact
 
@@ -376,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(redact(str(exc)), markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except QuantmillError as exc:
-        if get_settings().debug:
+        if _debugging():
             raise
         err_console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
         err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback[/dim]")
@@ -385,11 +396,19 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted")
         return 130
     except Exception as exc:  # a bug, not bad input: one line unless debugging
-        if get_settings().debug:
+        if _debugging():
             raise
         err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {redact(str(exc))}", highlight=False)
         err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback, and please report it[/dim]")
         return 1
+
+
+def _debugging() -> bool:
+    """``QUANTMILL_DEBUG=1``; off when the settings themselves are invalid (that error is shown plainly)."""
+    try:
+        return get_settings().debug
+    except QuantmillError:
+        return False
 
 
 def entry_point() -> None:

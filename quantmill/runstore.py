@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from quantmill.errors import RunStoreError
+from quantmill.record import RunRecord, parse_record
 
-RESULTS_SCHEMA_VERSION = 1
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -139,11 +139,12 @@ class Run:
     def mark_complete(self, variant_id: str, details: dict[str, Any] | None = None) -> None:
         atomic_write_json(self.variant_dir(variant_id) / COMPLETE_MARKER, details or {})
 
-    def read_results(self) -> dict[str, Any]:
-        return read_json(self.results_path)
+    def read_record(self) -> RunRecord:
+        """The run record in ``results.json`` (RunStoreError when missing, unreadable or of an unknown version)."""
+        return parse_record(read_json(self.results_path), self.results_path)
 
-    def write_results(self, results: dict[str, Any]) -> None:
-        atomic_write_json(self.results_path, {**results, "schema_version": RESULTS_SCHEMA_VERSION})
+    def write_record(self, record: RunRecord) -> None:
+        atomic_write_json(self.results_path, record.to_json())
 
 
 class RunStore:

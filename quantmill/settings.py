@@ -1,12 +1,20 @@
-"""quantmill's environment settings, read once, in one place (``QUANTMILL_*``)."""
+"""quantmill's settings and runtime defaults, read once, in one place (``QUANTMILL_*``).
+
+Every default a run, the CLI or a deployment uses (task workers, heavy slots,
+the nightly schedule, the work pool) is a field here, so there is one value to
+change. ``infra/prefect.yaml`` cannot import Python: a test keeps its values
+equal to these defaults.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from quantmill.errors import QuantmillError
 
 
 class Settings(BaseSettings):
@@ -19,6 +27,12 @@ class Settings(BaseSettings):
         llama_cpp_dir: a user's llama.cpp checkout (``LLAMA_CPP_DIR`` or ``QUANTMILL_LLAMA_CPP_DIR``).
         hub_timeout: seconds a Hub request may go without an answer before it fails and is
             retried (``QUANTMILL_HUB_TIMEOUT``; 0 leaves huggingface_hub's client as it is).
+        workers: concurrent tasks of a run in one process (``QUANTMILL_WORKERS``); heavy
+            ones take turns whatever the number.
+        cpu_heavy_slots: size of the ``cpu-heavy`` limit when a run creates it
+            (``QUANTMILL_CPU_HEAVY_SLOTS``); the ``gpu`` limit gets one slot per visible GPU.
+        nightly_cron: schedule of the nightly zoo deployment (``QUANTMILL_NIGHTLY_CRON``, UTC).
+        work_pool: the process work pool deployments run on (``QUANTMILL_WORK_POOL``).
     """
 
     model_config = SettingsConfigDict(env_prefix="QUANTMILL_", extra="ignore")
@@ -28,8 +42,19 @@ class Settings(BaseSettings):
     debug: bool = False
     hub_timeout: float = Field(60.0, ge=0)
     llama_cpp_dir: Path | None = Field(None, validation_alias=AliasChoices("QUANTMILL_LLAMA_CPP_DIR", "LLAMA_CPP_DIR"))
+    workers: int = Field(4, ge=1)
+    cpu_heavy_slots: int = Field(1, ge=1)
+    nightly_cron: str = "0 2 * * *"
+    work_pool: str = "quantmill-local"
 
 
 @cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment (raises QuantmillError naming an invalid variable)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"QUANTMILL_{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        raise QuantmillError(f"invalid environment setting: {problems}") from None

@@ -23,9 +23,9 @@ def limit_name(device: str) -> str:
 
 
 def default_slots(name: str) -> int:
-    """One slot per visible GPU; one heavy task at a time on the CPU (small machines)."""
+    """One slot per visible GPU; ``QUANTMILL_CPU_HEAVY_SLOTS`` on the CPU (default 1: small machines)."""
     if name != GPU_LIMIT:
-        return 1
+        return get_settings().cpu_heavy_slots
     import torch
 
     return max(1, torch.cuda.device_count())

@@ -1,9 +1,11 @@
 """Prefect tasks: each wraps exactly one library call from ``quantmill.stages``.
 
-Caching: every compute task has a cache key from ``quantmill.cachekeys`` (what
-determines its output) and persists its small, JSON-able result under the recipe's
-cache folder in the run store, so a rerun of an unchanged recipe executes no task
-body, and a run killed midway resumes from the finished steps.
+Caching: every compute task declares the :class:`StepKey` policy: its cache key
+is the ``cache_key`` argument the pipeline computed (``quantmill.pipeline.step_keys``:
+what determines the step's output). Its small, JSON-able result persists under the
+recipe's cache folder in the run store (:func:`steps_cached_in`), so a rerun of an
+unchanged recipe executes no task body, and a run killed midway resumes from the
+finished steps.
 
 Retries: network-bound steps (resolving/downloading the model) retry with
 exponential backoff; compute steps never retry blindly.
@@ -16,13 +18,17 @@ runner has. Parallel heavy work takes several processes (a Dask task runner).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prefect import task
-from prefect.cache_policies import NONE
+from prefect import Task, task
+from prefect.cache_policies import NONE, CachePolicy
+from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
 from prefect.tasks import exponential_backoff
 
 from quantmill import stages
@@ -32,6 +38,7 @@ from quantmill.gates import Verdict
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
+from quantmill.record import PublishOutcome, RunRecord
 from quantmill.resolve import ResolvedModel, resolve_model
 from quantmill.tasks.limits import hold_slot
 
@@ -63,6 +70,21 @@ def run_heavy(limit: str | None, call: Callable[..., T], *args: Any) -> T:
     return _HEAVY_THREAD.submit(with_slot).result()
 
 
+@dataclass
+class StepKey(CachePolicy):
+    """Cache by the key the pipeline computed for the step, passed as the task's ``cache_key`` argument."""
+
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        return inputs["cache_key"]
+
+
+def _cached_step(name: str):
+    """A compute task: cached by its ``cache_key`` argument, its result persisted as JSON."""
+    return task(name=name, cache_policy=StepKey(), persist_result=True, result_serializer="json")
+
+
 @task(
     name="resolve-model",
     retries=3,
@@ -79,12 +101,14 @@ def calibration_task(loaded: LoadedRecipe, resolved: ResolvedModel) -> Calibrati
     return stages.prepare_calibration(loaded, resolved)
 
 
-@task(name="evaluate-baseline", persist_result=True)
-def baseline_task(loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None) -> dict[str, Any]:
+@_cached_step("evaluate-baseline")
+def baseline_task(
+    loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None, cache_key: str
+) -> dict[str, Any]:
     return run_heavy(limit, stages.evaluate_baseline, loaded, resolved, device).to_dict()
 
 
-@task(name="quantize", persist_result=True)
+@_cached_step("quantize")
 def quantize_task(
     loaded: LoadedRecipe,
     variant: Variant,
@@ -93,29 +117,52 @@ def quantize_task(
     device: str,
     out_dir: Path,
     limit: str | None,
+    cache_key: str,
 ) -> dict[str, Any]:
     artifact = run_heavy(limit, stages.quantize_one, loaded, variant, resolved, calibration, device, out_dir)
     return {"path": str(artifact.path), "provenance": artifact.provenance}
 
 
-@task(name="evaluate", persist_result=True)
+@_cached_step("evaluate")
 def evaluate_task(
-    loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str, limit: str | None
+    loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str, limit: str | None, cache_key: str
 ) -> dict[str, Any]:
     path = read_artifact(Path(quantized["path"])).path  # a cached result must still point at a complete folder
     return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device).to_dict()
 
 
+@dataclass(frozen=True)
+class CachedTasks:
+    baseline: Task
+    quantize: Task
+    evaluate: Task
+
+
+def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
+    """The compute tasks, their cache keys and results stored in the recipe's cache folder (``keys/``, ``results/``)."""
+    storage = _result_storage(recipe_name, cache / "results")
+
+    def stored(step: Task) -> Task:
+        assert isinstance(step.cache_policy, StepKey)
+        return step.with_options(
+            cache_policy=step.cache_policy.configure(key_storage=cache / "keys"), result_storage=storage
+        )
+
+    return CachedTasks(stored(baseline_task), stored(quantize_task), stored(evaluate_task))
+
+
+def _result_storage(recipe_name: str, folder: Path) -> str:
+    """A saved local-file-system block for the recipe's results folder (Prefect needs it saved)."""
+    name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name)
+    LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
 @task(name="gate", cache_policy=NONE)
 def gate_task(
-    variant: Variant, result: dict[str, Any] | None, baseline: dict[str, Any] | None, error: str | None
+    variant: Variant, result: EvaluationResult | None, baseline: EvaluationResult | None, error: str | None
 ) -> Verdict:
-    return stages.gate_variant(
-        variant,
-        EvaluationResult.from_dict(result) if result else None,
-        EvaluationResult.from_dict(baseline) if baseline else None,
-        error,
-    )
+    return stages.gate_variant(variant, result, baseline, error)
 
 
 @task(
@@ -126,29 +173,10 @@ def gate_task(
     cache_policy=NONE,
 )
 def publish_task(
-    loaded: LoadedRecipe,
-    variant: Variant,
-    entry: dict[str, Any],
-    baseline: dict[str, Any] | None,
-    revision: str,
-    target: str,
-    run_id: str,
-    related: list[dict[str, str]],
-) -> dict[str, Any]:
+    loaded: LoadedRecipe, record: RunRecord, variant_id: str, target: str, related: list[dict[str, str]]
+) -> PublishOutcome:
     """Publishing is idempotent (content fingerprint), so retrying after a network error is safe."""
-    from quantmill.publish.publisher import make_target, publish_variant
+    from quantmill.publish.publish_run import publish_recorded
+    from quantmill.publish.publisher import make_target
 
-    result = publish_variant(
-        loaded,
-        variant,
-        artifact_path=Path(entry["artifact"]),
-        provenance=read_artifact(Path(entry["artifact"])).provenance,
-        evaluation=EvaluationResult.from_dict(entry["evaluation"]),
-        baseline=EvaluationResult.from_dict(baseline) if baseline else None,
-        verdict=Verdict.from_dict(entry["verdict"]),
-        revision=revision,
-        target=make_target(loaded, target),
-        run_id=run_id,
-        related=[link for link in related if link["name"] != variant.id],
-    )
-    return result.to_dict()
+    return publish_recorded(loaded, record, variant_id, make_target(loaded, target), related)

@@ -1,21 +1,19 @@
-"""Shared test fixtures: the repo's paths and recipe writing helpers."""
+"""Shared test fixtures: the repo's paths, recipe writing, a Prefect test server (helpers are in tests/support/)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from quantmill.testing.recipes import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_MODEL = REPO / "quantmill" / "demo" / "tiny-llama"
-DEMO_TASKS = REPO / "quantmill" / "demo" / "lm_eval_tasks"
-DEMO_DATA = DEMO_TASKS / "tiny_world" / "data"
 STORIES = REPO.parent / "shared" / "models" / "stories260K"
 
 
@@ -69,55 +67,3 @@ def prefect_server(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-@dataclass
-class Made:
-    """One variant after quantize → evaluate → gate."""
-
-    variant: object
-    artifact: object
-    result: object
-    verdict: object
-
-
-@dataclass
-class Staged:
-    loaded: object
-    resolved: object
-    baseline: object
-    variants: dict[str, Made]
-
-
-def run_stages(recipe_text: str, folder: Path, *, baseline: bool = True) -> Staged:
-    """The pipeline's library calls in sequence for a recipe (what the flow does, minus Prefect)."""
-    from quantmill import stages
-    from quantmill.recipe import load_recipe
-    from quantmill.resolve import resolve_model
-
-    (folder / "recipe.yaml").write_text(recipe_text)
-    loaded = load_recipe(folder / "recipe.yaml")
-    resolved = resolve_model(loaded)
-    calibration = stages.prepare_calibration(loaded, resolved)
-    measured_baseline = stages.evaluate_baseline(loaded, resolved, "cpu") if baseline else None
-    made = {}
-    for variant in loaded.variants:
-        artifact = stages.quantize_one(loaded, variant, resolved, calibration, "cpu", folder / "artifacts" / variant.id)
-        result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
-        made[variant.id] = Made(variant, artifact, result, stages.gate_variant(variant, result, measured_baseline))
-    return Staged(loaded, resolved, measured_baseline, made)
-
-
-def lm_eval_directly(task: str) -> dict:
-    """``lm_eval.simple_evaluate`` on the demo model with no quantmill in between."""
-    import torch
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL, dtype=torch.float32)
-    lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(DEMO_MODEL), batch_size=16)
-    return simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(DEMO_TASKS)))["results"][
-        task
-    ]

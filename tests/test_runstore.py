@@ -11,7 +11,9 @@ import pytest
 from quantmill.cli import main
 from quantmill.errors import RunStoreError
 from quantmill.pipeline import start_run
-from quantmill.runstore import RESULTS_SCHEMA_VERSION, RunStore, atomic_write_json, new_run_id
+from quantmill.recipe import load_recipe
+from quantmill.record import SCHEMA_VERSION, RunStatus, VariantStatus
+from quantmill.runstore import RunStore, atomic_write_json, new_run_id
 from tests.conftest import REPO
 
 
@@ -52,13 +54,15 @@ def test_run_ids_sort_by_time_and_do_not_collide():
 
 def test_start_run_lays_out_the_run_folder(tmp_path):
     store = RunStore(tmp_path / "runs")
-    run = start_run(REPO / "recipes" / "demo.yaml", only=["bnb-int8", "gguf-q8_0"], store=store)
+    run = start_run(load_recipe(REPO / "recipes" / "demo.yaml"), only=["bnb-int8", "gguf-q8_0"], store=store).run
     assert run.path.parent == tmp_path / "runs" / "demo"
     assert (run.path / "recipe.yaml").read_text() == (REPO / "recipes" / "demo.yaml").read_text()
     assert json.loads((run.path / "plan.json").read_text())["recipe"] == "demo"
-    results = run.read_results()
-    assert results["schema_version"] == RESULTS_SCHEMA_VERSION
-    assert list(results["variants"]) == ["bnb-int8", "gguf-q8_0"]
+    assert json.loads(run.results_path.read_text())["schema_version"] == SCHEMA_VERSION
+    record = run.read_record()
+    assert record.status is RunStatus.PLANNED
+    assert list(record.variants) == ["bnb-int8", "gguf-q8_0"]
+    assert {v.status for v in record.variants.values()} == {VariantStatus.PENDING}
     assert (run.path / "variants").is_dir() and (run.path / "logs").is_dir()
     assert store.latest("demo") == run
     assert not run.is_complete("bnb-int8")

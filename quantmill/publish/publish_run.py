@@ -1,57 +1,82 @@
-"""Publishing a finished run from its folder: ``quantmill publish RUN [--force VARIANT]``."""
+"""Publishing from a run record: one variant as the pipeline does it, or a finished run's folder.
+
+:func:`publish_recorded` publishes one variant from what its run recorded (its
+output folder, evaluation and verdict); the pipeline calls it for every passing
+variant, and ``quantmill publish RUN [--force VARIANT]`` (:func:`publish_run`)
+for a finished run's.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from quantmill.errors import PublishError
-from quantmill.evaluation.results import EvaluationResult
-from quantmill.gates import Verdict
-from quantmill.publish.publisher import PublishResult, make_target, publish_variant, publishable, repo_id_for
+from quantmill.publish.publisher import make_target, publish_variant, publishable, repo_id_for
+from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
 from quantmill.recipe import load_recipe
+from quantmill.recipe.load import LoadedRecipe
+from quantmill.record import PublishOutcome, RunRecord
 from quantmill.runstore import Run
 
 
-def publish_run(run_path: Path, *, force: list[str], target: str | None = None) -> list[PublishResult]:
+def related_links(loaded: LoadedRecipe, record: RunRecord, variant_ids: list[str], target: Target) -> list[dict]:
+    """The repos published together, so each card links to the others (each card leaves itself out)."""
+    return [
+        {"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))), "note": record.variants[v].method}
+        for v in variant_ids
+    ]
+
+
+def publish_recorded(
+    loaded: LoadedRecipe,
+    record: RunRecord,
+    variant_id: str,
+    target: Target,
+    related: list[dict],
+    *,
+    force: bool = False,
+) -> PublishOutcome:
+    """Publish one variant of ``record`` (see :func:`~quantmill.publish.publisher.publish_variant`).
+
+    Raises:
+        PublishError: the variant has no output or evaluation, did not pass (unless
+            ``force``), or the target refused the commit.
+    """
+    entry = record.variants[variant_id]
+    if entry.artifact is None or entry.evaluation is None or entry.verdict is None or record.model is None:
+        raise PublishError(f"{variant_id} has no quantized output or evaluation to publish ({entry.error})")
+    return publish_variant(
+        loaded,
+        loaded.variant(variant_id),
+        artifact_path=entry.artifact,
+        provenance=read_artifact(entry.artifact).provenance,
+        evaluation=entry.evaluation,
+        baseline=record.baseline_evaluation(),
+        verdict=entry.verdict,
+        revision=record.model.revision,
+        target=target,
+        run_id=record.run_id,
+        force=force,
+        related=[link for link in related if link["name"] != variant_id],
+    )
+
+
+def publish_run(run_path: Path, *, force: list[str], target: str | None = None) -> list[PublishOutcome]:
     """Publish the run's passing variants, plus the ``force``d ones (marked as forced in their cards).
 
     Raises:
         PublishError: a forced variant does not exist or has no output, or a commit failed.
     """
-    run = Run(Path(run_path))
-    results = run.read_results()
-    loaded = load_recipe(results["recipe_path"])
-    variants = results["variants"]
-    unknown = [v for v in force if v not in variants]
+    record = Run(Path(run_path)).read_record()
+    loaded = load_recipe(record.recipe_path)
+    unknown = [v for v in force if v not in record.variants]
     if unknown:
-        raise PublishError(f"no variant {', '.join(unknown)} in this run (variants: {', '.join(variants)})")
-    chosen = publishable(variants, force)
+        raise PublishError(f"no variant {', '.join(unknown)} in this run (variants: {', '.join(record.variants)})")
+    chosen = publishable(record.variants, force)
     publisher = make_target(loaded, target)
-    baseline = (results.get("baseline") or {}).get("evaluation")
-    related = [
-        {"name": v, "url": publisher.url(repo_id_for(loaded, loaded.variant(v))), "note": variants[v]["method"]}
-        for v in chosen
+    related = related_links(loaded, record, chosen, publisher)
+    return [
+        publish_recorded(loaded, record, variant_id, publisher, related, force=variant_id in force)
+        for variant_id in chosen
     ]
-    published = []
-    for variant_id in chosen:
-        entry = variants[variant_id]
-        if not entry.get("artifact") or not entry.get("evaluation"):
-            raise PublishError(f"{variant_id} has no quantized output or evaluation to publish ({entry.get('error')})")
-        published.append(
-            publish_variant(
-                loaded,
-                loaded.variant(variant_id),
-                artifact_path=Path(entry["artifact"]),
-                provenance=read_artifact(Path(entry["artifact"])).provenance,
-                evaluation=EvaluationResult.from_dict(entry["evaluation"]),
-                baseline=EvaluationResult.from_dict(baseline) if baseline else None,
-                verdict=Verdict.from_dict(entry["verdict"]),
-                revision=results["model"]["revision"],
-                target=publisher,
-                run_id=results["run_id"],
-                force=variant_id in force,
-                related=[link for link in related if link["name"] != variant_id],
-            )
-        )
-    return published

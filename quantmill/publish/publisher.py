@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_m
 from quantmill.recipe.checks import is_local_model, render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
+from quantmill.record import PublishOutcome, PublishStatus, VariantRecord, VariantStatus
 from quantmill.runstore import COMPLETE_MARKER, exclusive_lock
 from quantmill.settings import get_settings
 
@@ -29,23 +30,9 @@ log = logging.getLogger(__name__)
 _NOT_PUBLISHED = {COMPLETE_MARKER}
 
 
-@dataclass(frozen=True)
-class PublishResult:
-    variant: str
-    repo_id: str
-    url: str
-    status: str  # "published" or "unchanged"
-    fingerprint: str
-    commit: str | None = None
-    collection: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def publishable(variants: dict[str, dict[str, Any]], force: list[str] | tuple[str, ...] = ()) -> list[str]:
+def publishable(variants: Mapping[str, VariantRecord], force: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The variants that may be published: those that passed, plus any forced by name."""
-    return [v for v, entry in variants.items() if entry.get("status") == "passed" or v in force]
+    return [v for v, entry in variants.items() if entry.status == VariantStatus.PASSED or v in force]
 
 
 def make_target(loaded: LoadedRecipe, target: str | None = None) -> Target:
@@ -119,7 +106,7 @@ def publish_variant(
     run_id: str,
     force: bool = False,
     related: list[dict[str, str]] | None = None,
-) -> PublishResult:
+) -> PublishOutcome:
     """Publish ``variant`` as one commit, or do nothing if the target already has exactly this.
 
     Raises:
@@ -161,7 +148,13 @@ def publish_variant(
         existing = target.read_card(repo_id)
         if existing is not None and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_:
             log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
-            return PublishResult(variant.id, repo_id, target.url(repo_id), "unchanged", print_)
+            return PublishOutcome(
+                status=PublishStatus.UNCHANGED,
+                variant=variant.id,
+                repo_id=repo_id,
+                url=target.url(repo_id),
+                fingerprint=print_,
+            )
         commit = target.commit(
             repo_id, {**files, CARD: text.encode()}, message, private=publish.private, create_pr=publish.create_pr
         )
@@ -169,4 +162,12 @@ def publish_variant(
     if publish.collection:
         note = f"{variant.method} {variant.id}, {evaluation.value('size_mb') or 0:.3g} MB"
         collection = target.add_to_collection(publish.namespace, publish.collection, repo_id, note)
-    return PublishResult(variant.id, repo_id, target.url(repo_id), "published", print_, commit, collection)
+    return PublishOutcome(
+        status=PublishStatus.PUBLISHED,
+        variant=variant.id,
+        repo_id=repo_id,
+        url=target.url(repo_id),
+        fingerprint=print_,
+        commit=commit,
+        collection=collection,
+    )

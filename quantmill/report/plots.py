@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from quantmill.record import RunRecord, VariantStatus
 from quantmill.report.pareto import Point, pareto_frontier
 
 
-def quality_metric(results: dict[str, Any]) -> str | None:
+def quality_metric(record: RunRecord) -> str | None:
     """The first task metric the baseline reports, else perplexity."""
-    metrics = ((results.get("baseline") or {}).get("evaluation") or {}).get("metrics", {})
+    baseline = record.baseline_evaluation()
+    metrics = baseline.metrics if baseline else {}
     tasks = [m for m in metrics if "/" in m]
     return tasks[0] if tasks else ("ppl" if "ppl" in metrics else None)
 
 
-def _points(results: dict[str, Any], quality: str, cost: str) -> list[Point]:
+def _points(record: RunRecord, quality: str, cost: str) -> list[Point]:
     points = []
     sign = -1 if quality == "ppl" else 1  # the frontier maximises quality
-    for name, entry in results.get("variants", {}).items():
-        metrics = (entry.get("evaluation") or {}).get("metrics", {})
+    for name, entry in record.variants.items():
+        metrics = entry.evaluation.metrics if entry.evaluation else {}
         if quality in metrics and cost in metrics:
-            value = metrics[cost]["value"]
-            points.append(Point(name, 1 / value if cost == "decode_tok_s" else value, sign * metrics[quality]["value"]))
+            value = metrics[cost].value
+            points.append(Point(name, 1 / value if cost == "decode_tok_s" else value, sign * metrics[quality].value))
     return points
 
 
-def plot(results: dict[str, Any], out: Path, cost: str) -> Path | None:
+def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
     """Write ``quality_vs_size.png`` (``cost='size_mb'``) or ``quality_vs_speed.png``; None without data."""
-    quality = quality_metric(results)
+    quality = quality_metric(record)
     if quality is None:
         return None
-    points = _points(results, quality, cost)
+    points = _points(record, quality, cost)
     if not points:
         return None
     import matplotlib
@@ -43,9 +44,8 @@ def plot(results: dict[str, Any], out: Path, cost: str) -> Path | None:
     speed = cost == "decode_tok_s"
     x = lambda p: 1 / p.cost if speed else p.cost  # noqa: E731
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    statuses = {n: e.get("status") for n, e in results["variants"].items()}
     for p in points:
-        color = "tab:green" if statuses.get(p.name) == "passed" else "tab:red"
+        color = "tab:green" if record.variants[p.name].status == VariantStatus.PASSED else "tab:red"
         ax.scatter(x(p), sign * p.quality, color=color, s=40, zorder=3)
         ax.annotate(p.name, (x(p), sign * p.quality), textcoords="offset points", xytext=(4, 4), fontsize=7)
     frontier = pareto_frontier(points)
@@ -57,12 +57,12 @@ def plot(results: dict[str, Any], out: Path, cost: str) -> Path | None:
         label="Pareto frontier",
         zorder=2,
     )
-    baseline = ((results.get("baseline") or {}).get("evaluation") or {}).get("metrics", {})
-    if quality in baseline:
-        ax.axhline(baseline[quality]["value"], color="gray", linestyle=":", label="baseline")
+    baseline = record.baseline_evaluation()
+    if baseline is not None and quality in baseline.metrics:
+        ax.axhline(baseline.metrics[quality].value, color="gray", linestyle=":", label="baseline")
     ax.set_xlabel("decode tokens/s (higher is better)" if speed else "weights on disk, MB (lower is better)")
     ax.set_ylabel(f"{quality} ({'lower' if quality == 'ppl' else 'higher'} is better)")
-    ax.set_title(f"{results.get('recipe')}: {quality} vs {'speed' if speed else 'size'} (green passed, red failed)")
+    ax.set_title(f"{record.recipe}: {quality} vs {'speed' if speed else 'size'} (green passed, red failed)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -9,7 +9,9 @@ when accuracy is critical or nothing passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from quantmill.evaluation.results import EvaluationResult
+from quantmill.record import RunRecord, VariantStatus
 
 
 @dataclass(frozen=True)
@@ -19,13 +21,12 @@ class Recommendation:
     reason: str
 
 
-def recommend(results: dict[str, Any]) -> list[Recommendation]:
-    variants = results.get("variants", {})
-    passed = {v: e for v, e in variants.items() if e.get("status") == "passed" and e.get("evaluation")}
-
-    def metric(entry: dict[str, Any], name: str) -> float | None:
-        found = entry["evaluation"]["metrics"].get(name)
-        return None if found is None else found["value"]
+def recommend(record: RunRecord) -> list[Recommendation]:
+    passed: dict[str, EvaluationResult] = {
+        v: e.evaluation
+        for v, e in record.variants.items()
+        if e.status == VariantStatus.PASSED and e.evaluation is not None
+    }
 
     if not passed:
         return [
@@ -34,7 +35,7 @@ def recommend(results: dict[str, Any]) -> list[Recommendation]:
             )
         ]
     out = []
-    sized = {v: metric(e, "size_mb") for v, e in passed.items() if metric(e, "size_mb") is not None}
+    sized = {v: size for v, e in passed.items() if (size := e.value("size_mb")) is not None}
     if sized:
         smallest = min(sized, key=lambda v: (sized[v], v))
         out.append(
@@ -48,10 +49,10 @@ def recommend(results: dict[str, Any]) -> list[Recommendation]:
         out.append(
             Recommendation("memory-bound hosts", None, "sizes were not measured (add 'size' to evaluation.metrics)")
         )
-    speeds = {v: metric(e, "decode_tok_s") for v, e in passed.items() if metric(e, "decode_tok_s") is not None}
+    speeds = {v: speed for v, e in passed.items() if (speed := e.value("decode_tok_s")) is not None}
     if speeds:
         fastest = max(speeds, key=lambda v: (speeds[v], v))
-        device = results.get("device", "this device")
+        device = record.device or "this device"
         out.append(
             Recommendation(
                 "latency-bound serving",
@@ -64,7 +65,7 @@ def recommend(results: dict[str, Any]) -> list[Recommendation]:
         out.append(
             Recommendation("latency-bound serving", None, "speed was not measured (add 'speed' to evaluation.metrics)")
         )
-    failed = sorted(v for v, e in variants.items() if e.get("status") != "passed")
+    failed = sorted(v for v, e in record.variants.items() if e.status != VariantStatus.PASSED)
     out.append(
         Recommendation(
             "accuracy-critical use",

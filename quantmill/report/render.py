@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Any
 
-from quantmill.report.compare import Regression, find_regressions
+from quantmill.evaluation.results import MetricValue
+from quantmill.record import PublishStatus, Regression, RunRecord, VariantRecord
+from quantmill.report.compare import find_regressions
 from quantmill.report.plots import plot, quality_metric
 from quantmill.report.recommend import recommend
 from quantmill.runstore import atomic_write_text
@@ -29,39 +30,44 @@ COLUMNS = (
 )
 
 
-def _value(metrics: dict, name: str, digits: int = 4) -> str:
+def _value(metrics: dict[str, MetricValue], name: str, digits: int = 4) -> str:
     found = metrics.get(name)
     if found is None:
         return "-"
-    text = f"{found['value']:.{digits}g}"
-    return text + (f" ± {found['stderr']:.2g}" if found.get("stderr") else "")
+    text = f"{found.value:.{digits}g}"
+    return text + (f" ± {found.stderr:.2g}" if found.stderr else "")
 
 
-def rows(results: dict[str, Any]) -> list[list[str]]:
-    quality = quality_metric(results)
-    baseline = ((results.get("baseline") or {}).get("evaluation") or {}).get("metrics", {})
+def _baseline_metrics(record: RunRecord) -> dict[str, MetricValue]:
+    baseline = record.baseline_evaluation()
+    return baseline.metrics if baseline else {}
+
+
+def _published(entry: VariantRecord) -> str:
+    publish = entry.publish
+    if publish is None:
+        return "-"
+    if publish.status == PublishStatus.FAILED:  # passed its gates, but the commit did not go through
+        return f"publish failed: {publish.error}"
+    return publish.url or publish.status.value
+
+
+def rows(record: RunRecord) -> list[list[str]]:
+    quality = quality_metric(record)
+    baseline = _baseline_metrics(record)
     table = []
-    for name, entry in results.get("variants", {}).items():
-        metrics = (entry.get("evaluation") or {}).get("metrics", {})
+    for name, entry in record.variants.items():
+        metrics = entry.evaluation.metrics if entry.evaluation else {}
         recovery = "-"
-        if quality and quality in metrics and quality in baseline and baseline[quality]["value"]:
-            recovery = f"{metrics[quality]['value'] / baseline[quality]['value']:.3f}"
-        outcomes = (entry.get("verdict") or {}).get("outcomes", [])
-        failed = [
-            f"{o['metric']} {o['rule']} {o['threshold']:g}"
-            for o in outcomes
-            if not o["passed"] and o["level"] == "required"
-        ]
-        publish = entry.get("publish") or {}
-        published = publish.get("url") or publish.get("status") or "-"
-        if publish.get("status") == "failed":  # passed its gates, but the commit did not go through
-            published = f"publish failed: {publish.get('error')}"
+        if quality and quality in metrics and quality in baseline and baseline[quality].value:
+            recovery = f"{metrics[quality].value / baseline[quality].value:.3f}"
+        failed = [f"{o.metric} {o.rule} {o.threshold:g}" for o in entry.verdict.failed_rules] if entry.verdict else []
         table.append(
             [
                 name,
-                entry.get("method", "?"),
-                entry.get("setting", "-"),
-                entry.get("status", "?"),
+                entry.method,
+                entry.setting or "-",
+                entry.status.value,
                 _value(metrics, "size_mb"),
                 _value(metrics, "bits_per_weight"),
                 _value(metrics, quality) if quality else "-",
@@ -69,47 +75,49 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                 _value(metrics, "ppl"),
                 _value(metrics, "decode_tok_s"),
                 _value(metrics, "peak_rss_gb"),
-                "; ".join(failed) or (entry.get("error") or "-"),
-                published,
+                "; ".join(failed) or (entry.error or "-"),
+                _published(entry),
             ]
         )
     return table
 
 
-def _markdown(results, regressions, images) -> str:
-    quality = quality_metric(results) or "n/a"
-    lines = [f"# {results.get('recipe')} — run {results.get('run_id')}", ""]
+def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str, Path]) -> str:
+    quality = quality_metric(record) or "n/a"
+    lines = [f"# {record.recipe} — run {record.run_id}", ""]
     if regressions:
         lines += ["## ⚠ Regressions since the previous run", ""]
         lines += [f"- **{r.variant}** {r.what}: {r.before} → {r.after} ({r.why})" for r in regressions] + [""]
-    model = results.get("model") or {}
-    baseline = ((results.get("baseline") or {}).get("evaluation") or {}).get("metrics", {})
+    model = record.model
+    baseline = _baseline_metrics(record)
     lines += [
-        f"Model `{model.get('id')}` at `{model.get('revision')}` on {results.get('device', '?')}. "
+        f"Model `{model.id if model else None}` at `{model.revision if model else None}` on {record.device or '?'}. "
         f"Quality metric: `{quality}`; baseline {_value(baseline, quality)}, perplexity {_value(baseline, 'ppl')}, "
         f"size {_value(baseline, 'size_mb')} MB.",
         "",
     ]
     lines += ["## Variants", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(results)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(record)]
     lines += ["", "## Recommendation", ""]
-    for rec in recommend(results):
+    for rec in recommend(record):
         lines.append(f"- **{rec.use_case}**: " + (f"`{rec.variant}` — " if rec.variant else "") + rec.reason)
     for title, image in images.items():
         lines += ["", f"## {title}", "", f"![{title}]({image.name})"]
     return "\n".join(lines) + "\n"
 
 
-def _html(markdown_rows: list[list[str]], results, regressions, images) -> str:
+def _html(
+    markdown_rows: list[list[str]], record: RunRecord, regressions: list[Regression], images: dict[str, Path]
+) -> str:
     def cell(text: str) -> str:
         return html.escape(text)
 
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{cell(str(results.get('recipe')))} report</title>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{cell(record.recipe)} report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#eee}.failed{color:#b00}.passed{color:#070}"
         ".regression{background:#fee;padding:1em;border:1px solid #b00}</style></head><body>",
-        f"<h1>{cell(str(results.get('recipe')))} — run {cell(str(results.get('run_id')))}</h1>",
+        f"<h1>{cell(record.recipe)} — run {cell(record.run_id)}</h1>",
     ]
     if regressions:
         items = "".join(
@@ -127,7 +135,7 @@ def _html(markdown_rows: list[list[str]], results, regressions, images) -> str:
         )
     parts.append("</table><h2>Recommendation</h2><ul>")
     parts += [
-        f"<li><b>{cell(r.use_case)}</b>: {cell(r.variant or '')} {cell(r.reason)}</li>" for r in recommend(results)
+        f"<li><b>{cell(r.use_case)}</b>: {cell(r.variant or '')} {cell(r.reason)}</li>" for r in recommend(record)
     ]
     parts.append("</ul>")
     for title, image in images.items():
@@ -137,14 +145,14 @@ def _html(markdown_rows: list[list[str]], results, regressions, images) -> str:
     return "\n".join(parts)
 
 
-def write_report(run_path: Path, results: dict[str, Any], previous: dict[str, Any] | None = None) -> list[Regression]:
+def write_report(run_path: Path, record: RunRecord, previous: RunRecord | None = None) -> list[Regression]:
     """Write ``report.md``, ``report.html`` and the plots into ``run_path``; returns regressions found."""
-    regressions = find_regressions(previous, results) if previous else []
+    regressions = find_regressions(previous, record) if previous else []
     images = {}
     for title, cost in (("Quality vs size", "size_mb"), ("Quality vs decode speed", "decode_tok_s")):
-        path = plot(results, run_path, cost)
+        path = plot(record, run_path, cost)
         if path is not None:
             images[title] = path
-    atomic_write_text(run_path / "report.md", _markdown(results, regressions, images))
-    atomic_write_text(run_path / "report.html", _html(rows(results), results, regressions, images))
+    atomic_write_text(run_path / "report.md", _markdown(record, regressions, images))
+    atomic_write_text(run_path / "report.html", _html(rows(record), record, regressions, images))
     return regressions

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from quantmill import stages
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, lm_eval_directly, run_stages
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.support.evaluation import lm_eval_directly
+from tests.support.sequential import run_stages
 
 RECIPE = f"""\
 name: gating

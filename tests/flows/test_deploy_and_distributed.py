@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from quantmill.testing.prefect_server import start_prefect_server
+from quantmill.testing.recipes import fast_recipe
 from tests.conftest import REPO
-from tests.flows.conftest import fast_recipe
-from tests.prefectserver import start_prefect_server
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from quantmill.testing.recipes import fast_recipe
 from tests.conftest import REPO
-from tests.flows.conftest import fast_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from quantmill.redact import RedactingFilter, redact
-from tests.flows.conftest import fast_recipe
-from tests.hubserver import HubServer
+from quantmill.testing.recipes import fast_recipe
+from tests.support.hubserver import HubServer
 
 SENTINEL = "hf_SENTINEL_9f8e7d6c5b4a_do_not_leak"
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_a_hub_that_stops_answering_fails_only_that_publish_and_a_republish_heal
     from quantmill.publish import targets
     from quantmill.publish.publish_run import publish_run
     from quantmill.settings import get_settings
-    from tests.hubserver import HANG
+    from tests.support.hubserver import HANG
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", SENTINEL)

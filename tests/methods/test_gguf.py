@@ -8,8 +8,9 @@ import pytest
 
 from quantmill.llamacpp import find_llama_cpp, parse_fallbacks
 from quantmill.quantize import quantize_variant
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 from tests.methods.test_quantize_all import make_variant
+from tests.support.sequential import run_stages
 
 TYPES = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k", "iq4_xs"]
 

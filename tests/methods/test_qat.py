@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.support.sequential import run_stages
 
 RECIPE = f"""\
 name: qat

@@ -11,8 +11,10 @@ from quantmill.gates import Verdict
 from quantmill.publish.publisher import publish_variant, repo_id_for
 from quantmill.publish.targets import HubTarget, LocalZoo, front_matter
 from quantmill.recipe import load_recipe
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
-from tests.hubserver import HubServer
+from quantmill.record import BaselineRecord, ModelRef, RunRecord, VariantRecord
+from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from tests.support.hubserver import HubServer
+from tests.support.sequential import run_stages
 
 SENTINEL = "hf_SENTINELtokenDoNotLeak0123456789"
 
@@ -179,7 +181,20 @@ def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, onli
 
     loaded, resolved, baseline, variants = made
     variant, artifact, result, verdict = variants["bnb-int8"]
-    entry = {"artifact": str(artifact.path), "evaluation": result.to_dict(), "verdict": verdict.to_dict()}
+    record = RunRecord(
+        recipe=loaded.name,
+        recipe_path=loaded.path,
+        recipe_sha256=loaded.sha256,
+        run_id="run-2",
+        quantmill_version="test",
+        model=ModelRef(id=resolved.id, revision=resolved.revision),
+        baseline=BaselineRecord(evaluation=baseline),
+        variants={
+            variant.id: VariantRecord(
+                method=variant.method, status="passed", artifact=artifact.path, evaluation=result, verdict=verdict
+            )
+        },
+    )
     with HubServer(token=SENTINEL) as hub:
         recipe = loaded.recipe.model_copy(
             update={"publish": loaded.recipe.publish.model_copy(update={"endpoint": hub.endpoint})}
@@ -189,12 +204,10 @@ def test_transient_errors_are_retried_to_exactly_one_commit(made, tmp_path, onli
         )
         hub.state.fail_next("POST", r"/commit/", 500)
         hub.state.fail_next("POST", r"/api/repos/create", 429)
-        outcome = publish_task.with_options(retry_delay_seconds=0)(
-            hub_loaded, variant, entry, baseline.to_dict(), resolved.revision, "hub", "run-2", []
-        )
-        assert outcome["status"] == "published"
+        outcome = publish_task.with_options(retry_delay_seconds=0)(hub_loaded, record, variant.id, "hub", [])
+        assert outcome.status == "published"
         assert len(hub.state.repos[repo_id_for(hub_loaded, variant)].commits) == 1
-        assert ("POST", f"/api/models/{outcome['repo_id']}/commit/main") in hub.state.requests
+        assert ("POST", f"/api/models/{outcome.repo_id}/commit/main") in hub.state.requests
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantmill.testing.fuzzing import check_one, fuzz
 from tests.conftest import REPO
-from tests.recipe.fuzzing import check_one, fuzz
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 
 import pytest
 
+from quantmill.record import RunRecord
 from quantmill.report.compare import find_regressions
 from quantmill.report.pareto import Point, pareto_frontier
 from quantmill.report.recommend import recommend
@@ -37,9 +37,16 @@ def metric(value, stderr=None):
     return {"value": value, "stderr": stderr}
 
 
-def run(**variants):
+def run(**variants) -> RunRecord:
+    return RunRecord.model_validate(run_json(**variants))
+
+
+def run_json(**variants):
     return {
         "recipe": "r",
+        "recipe_path": "/recipes/r.yaml",
+        "recipe_sha256": "abc",
+        "quantmill_version": "1.0",
         "run_id": "run",
         "device": "cpu",
         "model": {"id": "m", "revision": "sha"},
@@ -59,7 +66,7 @@ def run(**variants):
                         "ppl": metric(2.1),
                     }
                 },
-                "verdict": {"status": status, "outcomes": []},
+                "verdict": {"variant": name, "status": status, "outcomes": []},
             }
             for name, (status, acc, size, speed) in variants.items()
         },
@@ -92,9 +99,9 @@ def test_regression_flagged_only_beyond_noise():
     assert {(r.variant, r.what) for r in found} == {("gptq-w4", "verdict"), ("gptq-w4", "t/acc")}
     noisy = run(**{"gptq-w4": ("passed", 0.88, 1.2, 10.0)})  # within stderr; speed is never flagged
     assert find_regressions(before, noisy) == []
-    bigger = copy.deepcopy(before)
+    bigger = run_json(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0)})
     bigger["variants"]["gptq-w4"]["evaluation"]["metrics"]["size_mb"] = metric(1.3)
-    assert [(r.what) for r in find_regressions(before, bigger)] == ["size_mb"]
+    assert [(r.what) for r in find_regressions(before, RunRecord.model_validate(bigger))] == ["size_mb"]
 
 
 def test_report_files(tmp_path):

@@ -1,4 +1,4 @@
-"""Recipe mutations for the fuzzer (shared by the CI test and the benchmark)."""
+"""Recipe mutations for the fuzzer (shared by tests/recipe/test_fuzz.py and bench/reliability.py)."""
 
 from __future__ import annotations
 

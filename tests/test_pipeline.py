@@ -1,0 +1,99 @@
+"""The pipeline core without Prefect or models: error precedence, slot policy, cache repair, recording a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantmill.evaluation.results import EvaluationResult, MetricValue
+from quantmill.gates import check_gates
+from quantmill.pipeline import discard_unreadable_cache_entry, slot_policy, start_run
+from quantmill.recipe import load_recipe
+from quantmill.record import CachedSteps, PublishOutcome, PublishStatus, RunStatus, VariantStatus
+from quantmill.runstore import RunStore
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.fast
+
+
+@pytest.fixture
+def demo_run(tmp_path):
+    def start():
+        loaded = load_recipe(REPO / "recipes" / "demo.yaml")
+        return start_run(loaded, only=["bnb-int8", "gguf-q8_0"], store=RunStore(tmp_path / "runs"))
+
+    return start
+
+
+def test_the_first_failed_step_wins_then_the_baseline(demo_run):
+    run = demo_run()
+    run.record_baseline(None, "OSError: disk full")
+    assert (
+        run.variant_error("QuantizationError: oom", "EvaluationError: nothing to evaluate") == "QuantizationError: oom"
+    )
+    assert run.variant_error(None, "EvaluationError: nan") == "EvaluationError: nan"
+    assert run.variant_error(None, None) == "baseline failed: OSError: disk full"
+    run.record_baseline(EvaluationResult(), None)
+    assert run.variant_error(None, None) is None
+
+
+def test_slot_policy_one_slot_for_the_run_none_when_cached_each_task_in_other_processes():
+    run = slot_policy("gpu", tasks_in_this_process=True, all_cached=False)
+    assert (run.run, run.task) == ("gpu", None)
+    cached = slot_policy("gpu", tasks_in_this_process=True, all_cached=True)
+    assert (cached.run, cached.task) == (None, None)
+    workers = slot_policy("cpu-heavy", tasks_in_this_process=False, all_cached=False)
+    assert (workers.run, workers.task) == (None, "cpu-heavy")
+
+
+def test_an_unreadable_cache_entry_is_discarded_and_a_readable_one_kept(tmp_path):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "results").mkdir()
+    for key, result in (("good", '{"result": 1}'), ("cut", '{"resu')):
+        (tmp_path / "results" / f"r-{key}").write_text(result)
+        (tmp_path / "keys" / key).write_text(json.dumps({"storage_key": f"r-{key}"}))
+    (tmp_path / "keys" / "garbled").write_text("not json")
+    assert discard_unreadable_cache_entry(tmp_path, "good") is False
+    assert discard_unreadable_cache_entry(tmp_path, "cut") is True
+    assert discard_unreadable_cache_entry(tmp_path, "garbled") is True
+    assert discard_unreadable_cache_entry(tmp_path, "absent") is False
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["good"]
+
+
+def test_a_run_records_each_outcome_as_it_happens_and_regressions_against_the_last_completed_run(demo_run):
+    def measured(acc: float) -> EvaluationResult:
+        return EvaluationResult(
+            {"tiny_world_mc/acc": MetricValue(acc, 0.01), "ppl": MetricValue(2.0), "size_mb": MetricValue(1.0)}
+        )
+
+    outcomes = []
+    for acc in (0.9, 0.5):
+        run = demo_run()
+        variant = run.loaded.variant("bnb-int8")
+        run.record_baseline(measured(0.92), None)
+        verdict = check_gates(variant.id, variant.gates, measured(acc), measured(0.92))
+        run.record_variant(
+            variant, error=None, artifact=None, evaluation=measured(acc), verdict=verdict, cached=CachedSteps()
+        )
+        on_disk = run.run.read_record()  # written at once, before the run finishes
+        assert on_disk.variants["bnb-int8"].status == verdict.status and on_disk.status is RunStatus.PLANNED
+        assert on_disk.variants["gguf-q8_0"].status is VariantStatus.PENDING
+        run.record_publish("bnb-int8", PublishOutcome(status=PublishStatus.FAILED, error="PublishError: no license"))
+        outcomes.append(run.finish())
+        assert run.run.read_record().status is RunStatus.COMPLETED
+        assert "publish failed: PublishError: no license" in (run.path / "report.md").read_text()
+    assert outcomes[0] == []
+    assert {(r.variant, r.what) for r in outcomes[1]} == {("bnb-int8", "verdict"), ("bnb-int8", "tiny_world_mc/acc")}
+    assert run.run.read_record().regressions == outcomes[1]
+
+
+def test_the_core_the_record_and_the_shared_helpers_import_no_prefect():
+    import subprocess
+    import sys
+
+    modules = "quantmill.pipeline, quantmill.record, quantmill.publish.publish_run, quantmill.report.render"
+    helpers = "quantmill.testing.recipes, quantmill.testing.fuzzing, quantmill.testing.prefect_server"
+    code = f"import sys, {modules}, {helpers}; print('prefect' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.strip() == "False"
