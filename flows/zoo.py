@@ -26,7 +26,7 @@ from quantmill.tasks.steps import resolve_model_task
 
 
 def inputs_fingerprint(recipe_text: str, revision: str) -> str:
-    versions = cachekeys.versions(tuple(sorted({p for ps in cachekeys._METHOD_PACKAGES.values() for p in ps})))
+    versions = cachekeys.versions(cachekeys.backend_packages())
     return hashlib.sha256(json.dumps([recipe_text, revision, versions], sort_keys=True).encode()).hexdigest()
 
 

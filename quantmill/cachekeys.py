@@ -2,7 +2,8 @@
 
 A key changes when the model revision, the variant's resolved parameters, the
 calibration data, the evaluation settings, or the versions of quantmill and the
-backend libraries change; nothing else invalidates a cached result.
+backend libraries (the common ones and those the method's spec declares) change;
+nothing else invalidates a cached result.
 """
 
 from __future__ import annotations
@@ -12,23 +13,10 @@ import json
 from typing import Any
 
 from quantmill import __version__
-from quantmill.methods.base import package_version
+from quantmill.methods.base import COMMON_PACKAGES, package_version
 from quantmill.recipe.matrix import Variant
 from quantmill.recipe.schema import Evaluation
 
-_COMMON_PACKAGES = ("torch", "transformers")
-_METHOD_PACKAGES = {
-    "gptq": ("llmcompressor", "compressed-tensors"),
-    "awq": ("llmcompressor", "compressed-tensors"),
-    "rtn": ("llmcompressor", "compressed-tensors"),
-    "int8": ("llmcompressor", "compressed-tensors"),
-    "fp8": ("llmcompressor", "compressed-tensors"),
-    "bnb": ("bitsandbytes",),
-    "torchao": ("torchao",),
-    "qat": ("torchao",),
-    "hqq": ("hqq",),
-    "gguf": ("llama-cpp-python", "gguf"),
-}
 _EVAL_PACKAGES = ("lm_eval",)
 
 
@@ -37,7 +25,15 @@ def _digest(parts: dict[str, Any]) -> str:
 
 
 def versions(packages: tuple[str, ...]) -> dict[str, str | None]:
-    return {"quantmill": __version__, **{p: package_version(p) for p in _COMMON_PACKAGES + packages}}
+    """quantmill's version and those of the common libraries and ``packages``."""
+    return {"quantmill": __version__, **{p: package_version(p) for p in COMMON_PACKAGES + packages}}
+
+
+def backend_packages() -> tuple[str, ...]:
+    """Every registered method's backend packages (plug-ins included), sorted."""
+    from quantmill.registry import get_method, method_names
+
+    return tuple(sorted({p for name in method_names() for p in get_method(name).packages}))
 
 
 def device_kind(device: str) -> str:
@@ -56,7 +52,7 @@ def quantize_key(revision: str, variant: Variant, calibration_fingerprint: str |
             "calibration": calibration_fingerprint if uses_calibration else None,
             "dtype": dtype,
             "device": device_kind(device),
-            "versions": versions(_METHOD_PACKAGES.get(variant.method, ())),
+            "versions": versions(variant.spec.packages),
         }
     )
 
@@ -83,7 +79,7 @@ def evaluation_key(quantized: str, variant: Variant, evaluation: Evaluation, dev
             "evaluation": evaluation.model_dump(mode="json"),
             "data": data_fingerprint,
             "device": device_kind(device),
-            "versions": versions(_EVAL_PACKAGES + _METHOD_PACKAGES.get(variant.method, ())),
+            "versions": versions(_EVAL_PACKAGES + variant.spec.packages),
         }
     )
 

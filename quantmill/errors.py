@@ -3,6 +3,7 @@
     QuantmillError
     ├── RecipeError              a recipe file is unreadable or invalid (CLI exit 2)
     ├── UnknownMethodError       a method name that no registry entry provides
+    ├── InvalidMethodError       a registry entry that does not give a method spec
     ├── MissingDependencyError   an optional backend is not installed (names the extra)
     ├── QuantizationError        a method failed on a variant
     ├── EvaluationError          an evaluation could not produce numbers
@@ -78,6 +79,10 @@ class RecipeError(QuantmillError):
 
 class UnknownMethodError(QuantmillError):
     """A method name that is not registered."""
+
+
+class InvalidMethodError(QuantmillError):
+    """A registered method (a plug-in's entry point) that cannot be loaded or is not a ``MethodSpec``."""
 
 
 class MissingDependencyError(QuantmillError):

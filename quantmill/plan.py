@@ -24,12 +24,13 @@ class PlannedVariant:
         id: the variant id.
         method: method name.
         setting: the variant's matrix axes, e.g. ``bits=4 group_size=128``.
-        output_format: ``compressed-tensors``, ``gguf`` …
+        output_format: the name of the method's output format.
         bits_per_weight: nominal bits per quantized weight.
         expected_bytes: estimated size of the weights (None when the model's size is unknown).
         gates: the rules that apply, as text.
         publish_to: where an accepted variant would go, or None.
         cache: ``cached``, ``stale`` or ``not run``.
+        gpu: how the method uses a GPU (``none``, ``optional``, ``required``).
     """
 
     id: str
@@ -41,6 +42,7 @@ class PlannedVariant:
     gates: list[str]
     publish_to: str | None
     cache: str = "not run"
+    gpu: str = "optional"
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,11 @@ _SHORT = {"bits": "w{}", "group_size": "g{}", "weight_bits": "w{}"}
 
 
 def variant_setting(variant: Variant) -> str:
-    """The variant's matrix axes, compactly: ``w4 g128``, ``nf4``, ``q4_k_m``."""
+    """The variant's matrix axes, compactly (``w4 g128``), then what it costs beyond quantizing, if anything."""
     params = variant.params
     setting = " ".join(_SHORT.get(axis, "{}").format(getattr(params, axis)) for axis in params.axes) or "-"
-    training = getattr(params, "training", None)
-    if training is not None:  # QAT: say what the training costs
-        tokens = training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
-        setting += f" · QAT {training.steps} steps, {tokens:,} tokens"
-    return setting
+    cost = variant.spec.cost_note(params)
+    return f"{setting} · {cost}" if cost else setting
 
 
 def expected_bytes(loaded: LoadedRecipe, variant: Variant) -> int | None:
@@ -104,6 +103,20 @@ def publish_destination(loaded: LoadedRecipe, variant: Variant) -> str | None:
     return f"{(publish.endpoint or 'https://huggingface.co').rstrip('/')}/{repo}"
 
 
+def method_notes(loaded: LoadedRecipe) -> list[str]:
+    """What the recipe's methods need that this machine or recipe lacks: backend packages, a GPU."""
+    notes = []
+    for spec in {v.method: v.spec for v in loaded.variants}.values():
+        missing = spec.missing_packages()
+        if missing:
+            notes.append(
+                f"{spec.name} needs {', '.join(missing)}, not installed here: pip install 'quantmill[{spec.extra}]'"
+            )
+        if spec.gpu == "required" and loaded.recipe.device == "cpu":
+            notes.append(f"{spec.name} needs a GPU, and this recipe runs on the CPU")
+    return notes
+
+
 def build_plan(loaded: LoadedRecipe, cache_status: dict[str, str] | None = None) -> Plan:
     """The plan for ``loaded``; ``cache_status`` maps variant ids to their cache state."""
     shape = loaded.shape
@@ -112,12 +125,13 @@ def build_plan(loaded: LoadedRecipe, cache_status: dict[str, str] | None = None)
             id=v.id,
             method=v.method,
             setting=variant_setting(v),
-            output_format=v.spec.output_format,
+            output_format=v.spec.output_format.name,
             bits_per_weight=round(v.spec.bits_per_weight(v.params), 3),
             expected_bytes=expected_bytes(loaded, v),
             gates=[describe_gate(g) for g in v.gates],
             publish_to=publish_destination(loaded, v),
             cache=(cache_status or {}).get(v.id, "not run"),
+            gpu=v.spec.gpu,
         )
         for v in loaded.variants
     ]
@@ -126,6 +140,7 @@ def build_plan(loaded: LoadedRecipe, cache_status: dict[str, str] | None = None)
         notes.append("model not on disk: sizes are unknown until the first run downloads it")
     if loaded.recipe.model.trust_remote_code:
         notes.append("trust_remote_code is ON: the model's own Python code will run")
+    notes.extend(method_notes(loaded))
     return Plan(
         recipe=loaded.name,
         model=loaded.recipe.model.id,

@@ -18,9 +18,9 @@ from typing import Any
 
 from quantmill import __version__
 from quantmill.calibration import CalibrationSet
-from quantmill.errors import QuantizationError, QuantmillError
+from quantmill.errors import MissingDependencyError, QuantizationError, QuantmillError
 from quantmill.measure import measure
-from quantmill.methods.base import QuantizeContext, package_version
+from quantmill.methods.base import COMMON_PACKAGES, QuantizeContext, package_version
 from quantmill.recipe.matrix import Variant
 from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, exclusive_lock, read_json
 
@@ -80,7 +80,7 @@ def quantize_variant(
     shared_dir: Path | None = None,
     recipe_dir: Path | None = None,
 ) -> QuantizedArtifact:
-    """Quantize ``variant`` of the model in ``source_dir`` into ``out_dir``.
+    """Quantize ``variant`` of the model in ``source_dir`` into ``out_dir`` with its method's ``quantize``.
 
     Args:
         variant: the variant to make.
@@ -99,94 +99,78 @@ def quantize_variant(
         the completed artifact.
 
     Raises:
+        MissingDependencyError: a backend package of the method is not installed (names the pip extra).
         QuantizationError: the method failed or refused; nothing is left at ``out_dir``.
     """
+    spec = variant.spec
+    if spec.quantize is None:
+        raise QuantizationError(f"{variant.id}: method '{spec.name}' cannot quantize in quantmill {__version__} yet")
+    missing = spec.missing_packages()
+    if missing:
+        raise MissingDependencyError(missing[0], spec.extra, f"{variant.id} ({spec.name})")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out_dir.with_name(f".{out_dir.name}.lock")):
         if (out_dir / COMPLETE_MARKER).is_file():
             return read_artifact(out_dir)  # another process made exactly this while we waited
-        return _quantize_unlocked(
-            variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source, shared_dir, recipe_dir
+        staging = out_dir.with_name(f".{out_dir.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # an earlier attempt that never completed
+        staging.mkdir(parents=True)
+        ctx = QuantizeContext(
+            source_dir=source_dir,
+            out_dir=staging,
+            calibration=calibration,
+            dtype=dtype,
+            device=device,
+            tokenizer_dir=tokenizer_dir or source_dir,
+            shared_dir=shared_dir or out_dir.parent / ".shared",
+            source_revision=(source or {}).get("revision") or str(source_dir),
+            recipe_dir=recipe_dir,
         )
+        log.info("quantizing %s with %s", variant.id, spec.name)
+        try:
+            with measure() as cost:
+                details = spec.quantize(variant.params, ctx)
+            if spec.output_format.has_tokenizer and not any((staging / n).exists() for n in _TOKENIZER_FILES):
+                ctx.load_tokenizer().save_pretrained(staging)
+        except QuantmillError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        except Exception as exc:  # backend errors become a failed variant with the cause attached
+            shutil.rmtree(staging, ignore_errors=True)
+            raise QuantizationError(f"{variant.id}: {spec.name} failed: {type(exc).__name__}: {exc}") from exc
+
+        provenance = {
+            "variant": variant.id,
+            "method": spec.name,
+            "parameters": variant.params.model_dump(mode="json"),
+            "output_format": spec.output_format.name,
+            "source": source or {"path": str(source_dir)},
+            "calibration": None if calibration is None else _describe(calibration),
+            "seconds": round(cost.seconds, 3),
+            "peak_rss_bytes": cost.peak_rss_bytes,
+            "peak_cuda_bytes": cost.peak_cuda_bytes,
+            "size_bytes": folder_bytes(staging),
+            "device": device,
+            "created": datetime.now(UTC).isoformat(),
+            "versions": {
+                "quantmill": __version__,
+                "python": platform.python_version(),
+                **_versions(*COMMON_PACKAGES, *spec.packages),
+            },
+            "details": details,
+        }
+        atomic_write_json(staging / PROVENANCE_FILE, provenance)
+        atomic_write_json(staging / COMPLETE_MARKER, {"variant": variant.id})
+        staging.rename(out_dir)
+    return read_artifact(out_dir)
 
 
-def _quantize_unlocked(
-    variant, source_dir, out_dir, calibration, dtype, device, tokenizer_dir, source, shared_dir, recipe_dir
-):
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # an earlier attempt that never completed
-    staging.mkdir(parents=True)
-    ctx = QuantizeContext(
-        source_dir=source_dir,
-        out_dir=staging,
-        calibration=calibration,
-        dtype=dtype,
-        device=device,
-        tokenizer_dir=tokenizer_dir or source_dir,
-        shared_dir=shared_dir or out_dir.parent / ".shared",
-        source_revision=(source or {}).get("revision") or str(source_dir),
-        recipe_dir=recipe_dir,
-    )
-    spec = variant.spec
-    if spec.quantize is None:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise QuantizationError(f"{variant.id}: method '{spec.name}' cannot quantize in quantmill {__version__} yet")
-    log.info("quantizing %s with %s", variant.id, spec.name)
-    try:
-        with measure() as cost:
-            details = spec.quantize(variant.params, ctx)
-        if spec.output_format != "gguf" and not any((staging / name).exists() for name in _TOKENIZER_FILES):
-            ctx.load_tokenizer().save_pretrained(staging)
-    except QuantmillError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as exc:  # backend errors become a failed variant with the cause attached
-        shutil.rmtree(staging, ignore_errors=True)
-        raise QuantizationError(f"{variant.id}: {spec.name} failed: {type(exc).__name__}: {exc}") from exc
-
-    size = folder_bytes(staging)
-    provenance = {
-        "variant": variant.id,
-        "method": spec.name,
-        "parameters": variant.params.model_dump(mode="json"),
-        "output_format": spec.output_format,
-        "source": source or {"path": str(source_dir)},
-        "calibration": None
-        if calibration is None
-        else {
-            "source": calibration.source,
-            "fingerprint": calibration.fingerprint,
-            "samples": len(calibration.input_ids),
-            "tokens": calibration.num_tokens,
-        },
-        "seconds": round(cost.seconds, 3),
-        "peak_rss_bytes": cost.peak_rss_bytes,
-        "peak_cuda_bytes": cost.peak_cuda_bytes,
-        "size_bytes": size,
-        "device": device,
-        "created": datetime.now(UTC).isoformat(),
-        "versions": {
-            "quantmill": __version__,
-            "python": platform.python_version(),
-            **_versions(
-                "torch",
-                "transformers",
-                "compressed-tensors",
-                "llmcompressor",
-                "bitsandbytes",
-                "torchao",
-                "hqq",
-                "llama-cpp-python",
-                "gguf",
-            ),
-        },
-        "details": details,
+def _describe(calibration: CalibrationSet) -> dict[str, Any]:
+    return {
+        "source": calibration.source,
+        "fingerprint": calibration.fingerprint,
+        "samples": len(calibration.input_ids),
+        "tokens": calibration.num_tokens,
     }
-    atomic_write_json(staging / PROVENANCE_FILE, provenance)
-    atomic_write_json(staging / COMPLETE_MARKER, {"variant": variant.id})
-    staging.rename(out_dir)
-    return QuantizedArtifact(
-        variant.id, out_dir, spec.output_format, size, cost.seconds, cost.peak_rss_bytes, provenance
-    )

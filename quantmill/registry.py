@@ -1,4 +1,10 @@
-"""Name → object registries that load lazily and miss helpfully."""
+"""The method registry: names → method specs, loaded lazily, checked, and missed helpfully.
+
+Built-in methods are listed in :data:`quantmill.methods.BUILTIN_METHODS`; others come
+from the ``quantmill.methods`` entry-point group. Whatever an entry gives is checked
+(as lm-eval's registry checks its ``LM`` subclasses): it must be a
+:class:`~quantmill.methods.spec.MethodSpec` registered under its own name.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from quantmill.errors import UnknownMethodError
+from quantmill.errors import InvalidMethodError, UnknownMethodError
 
 if TYPE_CHECKING:
     from quantmill.methods.spec import MethodSpec
@@ -17,7 +23,7 @@ ENTRY_POINT_GROUP = "quantmill.methods"
 
 
 def did_you_mean(value: str, options: list[str] | tuple[str, ...]) -> str | None:
-    """``"did you mean 'gptq'?"`` for a near miss, else None."""
+    """``"did you mean 'bits'?"`` for a near miss of ``"bitz"``, else None."""
     close = difflib.get_close_matches(value.lower(), [o.lower() for o in options], n=1, cutoff=0.6)
     if not close:
         return None
@@ -49,6 +55,8 @@ def get_method(name: str) -> MethodSpec:
 
     Raises:
         UnknownMethodError: with a close match and the list of known methods.
+        InvalidMethodError: the entry cannot be imported, or gives something that is not a
+            ``MethodSpec`` named ``name``.
     """
     targets = method_targets()
     if name not in targets:
@@ -57,4 +65,20 @@ def get_method(name: str) -> MethodSpec:
         if hint:
             message += f"; {hint}"
         raise UnknownMethodError(message + f" Available: {', '.join(sorted(targets))}")
-    return _load(targets[name])
+    return _checked(name, targets[name])
+
+
+def _checked(name: str, target: str) -> MethodSpec:
+    from quantmill.methods.spec import MethodSpec
+
+    try:
+        spec = _load(target)
+    except Exception as exc:  # a plug-in's import error must not become a traceback
+        raise InvalidMethodError(f"method '{name}' ({target}) cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(spec, MethodSpec):
+        raise InvalidMethodError(
+            f"method '{name}' ({target}) gives a {type(spec).__name__}, not a quantmill.methods.spec.MethodSpec"
+        )
+    if spec.name != name:
+        raise InvalidMethodError(f"method '{name}' ({target}) declares the name '{spec.name}'; they must match")
+    return spec

@@ -52,21 +52,16 @@ def _batch_size(loaded: LoadedRecipe, device: str) -> int | str:
     return 16 if size == "auto" and not device.startswith("cuda") else size
 
 
-def _transformers_loader(path: Path, tokenizer_path: Path, dtype: str, device: str, batch_size, load=None):
-    def load_eval_model() -> EvalModel:
-        from transformers import AutoTokenizer
-
-        model = load(path, device) if load is not None else load_transformers_model(path, dtype, device)
-        return transformers_eval_model(model, AutoTokenizer.from_pretrained(tokenizer_path), batch_size)
-
-    return load_eval_model
-
-
 def evaluate_baseline(loaded: LoadedRecipe, resolved: ResolvedModel, device: str) -> EvaluationResult:
     """Measure the unquantized model once; every variant is compared with this."""
-    load = _transformers_loader(
-        resolved.path, resolved.tokenizer_path, loaded.recipe.model.dtype, device, _batch_size(loaded, device)
-    )
+
+    def load() -> EvalModel:
+        from transformers import AutoTokenizer
+
+        model = load_transformers_model(resolved.path, loaded.recipe.model.dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
+        return transformers_eval_model(model, tokenizer, _batch_size(loaded, device))
+
     return evaluate_model(load, resolved.path, evaluation_setup(loaded, device))
 
 
@@ -92,40 +87,18 @@ def quantize_one(
 
 
 def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path, device: str) -> EvaluationResult:
-    """Measure a quantized variant exactly as the baseline was measured."""
-    spec = variant.spec
-    if spec.output_format == "gguf":
-        from quantmill.evaluation.gguf import gguf_eval_model, gguf_file
-
-        weights = gguf_file(artifact_path)
-        result = evaluate_model(lambda: gguf_eval_model(weights, device), weights, evaluation_setup(loaded, device))
-        _add_kl_divergence(loaded, artifact_path, weights, result)
-        return result
-    load = _transformers_loader(artifact_path, artifact_path, "auto", device, _batch_size(loaded, device), spec.load)
-    return evaluate_model(load, artifact_path, evaluation_setup(loaded, device))
-
-
-def _add_kl_divergence(loaded: LoadedRecipe, artifact_path: Path, weights: Path, result: EvaluationResult) -> None:
-    """KLD against the unquantized GGUF, when llama.cpp's tools and a perplexity corpus exist."""
-    from quantmill.evaluation.kld import kl_divergence
-    from quantmill.llamacpp import LlamaCppError, find_llama_cpp
-    from quantmill.quantize import read_artifact
-    from quantmill.textdata import load_texts
-
-    llama = find_llama_cpp()
-    perplexity = loaded.recipe.evaluation.perplexity
-    details = read_artifact(artifact_path).provenance["details"]
-    if llama is None or llama.tool("llama-perplexity") is None or perplexity is None or "base" not in details:
-        result.details["kld"] = "not measured: needs llama.cpp's llama-perplexity and a perplexity corpus"
-        return
-    base = artifact_path.parent / ".shared" / details["base"]
-    corpus = base.with_name(f"kld-corpus-{base.stem}.txt")
-    if not corpus.is_file():
-        corpus.write_text("\n".join(load_texts(perplexity.dataset, loaded.base_dir)) + "\n")
-    try:
-        result.metrics["kld"] = kl_divergence(llama, base, weights, corpus, min(perplexity.max_length, 512))
-    except (LlamaCppError, ValueError) as exc:  # KLD is reported, never gated: its failure is noted, not fatal
-        result.details["kld"] = f"not measured: {exc}"
+    """Measure a quantized variant exactly as the baseline was measured; its output format loads it
+    and adds the measurements only that format can make."""
+    output_format = variant.spec.output_format
+    setup = evaluation_setup(loaded, device)
+    batch_size = _batch_size(loaded, device)
+    result = evaluate_model(
+        lambda: output_format.load_for_evaluation(artifact_path, device, batch_size),
+        output_format.weights(artifact_path),
+        setup,
+    )
+    output_format.add_metrics(artifact_path, setup, result)
+    return result
 
 
 def gate_variant(

@@ -1,7 +1,7 @@
 """A loaded model as the evaluation needs it: an lm-eval LM, a token scorer, a speed probe.
 
-The transformers backend lives here; the llama.cpp backend (GGUF) provides the
-same :class:`EvalModel` from ``quantmill.evaluation.gguf``.
+The transformers backend lives here; an output format that transformers cannot
+run builds the same :class:`EvalModel` itself (see ``quantmill.methods.formats``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from quantmill.textdata import load_texts
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# Weight files in a model folder; a format whose weights are one file of another kind names that file.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 @dataclass(frozen=True)

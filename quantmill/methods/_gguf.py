@@ -19,7 +19,7 @@ from pathlib import Path
 
 from quantmill.errors import QuantizationError
 from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, run_tool
-from quantmill.methods.base import QuantizeContext, package_version, require
+from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.runstore import exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,6 @@ def describe_file(path: Path) -> dict:
 
 
 def quantize(params, ctx: QuantizeContext) -> dict:
-    require("llama_cpp", "llama-cpp-python", "gguf", "GGUF quantization")
     llama = find_llama_cpp()
     if llama is None:
         raise QuantizationError(

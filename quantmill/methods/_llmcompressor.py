@@ -8,12 +8,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from quantmill.calibration import CalibrationSet
-from quantmill.methods.base import QuantizeContext, package_version, require
+from quantmill.methods.base import QuantizeContext, package_version
+from quantmill.methods.formats import TransformersFormat
 
 log = logging.getLogger(__name__)
 
 # Embeddings and the output head stay in full precision, as in llm-compressor's examples.
 IGNORE = ["lm_head"]
+
+EXTRA = "llmcompressor"
+PACKAGES = ("llmcompressor", "compressed-tensors")
+COMPRESSED_TENSORS = TransformersFormat(
+    "compressed-tensors", serve_note="Serve with vLLM:\n\n```bash\nvllm serve {repo}\n```"
+)
 
 
 def weight_args(bits: int, group_size: int, symmetric: bool):
@@ -61,7 +68,6 @@ def compress(
     ``pipeline`` is ``sequential`` (layer by layer, so a model larger than device
     memory can still be calibrated) or ``datafree``.
     """
-    require("llmcompressor", "llmcompressor", "llmcompressor", "llm-compressor methods")
     from llmcompressor import oneshot
 
     model = ctx.load_model()

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from quantmill.errors import QuantizationError
-from quantmill.methods.base import QuantizeContext, package_version, require
+from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.textdata import load_texts
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ def _learning_rate_factor(schedule: str, step: int, steps: int, warmup: int) -> 
 
 
 def train_and_quantize(params, ctx: QuantizeContext) -> dict[str, Any]:
-    require("torchao", "torchao", "torchao", "quantization-aware training")
     import torch
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig

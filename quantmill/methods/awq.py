@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import IGNORE, compress, weight_scheme
+from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress, weight_scheme
 from quantmill.methods.base import QuantizeContext
-from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings, scale_bits
 
 
 class AWQParams(MethodParams):
@@ -37,11 +37,12 @@ SPEC = MethodSpec(
     name="awq",
     params=AWQParams,
     summary="activation-aware 4-bit weights (llm-compressor), calibrated",
-    output_format="compressed-tensors",
-    extra="llmcompressor",
+    output_format=COMPRESSED_TENSORS,
+    extra=EXTRA,
+    packages=PACKAGES,
     quantize=quantize,
     needs_calibration=lambda p: True,
     variant_id=lambda p: f"awq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
-    bits_per_weight=lambda p: p.bits + (32 / p.group_size if p.group_size > 0 else 0),
+    bits_per_weight=lambda p: p.bits + scale_bits(p.group_size, 32),
     check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

@@ -3,8 +3,8 @@
 A method's ``quantize(params, ctx)`` writes a self-contained model folder into
 ``ctx.out_dir`` and returns a small dict of details for the provenance file. It
 never prints, publishes or touches Prefect; the driver (``quantmill.quantize``)
-times it, measures memory, writes ``quantmill.json`` and makes the folder
-visible atomically.
+checks that the spec's backend packages are installed, times it, measures
+memory, writes ``quantmill.json`` and makes the folder visible atomically.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from quantmill.calibration import CalibrationSet
-from quantmill.errors import MissingDependencyError, QuantizationError
+from quantmill.errors import QuantizationError
 
 log = logging.getLogger(__name__)
+
+#: the libraries every method runs on; a method's own backend packages are in its spec
+COMMON_PACKAGES = ("torch", "transformers")
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -83,13 +86,3 @@ def package_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
-
-
-def require(module: str, package: str, extra: str, purpose: str):
-    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip extra."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(package, extra, purpose) from exc

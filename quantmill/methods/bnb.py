@@ -6,7 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods.base import QuantizeContext, package_version, require
+from quantmill.methods.base import QuantizeContext, package_version
+from quantmill.methods.formats import TransformersFormat
 from quantmill.methods.spec import MethodParams, MethodSpec
 
 
@@ -19,7 +20,6 @@ class BnbParams(MethodParams):
 
 
 def quantize(params: BnbParams, ctx: QuantizeContext) -> dict:
-    require("bitsandbytes", "bitsandbytes", "bnb", "bitsandbytes quantization")
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -51,8 +51,9 @@ SPEC = MethodSpec(
     name="bnb",
     params=BnbParams,
     summary="bitsandbytes NF4/FP4/INT8, no calibration",
-    output_format="bitsandbytes",
+    output_format=TransformersFormat("bitsandbytes"),
     extra="bnb",
+    packages=("bitsandbytes",),
     quantize=quantize,
     variant_id=lambda p: f"bnb-{p.type}",
     bits_per_weight=lambda p: 8.0 if p.type == "int8" else (4.127 if p.double_quant else 4.5),

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import IGNORE, compress
+from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec
 
@@ -31,8 +31,9 @@ SPEC = MethodSpec(
     name="fp8",
     params=FP8Params,
     summary="FP8 W8A8 (llm-compressor), dynamic or static activation scales",
-    output_format="compressed-tensors",
-    extra="llmcompressor",
+    output_format=COMPRESSED_TENSORS,
+    extra=EXTRA,
+    packages=PACKAGES,
     quantize=quantize,
     needs_calibration=lambda p: p.scheme == "static",
     variant_id=lambda p: f"fp8-{p.scheme}",

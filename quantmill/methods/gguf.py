@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from quantmill.methods.base import QuantizeContext
+from quantmill.methods.formats import OutputFormat
 from quantmill.methods.spec import MethodParams, MethodSpec
+
+if TYPE_CHECKING:
+    from quantmill.evaluation.backends import EvalModel
+    from quantmill.evaluation.evaluate import EvaluationSetup
+    from quantmill.evaluation.results import EvaluationResult
 
 # Nominal bits per weight of each llama.cpp type (llama.cpp's quantize table).
 GGUF_TYPES: dict[str, float] = {
@@ -83,19 +90,69 @@ def quantize(params: GGUFParams, ctx: QuantizeContext) -> dict:
     return _gguf.quantize(params, ctx)
 
 
-def load(path: Path, device: str):
-    raise TypeError("GGUF variants are evaluated by the llama.cpp backend, not loaded into transformers")
+def _fallback_summary(fallbacks: list[dict[str, Any]]) -> str:
+    """``12 tensors q4_K → q5_0``: llama.cpp's type substitutions for rows its type cannot hold."""
+    counts = Counter(f"{f['wanted']} → {f['used']}" for f in fallbacks)
+    return ", ".join(f"{n} tensors {change}" for change, n in sorted(counts.items())) or "none"
+
+
+class GGUFFormat(OutputFormat):
+    """One GGUF file (beside it, the importance matrix if one was used), run by llama.cpp."""
+
+    name = "gguf"
+    library_name = "gguf"
+    tags = ("gguf",)
+    has_tokenizer = False  # the tokenizer is inside the GGUF file
+
+    def weights(self, folder: Path) -> Path:
+        files = sorted(p for p in folder.glob("*.gguf") if p.name != "imatrix.gguf")
+        if len(files) != 1:
+            raise FileNotFoundError(f"expected one model .gguf file in {folder}, found {[p.name for p in files]}")
+        return files[0]
+
+    def load_for_evaluation(self, folder: Path, device: str, batch_size: int | str) -> EvalModel:
+        from quantmill.methods._gguf_eval import gguf_eval_model
+
+        return gguf_eval_model(self.weights(folder), device)
+
+    def add_metrics(self, folder: Path, setup: EvaluationSetup, result: EvaluationResult) -> None:
+        from quantmill.methods._gguf_eval import add_kl_divergence
+
+        add_kl_divergence(folder, self.weights(folder), setup, result)
+
+    def usage(self, repo_id: str, provenance: dict[str, Any]) -> str:
+        file = provenance["details"]["file"]
+        return (
+            f'```bash\nllama-cli -hf {repo_id} -p "Hello"   # or: llama-cli -m {file}\n'
+            f"ollama run hf.co/{repo_id}\n```\n\n```python\nfrom llama_cpp import Llama\n"
+            f'llm = Llama.from_pretrained("{repo_id}", filename="{file}")\n```'
+        )
+
+    def card_files(self, provenance: dict[str, Any]) -> list[dict[str, str]]:
+        details = provenance["details"]
+        imatrix = details.get("imatrix")
+        return [
+            {
+                "file": details["file"],
+                "type": str(provenance["parameters"]["type"]).upper(),
+                "size (MB)": f"{details['bytes'] / 1e6:.4g}",
+                "bits per weight": str(details["bits_per_weight"]),
+                "fallbacks": _fallback_summary(details.get("fallbacks") or []),
+                "imatrix": f"{imatrix['samples']} samples of `{Path(imatrix['dataset']).name}`" if imatrix else "none",
+            }
+        ]
 
 
 SPEC = MethodSpec(
     name="gguf",
     params=GGUFParams,
     summary="llama.cpp GGUF files, Q2_K…Q8_0, IQ types with an importance matrix",
-    output_format="gguf",
+    output_format=GGUFFormat(),
     extra="gguf",
+    packages=("llama-cpp-python", "gguf"),
     quantize=quantize,
+    gpu="none",  # llama.cpp's quantization runs on the CPU
     needs_calibration=lambda p: p.use_imatrix,
-    uses_gpu=False,
     variant_id=lambda p: f"gguf-{p.type}",
     bits_per_weight=lambda p: GGUF_TYPES[p.type],
     quantizes_embeddings=True,

@@ -8,8 +8,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods.base import QuantizeContext, package_version, require
-from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+from quantmill.methods.base import QuantizeContext, package_version
+from quantmill.methods.formats import TransformersFormat
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings, scale_bits
 
 
 class HQQParams(MethodParams):
@@ -20,7 +21,6 @@ class HQQParams(MethodParams):
 
 
 def quantize(params: HQQParams, ctx: QuantizeContext) -> dict:
-    require("hqq", "hqq", "hqq", "HQQ quantization")
     from hqq.core.quantize import BaseQuantizeConfig
     from hqq.models.hf.base import AutoHQQHFModel
 
@@ -50,15 +50,27 @@ def load(path: Path, device: str):
     return AutoHQQHFModel.from_quantized(str(path), device=device, compute_dtype=dtype)
 
 
+def usage(repo_id: str) -> str:
+    return (
+        "transformers 5 cannot load HQQ checkpoints; use hqq's loader:\n\n```python\n"
+        "from hqq.models.hf.base import AutoHQQHFModel\n"
+        f'model = AutoHQQHFModel.from_quantized("{repo_id}")\n```'
+    )
+
+
+#: hqq's native folder: loaded with hqq's own loader, for evaluation and on the card.
+HQQ = TransformersFormat("hqq", library_name="hqq", load_model=load, usage_text=usage)
+
+
 SPEC = MethodSpec(
     name="hqq",
     params=HQQParams,
     summary="HQQ 1-8 bit weights, no calibration (native hqq format)",
-    output_format="hqq",
+    output_format=HQQ,
     extra="hqq",
+    packages=("hqq",),
     quantize=quantize,
-    load=load,
     variant_id=lambda p: f"hqq-w{p.bits}-g{p.group_size}",
-    bits_per_weight=lambda p: p.bits + 32 / p.group_size,
+    bits_per_weight=lambda p: p.bits + scale_bits(p.group_size, 32),
     check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import IGNORE, compress
+from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec
 
@@ -32,8 +32,9 @@ SPEC = MethodSpec(
     name="int8",
     params=Int8Params,
     summary="W8A8 INT8 (llm-compressor), optional SmoothQuant",
-    output_format="compressed-tensors",
-    extra="llmcompressor",
+    output_format=COMPRESSED_TENSORS,
+    extra=EXTRA,
+    packages=PACKAGES,
     quantize=quantize,
     needs_calibration=lambda p: p.smoothquant,
     variant_id=lambda p: "int8-w8a8" + ("-sq" if p.smoothquant else ""),

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantmill.dataref import DatasetRef
 from quantmill.methods.base import QuantizeContext
-from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings, scale_bits
+from quantmill.methods.torchao import TORCHAO
 
 
 class TrainingSpec(BaseModel):
@@ -50,15 +51,37 @@ def quantize(params: QATParams, ctx: QuantizeContext) -> dict:
     return _qat.train_and_quantize(params, ctx)
 
 
+def training_cost(params: QATParams) -> str:
+    """The fine-tuning budget, for the plan."""
+    training = params.training
+    tokens = training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
+    return f"QAT {training.steps} steps, {tokens:,} tokens"
+
+
+def training_notes(params: QATParams, details: dict) -> str | None:
+    """The measured training cost and the loss curve's ends, for the card."""
+    training = details.get("training")
+    if not training:
+        return None
+    curve = training["loss_curve"]
+    return (
+        f"QAT training: {training['steps']} steps, {training['tokens']} tokens, "
+        f"{training['seconds']} s, loss {curve[0]['loss']} → {curve[-1]['loss']}"
+    )
+
+
 SPEC = MethodSpec(
     name="qat",
     params=QATParams,
     summary="quantization-aware fine-tuning (torchao), 2-8 bit weights",
-    output_format="torchao",
+    output_format=TORCHAO,
     extra="torchao",
+    packages=("torchao",),
     quantize=quantize,
     needs_calibration=lambda p: p.training.dataset is None,
     variant_id=lambda p: f"qat-w{p.bits}-g{p.group_size}" + ("-a8" if p.activations == "int8" else ""),
-    bits_per_weight=lambda p: p.bits + 16 / p.group_size,
+    bits_per_weight=lambda p: p.bits + scale_bits(p.group_size),
     check=lambda p, shape, device: group_size_findings(p.group_size, shape),
+    cost_note=training_cost,
+    card_notes=training_notes,
 )

@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import IGNORE, compress, weight_scheme
+from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress, weight_scheme
 from quantmill.methods.base import QuantizeContext
-from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
+from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings, scale_bits
 
 
 class RTNParams(MethodParams):
@@ -32,10 +32,11 @@ SPEC = MethodSpec(
     name="rtn",
     params=RTNParams,
     summary="round-to-nearest weights (compressed-tensors), no calibration",
-    output_format="compressed-tensors",
-    extra="llmcompressor",
+    output_format=COMPRESSED_TENSORS,
+    extra=EXTRA,
+    packages=PACKAGES,
     quantize=quantize,
     variant_id=lambda p: f"rtn-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
-    bits_per_weight=lambda p: p.bits + (16 / p.group_size if p.group_size > 0 else 0),
+    bits_per_weight=lambda p: p.bits + scale_bits(p.group_size),
     check=lambda p, shape, device: group_size_findings(p.group_size, shape),
 )

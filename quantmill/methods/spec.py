@@ -1,22 +1,28 @@
-"""What a quantization method declares about itself, without importing its backend.
+"""The method contract: what a quantization method declares about itself, without importing its backend.
 
-A method file (``quantmill/methods/gptq.py`` …) defines a pydantic parameter model
-and a :class:`MethodSpec`. Validation, planning and the JSON Schema read only the
-spec, so ``quantmill validate`` never imports torch or the method's library.
+A method file (``quantmill/methods/gptq.py`` …, or a plug-in's module registered in
+the ``quantmill.methods`` entry-point group) defines a pydantic parameter model and
+a :class:`MethodSpec`. Validation, planning, cache keys and the JSON Schema read
+only the spec, so ``quantmill validate`` never imports torch or the method's
+library. :func:`quantmill.registry.get_method` refuses anything that is not a spec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from quantmill.methods.formats import OutputFormat
 
 if TYPE_CHECKING:
     from quantmill.methods.base import QuantizeContext
     from quantmill.modelinfo import ModelShape
+
+#: How a method uses a GPU: ``none`` (it never does), ``optional`` (faster with one), ``required``.
+GPUUse = Literal["none", "optional", "required"]
 
 
 class MethodParams(BaseModel):
@@ -39,37 +45,70 @@ class Finding:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method's declaration.
+    """A method's declaration: everything quantmill knows about a method comes from here.
 
     Attributes:
         name: the recipe's ``method:`` value.
-        params: the pydantic model of the method's parameters.
-        summary: one line for ``quantmill init`` and the docs.
-        output_format: what the output is (``compressed-tensors``, ``gguf``, …); a model-card tag.
-        extra: the pip extra that installs the backend.
+        params: the pydantic model of the method's parameters (a :class:`MethodParams`).
+        summary: one line for the JSON Schema and the docs.
+        output_format: the :class:`~quantmill.methods.formats.OutputFormat` it writes, which loads,
+            measures and describes the output.
+        extra: the pip extra that installs the backend (``pip install 'quantmill[extra]'``), named
+            when a backend package is missing.
+        packages: the backend's distribution names; their versions are part of every cache key
+            of this method and are recorded in each variant's provenance.
         variant_id: builds the stable id of one expanded variant.
-        bits_per_weight: nominal bits per quantized weight, for the plan's size estimate.
+        bits_per_weight: nominal bits per quantized weight (scales included), for the plan's size estimate.
         quantize: ``quantize(params, ctx) -> details``; writes the model into ``ctx.out_dir``.
+        gpu: how the method uses a GPU (shown in the plan, which warns when a ``required`` one
+            meets a CPU recipe).
         needs_calibration: whether a variant with these parameters needs calibration data.
         check: method rules that need the model's shape or the recipe's device (group sizes …).
-        quantizes_embeddings: whether embeddings are quantized too (GGUF), for size estimates.
-        uses_gpu: whether the method benefits from a GPU (takes a ``gpu`` slot in flows).
-        load: ``load(folder, device)`` for outputs transformers cannot load (None: ``from_pretrained``).
+        quantizes_embeddings: whether embeddings are quantized too, for size estimates.
+        cost_note: what a variant costs beyond quantizing, for the plan's setting column (or None).
+        card_notes: ``card_notes(params, details)``: text for the card's "How it was made"
+            section, from the variant's parameters and its provenance details (or None).
     """
 
     name: str
     params: type[MethodParams]
     summary: str
-    output_format: str
+    output_format: OutputFormat
     extra: str
+    packages: tuple[str, ...]
     variant_id: Callable[[Any], str]
     bits_per_weight: Callable[[Any], float]
     quantize: Callable[[Any, QuantizeContext], dict[str, Any]] | None
+    gpu: GPUUse = "optional"
     needs_calibration: Callable[[Any], bool] = field(default=lambda params: False)
     check: Callable[[Any, ModelShape | None, str], list[Finding]] = field(default=lambda params, shape, device: [])
     quantizes_embeddings: bool = False
-    uses_gpu: bool = True
-    load: Callable[[Path, str], Any] | None = None
+    cost_note: Callable[[Any], str | None] = field(default=lambda params: None)
+    card_notes: Callable[[Any, dict[str, Any]], str | None] = field(default=lambda params, details: None)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.params, type) and issubclass(self.params, MethodParams)):
+            problems.append(f"params must be a MethodParams subclass, not {self.params!r}")
+        if not isinstance(self.output_format, OutputFormat):
+            problems.append(f"output_format must be an OutputFormat, not {self.output_format!r}")
+        if not (isinstance(self.packages, tuple) and all(isinstance(p, str) for p in self.packages)):
+            problems.append(f"packages must be a tuple of distribution names, not {self.packages!r}")
+        if self.gpu not in ("none", "optional", "required"):
+            problems.append(f"gpu must be 'none', 'optional' or 'required', not {self.gpu!r}")
+        if problems:
+            raise TypeError(f"method '{self.name}': " + "; ".join(problems))
+
+    def missing_packages(self) -> list[str]:
+        """The backend packages that are not installed."""
+        from quantmill.methods.base import package_version
+
+        return [package for package in self.packages if package_version(package) is None]
+
+
+def scale_bits(group_size: int, bits_per_group: int = 16) -> float:
+    """Scale (and zero-point) bits per weight: ``bits_per_group`` per group, ~0 per channel (``-1``)."""
+    return bits_per_group / group_size if group_size > 0 else 0.0
 
 
 def group_size_findings(group_size: int | None, shape: ModelShape | None) -> list[Finding]:

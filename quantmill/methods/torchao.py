@@ -7,8 +7,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from quantmill.errors import QuantizationError
-from quantmill.methods.base import QuantizeContext, package_version, require
-from quantmill.methods.spec import Finding, MethodParams, MethodSpec, group_size_findings
+from quantmill.methods.base import QuantizeContext, package_version
+from quantmill.methods.formats import TransformersFormat
+from quantmill.methods.spec import Finding, MethodParams, MethodSpec, group_size_findings, scale_bits
+
+#: torchao checkpoints load with transformers' ``TorchAoConfig``; QAT writes the same format.
+TORCHAO = TransformersFormat("torchao")
 
 
 class TorchAoParams(MethodParams):
@@ -32,8 +36,14 @@ def _check(p: TorchAoParams, shape, device: str) -> list[Finding]:
     return findings
 
 
+def _bits_per_weight(p: TorchAoParams) -> float:
+    if p.scheme == "int8-weight-only":
+        return 8.0
+    bits = 4 if p.scheme == "int4-weight-only" else p.weight_bits
+    return bits + scale_bits(p.group_size)
+
+
 def quantize(params: TorchAoParams, ctx: QuantizeContext) -> dict:
-    require("torchao", "torchao", "torchao", "torchao quantization")
     import torch
     from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationIntxWeightConfig, Int8WeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
@@ -63,14 +73,15 @@ SPEC = MethodSpec(
     name="torchao",
     params=TorchAoParams,
     summary="torchao int8 weight-only or int8-activation/intx-weight",
-    output_format="torchao",
+    output_format=TORCHAO,
     extra="torchao",
+    packages=("torchao",),
     quantize=quantize,
     variant_id=lambda p: {
         "int8-weight-only": "torchao-int8wo",
         "int8-dynamic-intx": f"torchao-int8da-w{p.weight_bits}-g{p.group_size}",
         "int4-weight-only": f"torchao-int4wo-g{p.group_size}",
     }[p.scheme],
-    bits_per_weight=lambda p: 8.0 if p.scheme == "int8-weight-only" else p.weight_bits + 16 / max(p.group_size, 1),
+    bits_per_weight=_bits_per_weight,
     check=_check,
 )

@@ -3,7 +3,9 @@
 Metadata goes through huggingface_hub's ``ModelCardData`` (with ``EvalResult``
 for every task metric, so the Hub shows a model-index); the body is the Jinja
 template shipped in ``quantmill/templates`` (or the recipe's own). Every number
-in a card comes from the variant's provenance, evaluation or verdict.
+in a card comes from the variant's provenance, evaluation or verdict. What is
+particular to a method (usage snippet, library name, tags, file table, notes)
+comes from its spec and its output format.
 """
 
 from __future__ import annotations
@@ -23,15 +25,6 @@ from quantmill.plan import variant_setting
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 
-_LIBRARY = {"gguf": "gguf", "hqq": "hqq"}
-_FORMAT_TAG = {
-    "compressed-tensors": "compressed-tensors",
-    "bitsandbytes": "bitsandbytes",
-    "gguf": "gguf",
-    "torchao": "torchao",
-    "hqq": "hqq",
-}
-
 
 @dataclass
 class CardInputs:
@@ -48,7 +41,6 @@ class CardInputs:
     revision: str
     forced: bool = False
     related: list[dict[str, str]] = field(default_factory=list)
-    gguf_files: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -113,31 +105,6 @@ def _size_rows(inputs: CardInputs) -> list[tuple[str, str]]:
     return rows
 
 
-def _usage(inputs: CardInputs) -> str:
-    repo, fmt = inputs.repo_id, inputs.variant.spec.output_format
-    if fmt == "gguf":
-        file = inputs.provenance["details"]["file"]
-        return (
-            f'```bash\nllama-cli -hf {repo} -p "Hello"   # or: llama-cli -m {file}\n'
-            f"ollama run hf.co/{repo}\n```\n\n```python\nfrom llama_cpp import Llama\n"
-            f'llm = Llama.from_pretrained("{repo}", filename="{file}")\n```'
-        )
-    if fmt == "hqq":
-        return (
-            "transformers 5 cannot load HQQ checkpoints; use hqq's loader:\n\n```python\n"
-            "from hqq.models.hf.base import AutoHQQHFModel\n"
-            f'model = AutoHQQHFModel.from_quantized("{repo}")\n```'
-        )
-    snippet = (
-        f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n```'
-    )
-    if fmt == "compressed-tensors":
-        snippet += f"\n\nServe with vLLM:\n\n```bash\nvllm serve {repo}\n```"
-    return snippet
-
-
 def card_metadata(inputs: CardInputs):
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -171,14 +138,14 @@ def card_metadata(inputs: CardInputs):
             )
         )
     bits = getattr(variant.params, "bits", None)
-    tags = ["quantmill", variant.method, _FORMAT_TAG.get(spec.output_format, spec.output_format)]
+    tags = ["quantmill", variant.method, *spec.output_format.tags]
     if bits is not None:
         tags.append(f"{bits}-bit")
     return ModelCardData(
         base_model=loaded.recipe.model.id,
         base_model_relation="quantized",
         quantized_by="quantmill",
-        library_name=_LIBRARY.get(spec.output_format, "transformers"),
+        library_name=spec.output_format.library_name,
         pipeline_tag="text-generation",
         license=inputs.license,
         tags=tags,
@@ -218,13 +185,7 @@ def render_card(inputs: CardInputs):
         (r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {}
     )
     versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
-    training = (provenance.get("details") or {}).get("training")
-    if training:  # QAT: the measured training cost and loss curve's ends
-        curve = training["loss_curve"]
-        calibration_text += (
-            f"; QAT training: {training['steps']} steps, {training['tokens']} tokens, "
-            f"{training['seconds']} s, loss {curve[0]['loss']} → {curve[-1]['loss']}"
-        )
+    output_format = variant.spec.output_format
     lm_eval = inputs.evaluation.details.get("lm_eval", {}).get("lm_eval_version")
     template = _template_text(loaded)
     return ModelCard.from_template(
@@ -236,20 +197,21 @@ def render_card(inputs: CardInputs):
             f"variant `{variant.id}` of recipe `{loaded.name}`, made and measured by quantmill."
         ),
         forced=inputs.forced,
-        usage=_usage(inputs),
+        usage=output_format.usage(inputs.repo_id, provenance),
         lm_eval_version=lm_eval,
         device=inputs.evaluation.details.get("device", "n/a"),
         eval_rows=_eval_rows(inputs),
         verdict=inputs.verdict.status,
         gate_rows=_gate_rows(inputs.verdict),
         size_rows=_size_rows(inputs),
-        gguf_files=inputs.gguf_files,
+        files=output_format.card_files(provenance),
         base_model=loaded.recipe.model.id,
         revision=inputs.revision,
         method=variant.method,
-        output_format=variant.spec.output_format,
+        output_format=output_format.name,
         parameters=json.dumps(variant.params.model_dump(mode="json"), sort_keys=True),
         calibration=calibration_text,
+        method_notes=variant.spec.card_notes(variant.params, provenance.get("details") or {}),
         recipe_name=loaded.name,
         recipe_sha256=loaded.sha256[:16],
         recipe_excerpt=yaml.safe_dump(row, sort_keys=False).strip(),

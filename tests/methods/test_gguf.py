@@ -136,7 +136,7 @@ def test_fallback_lines_are_parsed():
 
 @pytest.mark.gguf
 def test_shared_model_conversion_fallbacks_and_greedy_text(stories_hf, tmp_path, llama):
-    from quantmill.evaluation.gguf import LlamaCppLM
+    from quantmill.methods._gguf_eval import LlamaCppLM
 
     outputs = {}
     for gguf_type in ("f16", "q8_0", "q4_k_m"):

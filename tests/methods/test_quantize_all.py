@@ -50,8 +50,9 @@ def load_output(variant: Variant, path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    if variant.spec.load is not None:
-        return variant.spec.load(path, "cpu")
+    load_model = getattr(variant.spec.output_format, "load_model", None)  # the format's own loader (hqq)
+    if load_model is not None:
+        return load_model(path, "cpu")
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 

@@ -1,14 +1,21 @@
-"""An lm-eval backend over ``llama_cpp.Llama``, so GGUF variants see the same requests as HF ones.
+"""How the GGUF format is evaluated: an lm-eval backend over ``llama_cpp.Llama``, and KL divergence.
 
-Registered with lm-eval as ``quantmill-gguf``. Requests are tokenized the way
-lm-eval's HF backend does it (context and continuation split on the whole
-string's tokens; trailing context whitespace moved to the continuation), and
-rolling log-likelihood uses the same windows as quantmill's perplexity.
+The backend is registered with lm-eval as ``quantmill-gguf``, so GGUF variants see
+the same requests as transformers ones. Requests are tokenized the way lm-eval's
+HF backend does it (context and continuation split on the whole string's tokens;
+trailing context whitespace moved to the continuation), and rolling
+log-likelihood uses the same windows as quantmill's perplexity.
+
+KL divergence is what the GGUF community trusts for comparing quants:
+``llama-perplexity`` saves the unquantized GGUF's logits over a corpus once
+(``--kl-divergence-base``), then each variant is scored against them
+(``--kl-divergence``). It needs llama.cpp's tools.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +25,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from quantmill.evaluation.backends import EvalModel, free_memory
+from quantmill.evaluation.evaluate import EvaluationSetup
 from quantmill.evaluation.perplexity import windows_for
+from quantmill.evaluation.results import EvaluationResult, MetricValue
+from quantmill.llamacpp import LlamaCpp, run_tool
 
 MAX_CONTEXT = 4096
 
@@ -193,16 +203,8 @@ class LlamaCppLM(LM):
         return prefill_tokens / prefill_seconds, decode_tokens / decode_seconds
 
 
-def gguf_file(folder: Path) -> Path:
-    files = sorted(p for p in folder.glob("*.gguf") if p.name != "imatrix.gguf")
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one model .gguf file in {folder}, found {[p.name for p in files]}")
-    return files[0]
-
-
-def gguf_eval_model(path: Path, device: str) -> EvalModel:
-    """The :class:`EvalModel` of a GGUF file (or of a folder holding one)."""
-    file = gguf_file(path) if path.is_dir() else path
+def gguf_eval_model(file: Path, device: str) -> EvalModel:
+    """The :class:`EvalModel` of a GGUF file."""
     lm = LlamaCppLM(str(file), n_gpu_layers=-1 if device.startswith("cuda") else 0)
 
     def tokenize(text: str) -> list[int]:
@@ -213,3 +215,67 @@ def gguf_eval_model(path: Path, device: str) -> EvalModel:
         free_memory()
 
     return EvalModel(lm, lm.score_windows, tokenize, lm.prefix_token, lm.speed, release)
+
+
+# -- KL divergence ------------------------------------------------------------
+_MEAN_KLD = re.compile(r"Mean\s+KLD:\s+(?P<value>[-\d.eE+]+)\s+±\s+(?P<stderr>[-\d.eE+]+)")
+
+
+def _perplexity_command(llama: LlamaCpp, model: Path, corpus: Path, context: int) -> list[str]:
+    tool = llama.tool("llama-perplexity")
+    assert tool is not None
+    command = [str(tool), "-m", str(model), "-f", str(corpus), "-c", str(context), "-b", str(context)]
+    return command + (["--no-repack"] if has_amx() else [])  # llama.cpp's AMX kernels crash on this CPU
+
+
+def kl_divergence(llama: LlamaCpp, base: Path, variant: Path, corpus: Path, context: int) -> MetricValue:
+    """Mean KLD (with its stderr) of ``variant`` against ``base`` over ``corpus``; base logits are cached."""
+    logits = base.with_name(f"{base.stem}-{corpus.stem}-c{context}.kld")
+    if not logits.is_file():
+        partial = logits.with_suffix(".partial")
+        run_tool(
+            _perplexity_command(llama, base, corpus, context) + ["--kl-divergence-base", str(partial)],
+            what="llama-perplexity (base logits)",
+        )
+        partial.rename(logits)
+    command = _perplexity_command(llama, variant, corpus, context) + [
+        "--kl-divergence-base",
+        str(logits),
+        "--kl-divergence",
+    ]
+    # llama.cpp logs from a background thread and can lose the last lines at exit on a
+    # loaded machine (seen here); the computation is deterministic, so running it again is safe.
+    for _ in range(3):
+        output = run_tool(command, what="llama-perplexity --kl-divergence")
+        match = _MEAN_KLD.search(output)
+        if match is not None:
+            break
+    if match is None:
+        tail = "\n".join(output.strip().splitlines()[-8:])
+        raise ValueError(f"llama-perplexity printed no 'Mean KLD' line; its output ended with:\n{tail}")
+    return MetricValue(float(match["value"]), float(match["stderr"]))
+
+
+def add_kl_divergence(folder: Path, weights: Path, setup: EvaluationSetup, result: EvaluationResult) -> None:
+    """KLD against the unquantized GGUF, when llama.cpp's tools and a perplexity corpus exist.
+
+    KLD is reported, never gated: when it cannot be measured, the result says why.
+    """
+    from quantmill.llamacpp import LlamaCppError, find_llama_cpp
+    from quantmill.quantize import read_artifact
+    from quantmill.textdata import load_texts
+
+    llama = find_llama_cpp()
+    perplexity = setup.evaluation.perplexity
+    details = read_artifact(folder).provenance["details"]
+    if llama is None or llama.tool("llama-perplexity") is None or perplexity is None or "base" not in details:
+        result.details["kld"] = "not measured: needs llama.cpp's llama-perplexity and a perplexity corpus"
+        return
+    base = folder.parent / ".shared" / details["base"]
+    corpus = base.with_name(f"kld-corpus-{base.stem}.txt")
+    if not corpus.is_file():
+        corpus.write_text("\n".join(load_texts(perplexity.dataset, setup.base_dir)) + "\n")
+    try:
+        result.metrics["kld"] = kl_divergence(llama, base, weights, corpus, min(perplexity.max_length, 512))
+    except (LlamaCppError, ValueError) as exc:
+        result.details["kld"] = f"not measured: {exc}"
