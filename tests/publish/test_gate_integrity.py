@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quantmill.publish.publisher import publishable
+
+pytestmark = pytest.mark.fast
 
 STATUSES = st.sampled_from(["passed", "failed", "pending", "running", None, "PASSED", "passed "])
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from tests.conftest import REPO
 from tests.recipe.fuzzing import check_one, fuzz, mutate_data, mutate_text
 
+pytestmark = pytest.mark.fast
+
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 # Mutations that no recipe survives: a loader that accepts their result lets a broken recipe run.

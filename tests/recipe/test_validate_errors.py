@@ -7,6 +7,8 @@ import pytest
 from quantmill.cli import main
 from tests.conftest import BASE_RECIPE
 
+pytestmark = pytest.mark.fast
+
 GPTQ_ROW = "    - {method: gptq, bits: [4, 8], group_size: 128}\n"
 GATE_ROW = "  - {metric: tiny_world_mc/acc, min_recovery: 0.97}\n"
 
