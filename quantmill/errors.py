@@ -9,10 +9,12 @@
     ├── EvaluationError          an evaluation could not produce numbers
     ├── GateFailedError          a required gate failed (CLI exit 3)
     ├── RunStoreError            the run store cannot be read or written
-    └── PublishError             a push to a zoo or hub failed
+    ├── PublishError             a push to a zoo or hub failed
+    └── LlamaCppError            llama.cpp's tree or tools are missing or failed
 
-Messages say what is wrong and what to do next; the CLI prints them without a
-traceback unless ``QUANTMILL_DEBUG=1``.
+All are defined here except ``LlamaCppError``, which lives beside the tools in
+``quantmill.llamacpp``. Messages say what is wrong and what to do next; the CLI
+prints them without a traceback unless ``QUANTMILL_DEBUG=1``.
 """
 
 from __future__ import annotations

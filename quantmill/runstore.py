@@ -1,17 +1,25 @@
-"""The run store: where a run's inputs, outputs and results live on disk.
+"""The run store: where a recipe's runs, quantized variants and cached step results live on disk.
 
 Layout (``QUANTMILL_RUNS_DIR``, default ``./runs``)::
 
-    runs/<recipe>/<run-id>/
-        recipe.yaml          the recipe text exactly as run
-        plan.json            the plan (quantmill.plan.Plan.to_dict)
-        results.json         the results, with "schema_version"
-        variants/<id>/       one folder per variant's output; COMPLETE is written last
-        logs/run.log         the run's log
+    runs/<recipe>/
+        <run-id>/                    one run (RunStore.create_run)
+            recipe.yaml              the recipe text exactly as run
+            plan.json                the plan (quantmill.plan.Plan.to_dict)
+            results.json             the results, with "schema_version", rewritten as the run goes
+            report.md, report.html   the report (quantmill.report.render)
+            quality_vs_*.png         its plots, when there are numbers to plot
+            logs/, variants/         created empty; nothing writes into them yet
+        artifacts/                   quantized variants, shared by the recipe's runs (quantmill.quantize)
+            <variant>-<key>/         a finished variant: its files, quantmill.json, COMPLETE written last
+            .<variant>-<key>.partial one being written; the next attempt removes it
+            .<variant>-<key>.lock    held while one process makes that variant
+            .shared/                 intermediates the variants share (GGUF conversions, importance matrices)
+        .cache/                      the flow's step cache: keys/ (one record per cache key), results/
 
-Every file is written atomically (temporary file in the same folder, fsync,
-rename), so a crash leaves either the old or the new file, never half of one.
-A variant folder counts as finished only once its ``COMPLETE`` marker exists.
+Every file the store writes is written atomically (temporary file in the same
+folder, fsync, rename), so a crash leaves either the old or the new file, never
+half of one. A variant folder counts as finished only once its ``COMPLETE`` marker exists.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from quantmill.cli import main
 from quantmill.diff import diff_recipes, recipes_at
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.fast
+
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout

@@ -8,6 +8,8 @@ from quantmill.evaluation.results import EvaluationResult, MetricValue
 from quantmill.gates import Verdict, apply_rule, check_gates
 from quantmill.recipe.schema import GateRule
 
+pytestmark = pytest.mark.fast
+
 
 def rule(**kwargs) -> GateRule:
     return GateRule(metric=kwargs.pop("metric", "t/acc"), **kwargs)

@@ -17,6 +17,7 @@ from quantmill.runstore import RunStore, atomic_write_json, new_run_id
 from tests.conftest import REPO
 
 
+@pytest.mark.fast
 def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
     target = tmp_path / "results.json"
     atomic_write_json(target, {"ok": 1})
@@ -26,6 +27,7 @@ def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
 
 
+@pytest.mark.fast
 def test_atomic_write_reports_a_path_that_cannot_be_a_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -33,6 +35,7 @@ def test_atomic_write_reports_a_path_that_cannot_be_a_folder(tmp_path):
         atomic_write_json(blocker / "results.json", {})
 
 
+@pytest.mark.fast
 def test_disk_full_during_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "results.json"
     atomic_write_json(target, {"ok": 1})
@@ -47,11 +50,13 @@ def test_disk_full_during_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+@pytest.mark.fast
 def test_run_ids_sort_by_time_and_do_not_collide():
     ids = {new_run_id() for _ in range(200)}
     assert len(ids) == 200
 
 
+@pytest.mark.fast
 def test_start_run_lays_out_the_run_folder(tmp_path):
     store = RunStore(tmp_path / "runs")
     run = start_run(load_recipe(REPO / "recipes" / "demo.yaml"), only=["bnb-int8", "gguf-q8_0"], store=store).run
@@ -83,6 +88,7 @@ def test_run_with_unknown_only_variant_is_a_recipe_error(tmp_path, monkeypatch, 
         get_settings.cache_clear()
 
 
+@pytest.mark.fast
 def test_one_of_locks_counts_slots_and_a_killed_holder_frees_its_slot(tmp_path):
     """Heavy slots on one machine: N lock files; the kernel frees a slot when its holder dies."""
     import signal

@@ -4,7 +4,8 @@
 
 Deterministic on CPU: one thread, fixed seeds, deterministic algorithms, so the
 same command writes the same first training steps on any machine of this kind
-(``tests/demo/test_training.py`` checks it against the committed log).
+(``test_training_reproduces_the_first_steps_exactly`` in ``tests/demo/test_tiny_model.py``
+checks it against the committed ``training_log.json``).
 
 The model is a 2-layer Llama with hidden size 256 and intermediate size 512:
 every linear layer's in-features is a multiple of 256, so every method applies

@@ -11,6 +11,7 @@ from quantmill.demo.world import build_world
 from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 
 
+@pytest.mark.fast
 def test_widths_divide_256_and_model_is_small():
     config = json.loads((DEMO_MODEL / "config.json").read_text())
     assert config["hidden_size"] % 256 == 0 and config["intermediate_size"] % 256 == 0
@@ -26,6 +27,7 @@ def test_training_reproduces_the_first_steps_exactly():
     assert losses == log["losses"][:5]
 
 
+@pytest.mark.fast
 def test_eval_data_is_what_the_world_generates(tmp_path):
     write_eval_data(build_world(TrainingConfig().seed), tmp_path)
     for name in ("tiny_world_mc.jsonl", "tiny_world_ppl.jsonl", "calibration.jsonl"):

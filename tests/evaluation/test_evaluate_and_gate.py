@@ -64,9 +64,10 @@ def test_eight_bit_passes_and_two_bit_fails(measured):
 
 
 @pytest.mark.slow
-def test_gptq_beats_rtn_at_four_bits_on_perplexity(measured):
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gptq_beats_rtn_on_perplexity(measured, bits):
     _, _, baseline, results = measured
-    gptq, rtn = results["gptq-w4-g64"][0].value("ppl"), results["rtn-w4-g64"][0].value("ppl")
+    gptq, rtn = results[f"gptq-w{bits}-g64"][0].value("ppl"), results[f"rtn-w{bits}-g64"][0].value("ppl")
     assert baseline.value("ppl") <= gptq < rtn, (baseline.value("ppl"), gptq, rtn)
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from quantmill.evaluation.perplexity import perplexity, windows_for
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize(
     ("length", "max_length", "stride"), [(5, 8, 4), (20, 8, 4), (20, 8, 7), (33, 16, 16), (1, 4, 2)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
+from huggingface_hub import ModelCard
 
 from quantmill.publish.targets import front_matter
 from tests.conftest import REPO
@@ -30,18 +30,25 @@ def test_demo_recipe_end_to_end(tmp_path):
     zoo = tmp_path / "zoo" / "quantmill-demo"
     published = sorted(p.name for p in zoo.iterdir() if p.is_dir() and p.name != "collections")
     assert published == sorted(f"tiny-llama-{v}" for v in statuses)  # the failing variant is absent
+    run = tmp_path / "runs" / "demo" / results["run_id"]
+    saved = json.loads((run / "results.json").read_text())["variants"]  # what the run measured, from disk
     for repo in published:
         card = (zoo / repo / "README.md").read_text()
         meta = front_matter(card)
         assert meta["base_model_relation"] == "quantized" and meta["license"] == "apache-2.0"
-        assert yaml.safe_load(card[3 : card.index("\n---", 3)]) == meta
         assert "## Evaluation" in card and "## Gates" in card
+        # The card's model-index, read as the Hub reads it, carries this variant's own measurements.
+        variant = saved[repo.removeprefix("tiny-llama-")]
+        shown = {(r.dataset_name, r.metric_type): r.metric_value for r in ModelCard(card).data.eval_results}
+        measured = variant["evaluation"]["metrics"]
+        assert shown[("tiny_world_mc", "acc")] == measured["tiny_world_mc/acc"]["value"], repo
+        assert shown[("tiny_world_ppl", "perplexity")] == measured["ppl"]["value"], repo
+        assert meta["quantmill"]["verdict"] == variant["status"] == "passed"
     gguf_card = (zoo / "tiny-llama-gguf-q4_k_m" / "README.md").read_text()
     assert "tiny-llama-Q4_K_M.gguf" in gguf_card and "llama-cli" in gguf_card
     collection = json.loads((zoo / "collections" / "quantmill-demo-zoo.json").read_text())
     assert len(collection["items"]) == len(statuses)
 
-    run = tmp_path / "runs" / "demo" / results["run_id"]
     for name in ("results.json", "report.md", "report.html", "quality_vs_size.png", "quality_vs_speed.png"):
         assert (run / name).is_file(), name
     report = (run / "report.md").read_text()

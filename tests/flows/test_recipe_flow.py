@@ -97,42 +97,113 @@ def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
 
 
 def test_killed_run_resumes_without_redoing_finished_variants(tmp_path, write_recipe, calls):
+    """SIGKILL lands while a quantization is half written; the rerun redoes that one and nothing finished."""
+    from prefect.settings import PREFECT_API_URL
+
+    from quantmill.tasks.limits import MACHINE_LIMITS_ENV
+
     recipe = write_recipe(fast_recipe(THREE))
     runs = tmp_path / "runs"
-    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(runs)}
+    artifacts = runs / "flowtest" / "artifacts"
+    env = {
+        **os.environ,
+        "QUANTMILL_RUNS_DIR": str(runs),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),  # the test's server, not one started by the run
+        MACHINE_LIMITS_ENV: "1",  # its heavy slot is a file lock, freed by the kill as on a laptop
+    }
+    output = (tmp_path / "killed-run.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    finished: list[str] = []
+
+    def variant_of(folder) -> str:  # artifact folders are named <variant>-<12 hex of the key>
+        return folder.name.lstrip(".").removesuffix(".partial").rsplit("-", 1)[0]
+
+    def finished_folders() -> list:
+        return [m.parent for m in artifacts.glob("[!.]*/COMPLETE")]  # staging folders start with "."
+
+    done_at: dict[str, float] = {}
+    in_progress: list = []
     deadline = time.monotonic() + 600
-    while not finished and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        for results_file in runs.glob("flowtest/*/results.json"):
-            try:
-                variants = json.loads(results_file.read_text())["variants"]
-            except (ValueError, KeyError):
-                pytest.fail("results.json was not valid JSON at some point")
-            finished = [v for v, entry in variants.items() if entry.get("status") in ("passed", "failed")]
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert len(finished) >= 1, "no variant finished before the kill"
+    try:
+        # Kill once one quantization is being written while another has been finished for a
+        # while (its cached result is surely recorded): the kill interrupts real work.
+        while True:
+            assert process.poll() is None, "the run ended before the kill: " + (tmp_path / "killed-run.log").read_text()
+            assert time.monotonic() < deadline, "never saw a quantization in progress after another finished"
+            now = time.monotonic()
+            for folder in finished_folders():
+                done_at.setdefault(variant_of(folder), now)
+            finished = {v for v, at in done_at.items() if now - at > 0.5}
+            in_progress = list(artifacts.glob(".*.partial"))
+            if finished and in_progress:
+                break
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        output.close()
+    assert all(folder.is_dir() for folder in in_progress), "the quantization finished before the kill landed"
+    interrupted = {variant_of(folder) for folder in in_progress}
+
     results = run_flow(recipe, runs)
-    redone = calls.variants("quantize_one")
-    assert not set(redone) & set(finished), (redone, finished)
+    redone = set(calls.variants("quantize_one"))
+    assert interrupted <= redone, (interrupted, redone)  # the half-written variant is made again
+    assert not redone & finished, (redone, finished)  # and no finished one is
     assert {v["status"] for v in results["variants"].values()} == {"passed"}
-    assert not list((runs / "flowtest" / "artifacts").glob(".*.partial"))
+    assert not list(artifacts.glob(".*.partial"))
+    made = sorted(variant_of(folder) for folder in finished_folders())
+    assert made == ["bnb-int8", "rtn-w4-g128", "rtn-w8-g128"]  # one finished folder each
 
 
-def test_heavy_limit_serialises_heavy_tasks(tmp_path, write_recipe, calls):
-    run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs", workers=4)
-    spans = sorted((start, end) for name, _, start, end in calls.log)
-    assert len(spans) == 7  # baseline + 3 quantize + 3 evaluate
-    for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False):
-        assert next_start >= end, "two heavy tasks overlapped under a limit of 1"
+# Runs a recipe like `quantmill run`, appending a span line "<pid> <start> <end>" per heavy step to a file.
+TIMED_RUN = """
+import os, sys, time
+from quantmill import stages
+from quantmill.flows.recipe import run_recipe
+recipe, spans = sys.argv[1:]
+for name in ("evaluate_baseline", "quantize_one", "evaluate_variant"):
+    def timed(*args, _original=getattr(stages, name), **kwargs):
+        start = time.monotonic()  # one clock for every process on the machine
+        try:
+            return _original(*args, **kwargs)
+        finally:
+            with open(spans, "a") as out:
+                out.write(f"{os.getpid()} {start} {time.monotonic()}\\n")
+    setattr(stages, name, timed)
+run_recipe(recipe, heavy_slots=1)
+"""
+
+
+def test_heavy_limit_serialises_heavy_tasks(tmp_path, write_recipe):
+    """Two runs in two processes, each free to compute at once, share one heavy slot: their steps never overlap."""
+    from prefect.settings import PREFECT_API_URL
+
+    recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 4, group_size: 128}\n"))
+    spans = tmp_path / "spans.txt"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test server holds the limit
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TIMED_RUN, str(recipe), str(spans)],
+            env={**env, "QUANTMILL_RUNS_DIR": str(tmp_path / f"runs-{i}")},  # nothing cached or shared
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=900)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    steps = sorted(
+        (float(start), float(end), int(pid)) for pid, start, end in map(str.split, spans.read_text().splitlines())
+    )
+    assert len(steps) == 6 and len({pid for *_, pid in steps}) == 2  # baseline, quantize, evaluate in each
+    for (_, end, pid), (next_start, _, next_pid) in zip(steps, steps[1:], strict=False):
+        assert next_start >= end, f"a heavy step of process {next_pid} started while one of {pid} ran"
 
 
 def test_heavy_tasks_take_turns_in_one_process_even_with_more_slots(tmp_path, write_recipe, calls):
@@ -289,23 +360,39 @@ def test_a_recipe_mixing_ptq_and_qat_is_gated_and_published(tmp_path, write_reci
     assert "QAT training: 20 steps, 5120 tokens" in card
 
 
+# llama.cpp's converter as the OOM killer leaves it: part of the output written, then SIGKILL.
+CONVERTER_KILLED_MID_WRITE = """
+import os, signal, sys
+out = sys.argv[sys.argv.index("--outfile") + 1]
+with open(out, "wb") as partial:
+    partial.write(b"GGUF" + bytes(4096))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 def test_a_variant_killed_by_the_oom_killer_fails_alone(tmp_path, write_recipe, monkeypatch):
-    """A worker process killed by SIGKILL (what the OOM killer sends) fails its variant only."""
-    from quantmill import stages
-    from quantmill.errors import QuantizationError
+    """The GGUF converter killed by SIGKILL (what the OOM killer sends) fails its variant only, and leaves
+    nothing half-written that a later run could take for finished."""
+    from quantmill.settings import get_settings
 
-    original = stages.quantize_one
-
-    def killed_worker(loaded, variant, *args, **kwargs):
-        if variant.method == "bnb":
-            worker = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
-            raise QuantizationError(f"{variant.id}: worker killed by signal {-worker.returncode} (out of memory?)")
-        return original(loaded, variant, *args, **kwargs)
-
-    monkeypatch.setattr(stages, "quantize_one", killed_worker)
-    results = run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs")
-    assert results["variants"]["bnb-int8"]["status"] == "failed"
-    assert "killed by signal 9" in results["variants"]["bnb-int8"]["error"]
+    llama_cpp = tmp_path / "llama.cpp"
+    llama_cpp.mkdir()
+    (llama_cpp / "convert_hf_to_gguf.py").write_text(CONVERTER_KILLED_MID_WRITE)
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(llama_cpp))
+    get_settings.cache_clear()
+    try:
+        rows = "    - {method: rtn, bits: 4, group_size: 128}\n    - {method: gguf, type: q4_k_m}\n"
+        results = run_flow(write_recipe(fast_recipe(rows)), tmp_path / "runs")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    killed = results["variants"]["gguf-q4_k_m"]
+    assert killed["status"] == "failed"
+    assert "convert_hf_to_gguf.py failed (exit -9)" in killed["error"]  # -9: ended by SIGKILL
     assert results["variants"]["rtn-w4-g128"]["status"] == "passed"
     report = (tmp_path / "runs" / "flowtest" / results["run_id"] / "report.md").read_text()
-    assert "killed by signal 9" in report  # the report says what happened
+    assert "exit -9" in report  # the report says what happened
+    artifacts = tmp_path / "runs" / "flowtest" / "artifacts"
+    assert [f.name for f in artifacts.glob("gguf-q4_k_m-*")] == []  # no variant folder, finished or staged
+    assert list(artifacts.glob(".gguf-q4_k_m-*.partial")) == []
+    assert list((artifacts / ".shared").glob("*.gguf")) == []  # the cut-short conversion is not taken as done

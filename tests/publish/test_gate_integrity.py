@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quantmill.publish.publisher import publishable
 from quantmill.record import VariantRecord, VariantStatus
+
+pytestmark = pytest.mark.fast
 
 ENTRIES = st.builds(VariantRecord, method=st.just("rtn"), status=st.sampled_from(list(VariantStatus)))
 

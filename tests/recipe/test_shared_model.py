@@ -18,6 +18,7 @@ variants:
 """
 
 
+@pytest.mark.fast
 def test_group_sizes_are_checked_against_the_real_shape(stories_hf, write_recipe):
     rows = "    - {method: rtn, bits: 4, group_size: 128}\n    - {method: hqq, bits: 4, group_size: 32}\n"
     with pytest.raises(RecipeError) as caught:
@@ -30,6 +31,7 @@ def test_group_sizes_are_checked_against_the_real_shape(stories_hf, write_recipe
     assert "group size 32 does not divide the in-features of mlp.down_proj (172)" in messages[1]
 
 
+@pytest.mark.fast
 def test_methods_without_groups_validate_on_the_real_shape(stories_hf, write_recipe):
     rows = (
         "    - {method: rtn, bits: 8, group_size: -1}\n    - {method: bnb, types: [nf4, int8]}\n"

@@ -15,6 +15,8 @@ from quantmill.recipe import load_recipe
 from quantmill.yamlio import load_yaml_file
 from tests.conftest import BASE_RECIPE, REPO
 
+pytestmark = pytest.mark.fast
+
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 

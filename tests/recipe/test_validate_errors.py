@@ -7,6 +7,8 @@ import pytest
 from quantmill.cli import main
 from tests.conftest import BASE_RECIPE
 
+pytestmark = pytest.mark.fast
+
 GPTQ_ROW = "    - {method: gptq, bits: [4, 8], group_size: 128}\n"
 GATE_ROW = "  - {metric: tiny_world_mc/acc, min_recovery: 0.97}\n"
 
@@ -274,8 +276,13 @@ CASES = [
 ]
 
 
-def test_at_least_25_kinds_of_mistakes():
-    assert len({case[0] for case in CASES}) >= 25
+def test_the_unbroken_recipe_is_valid(write_recipe, capsys):
+    """Every case breaks this recipe in one place, so each problem reported is that case's own."""
+    code = main(["validate", str(write_recipe(BASE_RECIPE))])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "problem" not in out.err
+    assert ": 3 variants" in " ".join(out.out.split())  # gptq-w4, gptq-w8, gguf-q4_k_m (the console wraps)
 
 
 @pytest.mark.parametrize(("text", "path", "fragment", "line_text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -14,6 +14,7 @@ from quantmill.report.recommend import recommend
 from quantmill.report.render import write_report
 
 
+@pytest.mark.fast
 def test_pareto_excludes_dominated_points_and_keeps_ties():
     points = [
         Point("a", 1.0, 0.5),
@@ -28,6 +29,7 @@ def test_pareto_excludes_dominated_points_and_keeps_ties():
     assert names == ["f", "a", "e", "b", "g"]  # c: same cost as b, worse; d: costlier than b, no better
 
 
+@pytest.mark.fast
 def test_pareto_of_one_and_none():
     assert pareto_frontier([]) == []
     assert [p.name for p in pareto_frontier([Point("x", 1, 1)])] == ["x"]
@@ -73,6 +75,7 @@ def run_json(**variants):
     }
 
 
+@pytest.mark.fast
 def test_recommendation_follows_the_measurements():
     results = run(
         **{
@@ -87,11 +90,13 @@ def test_recommendation_follows_the_measurements():
     assert "unquantized" in recs["accuracy-critical use"].reason
 
 
+@pytest.mark.fast
 def test_no_passing_variant_keeps_the_baseline():
     recs = recommend(run(**{"rtn-w2": ("failed", 0.5, 0.7, 90.0)}))
     assert [r.variant for r in recs] == [None] and "keep the unquantized" in recs[0].reason
 
 
+@pytest.mark.fast
 def test_regression_flagged_only_beyond_noise():
     before = run(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0)})
     dropped = run(**{"gptq-w4": ("failed", 0.80, 1.2, 55.0)})
@@ -104,6 +109,7 @@ def test_regression_flagged_only_beyond_noise():
     assert [(r.what) for r in find_regressions(before, RunRecord.model_validate(bigger))] == ["size_mb"]
 
 
+@pytest.mark.fast
 def test_report_files(tmp_path):
     results = run(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0), "rtn-w2": ("failed", 0.5, 0.7, 90.0)})
     regressions = write_report(tmp_path, results, previous=run(**{"gptq-w4": ("passed", 0.95, 1.2, 50.0)}))
