@@ -314,3 +314,34 @@ def test_the_demo_recipe_loads_from_the_repo_unchanged():
     """The default (trusted) policy keeps today's recipes working; it only lists what they ask for."""
     loaded = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml")
     assert {r.capability for r in loaded.capabilities} == {"task_code"}
+
+
+# --- the pull-request workflow -------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_repos_recipes_pass_the_ci_operator_settings(monkeypatch, operator):
+    monkeypatch.chdir(REPO_ROOT)  # the CI file's paths are relative to the checkout
+    monkeypatch.setenv("QUANTMILL_OPERATOR_FILE", str(REPO_ROOT / "infra" / "operator.ci.yaml"))
+    assert operator().policy == "untrusted"
+    for recipe in sorted((REPO_ROOT / "recipes").glob("*.yaml")):
+        load_recipe(recipe)
+
+
+def test_the_pr_workflow_keeps_secrets_away_from_pull_request_code():
+    import yaml
+
+    jobs = yaml.safe_load((REPO_ROOT / "infra" / "github" / "recipes.yml").read_text())["jobs"]
+    for name, job in jobs.items():
+        text = json.dumps(job)
+        if "pip install" in text:  # the job runs the pull request's code
+            assert "secrets." not in text and "write" not in json.dumps(job.get("permissions", {})), name
+            assert all(
+                "--policy untrusted" in step["run"] for step in job["steps"] if "quantmill " in step.get("run", "")
+            ), name
+    assert "--no-publish" in json.dumps(jobs["run-recipe"])
+    assert jobs["run-recipe"]["steps"][0]["with"]["ref"] == "${{ github.event.pull_request.head.sha }}"
+    assert "github.event.action == 'labeled'" in jobs["run-recipe"]["if"]
+    assert "synchronize" in jobs["unlabel"]["if"] and "removeLabel" in json.dumps(jobs["unlabel"])
+    assert "checkout" not in json.dumps(jobs["comment"])
