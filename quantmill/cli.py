@@ -81,8 +81,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cache = RunStore(get_settings().runs_dir).recipe_dir(loaded.name) / ".cache"
     plan = build_plan(loaded, cache_status(loaded, cache, resolve_device(loaded.recipe.device)))
     if args.json:
-        capabilities = [{"capability": r.capability, "detail": r.detail} for r in loaded.capabilities]
-        sys.stdout.write(json.dumps({**plan.to_dict(), "capabilities": capabilities}, indent=2) + "\n")
+        sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
+        for line in capability_lines(loaded.capabilities):  # on stderr: the JSON is the Plan's
+            err_console.print(escape(line), highlight=False, soft_wrap=True)
         return 0
     table = Table(title=f"{plan.recipe}: {plan.model} (baseline ≈ {_human_bytes(plan.baseline_bytes)} at 16-bit)")
     table.add_column("variant", no_wrap=True)
@@ -219,7 +220,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         sys.stdout.write(to_markdown(changes))
     else:
         table = Table(title=f"recipes: {args.base} → {head_ref}")
-        for column in ("recipe", "status", "variants +/−/~", "gates", "publish", "capabilities", "will re-run"):
+        for column in ("recipe", "status", "variants +/−/~", "gates", "publish", "will re-run"):
             table.add_column(column, overflow="fold")
         for c in changes:
             variants = " ".join(
@@ -237,10 +238,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 c.error or variants or "-",
                 "\n".join(c.gates) or "-",
                 "\n".join(c.publish) or "-",
-                escape("\n".join(capability_summary(c))) or "-",
                 ", ".join(c.rerun) or "-",
             )
         console.print(table)
+        for c in changes:  # below the table: capability details are long
+            for line in capability_summary(c):
+                console.print(f"{c.file}: [yellow]capability {escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     return 2 if any(c.status == "invalid" for c in changes) else 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from quantmill.errors import QuantmillError, RecipeError
 from quantmill.recipe import LoadedRecipe, load_recipe
 from quantmill.recipe.schema import GateRule
+from quantmill.trust.operator import OperatorSettings
 
 _TIGHTER_WHEN_HIGHER = {"min", "min_recovery"}
 
@@ -67,11 +68,11 @@ def recipes_at(ref: str, recipes_subdir: str = "recipes", repo: Path = Path(".")
         yield Path(tmp) / top / recipes_subdir
 
 
-def _load_all(folder: Path) -> dict[str, LoadedRecipe | RecipeError]:
+def _load_all(folder: Path, operator: OperatorSettings | None = None) -> dict[str, LoadedRecipe | RecipeError]:
     loaded: dict[str, LoadedRecipe | RecipeError] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
-            loaded[path.name] = load_recipe(path)
+            loaded[path.name] = load_recipe(path, operator)
         except RecipeError as exc:
             loaded[path.name] = exc
     return loaded
@@ -154,8 +155,12 @@ def compare_recipes(old: LoadedRecipe, new: LoadedRecipe, file: str) -> RecipeCh
 
 
 def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
-    """Changes from the recipes in ``base`` to those in ``head``; unchanged recipes are not listed."""
-    before, after = _load_all(base), _load_all(head)
+    """Changes from the recipes in ``base`` to those in ``head``; unchanged recipes are not listed.
+
+    Only ``head`` is held to the operator's settings: ``base`` is what was already accepted
+    (checked with the defaults), and its extracted copy lies outside the operator's roots.
+    """
+    before, after = _load_all(base, OperatorSettings.model_construct()), _load_all(head)
     changes = []
     for file in sorted(set(before) | set(after)):
         old, new = before.get(file), after.get(file)
@@ -192,7 +197,8 @@ def capability_summary(change: RecipeChange) -> list[str]:
     return [("NEW " if c in change.capabilities_added else "") + c for c in change.capabilities]
 
 
-_MARKDOWN_ESCAPES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>|`*_[]()!#@\\~"} | {"\n": "<br>", "\r": ""})
+# HTML, cell breaks, links and images ([...]), code spans and @mentions; emphasis is harmless
+_MARKDOWN_ESCAPES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>|`[]@\\"} | {"\n": "<br>", "\r": ""})
 
 
 def escape_markdown(text: str) -> str:

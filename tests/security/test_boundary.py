@@ -269,8 +269,10 @@ def test_validate_and_plan_list_capabilities(tmp_path, capsys):
     file.write_text(RECIPE.replace("license: mit}", "license: mit, card_template: card.j2}"))
     assert main(["validate", str(file)]) == 0
     assert "capability card_template: card.j2 (at publish.card_template" in capsys.readouterr().out
+    assert main(["plan", str(file)]) == 0
+    assert "capability card_template: card.j2" in capsys.readouterr().out
     assert main(["plan", "--json", str(file)]) == 0
-    assert json.loads(capsys.readouterr().out)["capabilities"] == [{"capability": "card_template", "detail": "card.j2"}]
+    assert "capability card_template: card.j2" in capsys.readouterr().err
 
 
 def test_diff_flags_capabilities_a_change_adds_and_escapes_recipe_text(tmp_path):
@@ -287,7 +289,7 @@ def test_diff_flags_capabilities_a_change_adds_and_escapes_recipe_text(tmp_path)
     [change] = diff_recipes(base, head)
     assert change.capabilities_added == ["card_template: card.j2"]
     markdown = to_markdown([change])
-    assert "NEW card&#95;template: card.j2" in markdown and "adds capabilities" in markdown
+    assert "NEW card_template: card.j2" in markdown and "adds capabilities" in markdown
     assert "<img" not in markdown and "@team" not in markdown and "&#124; x" in markdown
 
 
