@@ -56,6 +56,7 @@ def deploy(
     ensure_process_pool(work_pool)
     registered = {}
     zoo = Flow.from_source(source=str(source), entrypoint="flows/zoo.py:zoo")
+    assert isinstance(zoo, Flow)  # from_source is only awaitable inside an event loop
     zoo.deploy(
         name="nightly-zoo",
         work_pool_name=work_pool,
@@ -67,6 +68,7 @@ def deploy(
     )
     registered["nightly-zoo"] = zoo_cron
     recipe_flow = Flow.from_source(source=str(source), entrypoint="flows/recipe.py:quantize_evaluate_publish")
+    assert isinstance(recipe_flow, Flow)
     for path, loaded in recipes:
         if loaded.recipe.schedule:
             name = f"recipe-{loaded.name}"

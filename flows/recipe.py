@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from quantmill.errors import QuantmillError
 from quantmill.evaluation.results import EvaluationResult
@@ -59,7 +59,11 @@ def _cached(future: PrefectFuture) -> bool:
     return future.state.name == "Cached"
 
 
-@flow(name="quantize-evaluate-publish", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=False)
+# The runner of deployments; run_recipe() passes its own (``--workers``, ``--processes``).
+_THREADS: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=get_settings().workers)
+
+
+@flow(name="quantize-evaluate-publish", task_runner=_THREADS, log_prints=False)
 def quantize_evaluate_publish(
     recipe_path: str,
     only: list[str] | None = None,
@@ -93,7 +97,8 @@ def quantize_evaluate_publish(
     keys = step_keys(loaded, run.variants, resolved, calibration, device)
     all_cached = run.prepare_cache(keys)
     steps = steps_cached_in(run.cache_dir, loaded.name)
-    in_process = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+    context = FlowRunContext.get()
+    in_process = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
     slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
     with hold_slot(slots.run):
         baseline = steps.baseline.submit(loaded, resolved, device, slots.task, cache_key=keys.baseline)
@@ -182,7 +187,7 @@ def run_recipe(
                 target=target,
                 task_runner=process_task_runner(processes),
             )
-    runner = task_runner or ThreadPoolTaskRunner(max_workers=workers or get_settings().workers)
+    runner: TaskRunner[Any] = task_runner or ThreadPoolTaskRunner(max_workers=workers or get_settings().workers)
     return quantize_evaluate_publish.with_options(task_runner=runner)(
         recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots, publish=publish, target=target
     )

@@ -2,7 +2,8 @@
 
 Heavy libraries (torch, transformers, Prefect) are imported inside commands, so
 ``quantmill --help`` and ``quantmill validate`` stay fast. Known errors become one
-message and an exit code (2: invalid recipe, 3: a required gate failed, 1: other);
+message and an exit code (2: invalid recipe, 3: a required gate failed, 4: a passing
+variant failed to publish, 1: other);
 ``QUANTMILL_DEBUG=1`` shows tracebacks.
 """
 
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quantmill import __version__
 from quantmill.errors import QuantmillError, RecipeError
 from quantmill.settings import get_settings
+from quantmill.trust.operator import POLICY_HELP, capability_lines, use_untrusted_policy
 
 if TYPE_CHECKING:
     from quantmill.record import RunRecord
@@ -55,8 +58,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 err_console.print(f"  {problem.format()}", markup=False, highlight=False, soft_wrap=True)
             continue
         console.print(f"[green]✓[/green] {file}: {len(loaded.variants)} variants", highlight=False)
-        if loaded.recipe.model.trust_remote_code:
-            console.print("  [yellow]trust_remote_code: true[/yellow] — the model's own code will run")
+        for line in capability_lines(loaded.capabilities):
+            console.print(f"  [yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     return 2 if failed else 0
 
 
@@ -83,6 +86,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = build_plan(loaded, cache_status(loaded, cache, resolve_device(loaded.recipe.device)))
     if args.json:
         sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
+        for line in capability_lines(loaded.capabilities):  # on stderr: the JSON is the Plan's
+            err_console.print(escape(line), highlight=False, soft_wrap=True)
         return 0
     table = Table(title=f"{plan.recipe}: {plan.model} (baseline ≈ {_human_bytes(plan.baseline_bytes)} at 16-bit)")
     table.add_column("variant", no_wrap=True)
@@ -114,6 +119,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(f"publish target: {', '.join(sorted(targets))} (accepted variants only)", highlight=False)
     for note in plan.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+    for line in capability_lines(loaded.capabilities):
+        console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -170,10 +177,13 @@ def render_results(record: RunRecord) -> Table:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from quantmill.recipe import load_recipe
+
+    load_recipe(args.recipe)  # an invalid or refused recipe stops here, before Prefect starts
     _prefect_defaults()
-    from quantmill.errors import GateFailedError
+    from quantmill.errors import GateFailedError, PublishError
     from quantmill.flows.recipe import run_recipe
-    from quantmill.record import VariantStatus
+    from quantmill.record import PublishStatus, VariantStatus
     from quantmill.runstore import Run
 
     outcome = run_recipe(
@@ -188,6 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run.read_record()
     console.print(render_results(record))
     console.print(f"results: {run.results_path}")
+    unpublished = [v for v, e in record.variants.items() if e.publish and e.publish.status == PublishStatus.FAILED]
+    if unpublished:
+        raise PublishError(f"{len(unpublished)} passing variant(s) failed to publish: {', '.join(unpublished)}")
     failed = [v for v, e in record.variants.items() if e.status != VariantStatus.PASSED]
     if failed:
         raise GateFailedError(f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
@@ -203,7 +216,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from quantmill.diff import diff_recipes, recipes_at, to_markdown
+    from quantmill.diff import capability_summary, diff_recipes, recipes_at, to_markdown
 
     head_ref = args.head or args.recipes_dir  # default: the working tree's recipes folder
     with recipes_at(args.base, args.recipes_dir) as base, recipes_at(head_ref, args.recipes_dir) as head:
@@ -233,6 +246,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 ", ".join(c.rerun) or "-",
             )
         console.print(table)
+        for c in changes:  # below the table: capability details are long
+            for line in capability_summary(c):
+                console.print(f"{c.file}: [yellow]capability {escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     return 2 if any(c.status == "invalid" for c in changes) else 0
 
 
@@ -289,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantmill",
         description="Declarative quantize → evaluate → gate → publish pipelines for Hugging Face causal LMs.",
-        epilog="Exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a required gate failed. "
+        epilog="Exit codes: 0 ok, 1 error, 2 invalid or refused recipe, 3 a required gate failed, "
+        "4 a passing variant failed to publish. "
         "Set QUANTMILL_DEBUG=1 for tracebacks.",
     )
     parser.add_argument("--version", action="version", version=f"quantmill {__version__}")
@@ -298,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(handler=handler)
+        command.add_argument("--policy", choices=["untrusted"], help=POLICY_HELP)
         return command
 
     init = add("init", cmd_init, "write a commented starter recipe")
@@ -380,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from quantmill.redact import install_log_redaction, redact
 
+    if args.policy:
+        use_untrusted_policy()
     install_log_redaction()
     try:
         return args.handler(args)

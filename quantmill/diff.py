@@ -2,8 +2,12 @@
 
 For reviewers of recipe pull requests: recipes added, removed and changed; per
 changed recipe the variants added, removed and changed, gates tightened or
-loosened, publish settings changed, and which variants the next nightly run will
+loosened, publish settings changed, the capabilities (code-bearing inputs) it asks
+for and which of them the change adds, and which variants the next nightly run will
 redo because what determines their results changed.
+
+Everything from a recipe is escaped in the Markdown (a pull-request comment), so a
+recipe cannot inject HTML, tables, links or mentions into it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from quantmill.errors import QuantmillError, RecipeError
 from quantmill.recipe import LoadedRecipe, load_recipe
 from quantmill.recipe.schema import GateRule
+from quantmill.trust.operator import OperatorSettings
 
 _TIGHTER_WHEN_HIGHER = {"min", "min_recovery"}
 
@@ -37,6 +42,8 @@ class RecipeChange:
     gates: list[str] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
     rerun: list[str] = field(default_factory=list)
+    capabilities: list[str] = field(default_factory=list)
+    capabilities_added: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -61,11 +68,11 @@ def recipes_at(ref: str, recipes_subdir: str = "recipes", repo: Path = Path(".")
         yield Path(tmp) / top / recipes_subdir
 
 
-def _load_all(folder: Path) -> dict[str, LoadedRecipe | RecipeError]:
+def _load_all(folder: Path, operator: OperatorSettings | None = None) -> dict[str, LoadedRecipe | RecipeError]:
     loaded: dict[str, LoadedRecipe | RecipeError] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
-            loaded[path.name] = load_recipe(path)
+            loaded[path.name] = load_recipe(path, operator)
         except RecipeError as exc:
             loaded[path.name] = exc
     return loaded
@@ -113,8 +120,14 @@ def _gate_changes(label: str, old: tuple[GateRule, ...], new: tuple[GateRule, ..
     return changes
 
 
+def _capabilities(loaded: LoadedRecipe) -> list[str]:
+    return sorted({request.describe() for request in loaded.capabilities})
+
+
 def compare_recipes(old: LoadedRecipe, new: LoadedRecipe, file: str) -> RecipeChange:
     change = RecipeChange(file, "changed")
+    change.capabilities = _capabilities(new)
+    change.capabilities_added = [c for c in change.capabilities if c not in _capabilities(old)]
     old_ids, new_ids = [v.id for v in old.variants], [v.id for v in new.variants]
     change.variants_added = [v for v in new_ids if v not in old_ids]
     change.variants_removed = [v for v in old_ids if v not in new_ids]
@@ -142,8 +155,12 @@ def compare_recipes(old: LoadedRecipe, new: LoadedRecipe, file: str) -> RecipeCh
 
 
 def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
-    """Changes from the recipes in ``base`` to those in ``head``; unchanged recipes are not listed."""
-    before, after = _load_all(base), _load_all(head)
+    """Changes from the recipes in ``base`` to those in ``head``; unchanged recipes are not listed.
+
+    Only ``head`` is held to the operator's settings: ``base`` is what was already accepted
+    (checked with the defaults), and its extracted copy lies outside the operator's roots.
+    """
+    before, after = _load_all(base, OperatorSettings.model_construct()), _load_all(head)
     changes = []
     for file in sorted(set(before) | set(after)):
         old, new = before.get(file), after.get(file)
@@ -151,17 +168,12 @@ def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
             changes.append(RecipeChange(file, "invalid", error=str(new)))
         elif new is None:
             changes.append(RecipeChange(file, "removed"))
-        elif old is None:
+        elif old is None or isinstance(old, RecipeError):
+            ids = [v.id for v in new.variants]
+            capabilities = _capabilities(new)
+            status = "added" if old is None else "changed"
             changes.append(
-                RecipeChange(
-                    file, "added", variants_added=[v.id for v in new.variants], rerun=[v.id for v in new.variants]
-                )
-            )
-        elif isinstance(old, RecipeError):
-            changes.append(
-                RecipeChange(
-                    file, "changed", rerun=[v.id for v in new.variants], variants_added=[v.id for v in new.variants]
-                )
+                RecipeChange(file, status, ids, rerun=ids, capabilities=capabilities, capabilities_added=capabilities)
             )
         elif old.text != new.text:
             change = compare_recipes(old, new, file)
@@ -173,21 +185,36 @@ def diff_recipes(base: Path, head: Path) -> list[RecipeChange]:
                     change.gates,
                     change.publish,
                     change.rerun,
+                    change.capabilities_added,
                 )
             ):
                 changes.append(change)  # an edit of comments alone changes nothing and is not listed
     return changes
 
 
+def capability_summary(change: RecipeChange) -> list[str]:
+    """The capabilities a changed recipe asks for, those the change adds marked ``NEW``."""
+    return [("NEW " if c in change.capabilities_added else "") + c for c in change.capabilities]
+
+
+# HTML, cell breaks, links and images ([...]), code spans and @mentions; emphasis is harmless
+_MARKDOWN_ESCAPES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>|`[]@\\"} | {"\n": "<br>", "\r": ""})
+
+
+def escape_markdown(text: str) -> str:
+    """Text from a recipe made inert in a Markdown table cell: no HTML, links, mentions or cell breaks."""
+    return text.translate(_MARKDOWN_ESCAPES)
+
+
 def to_markdown(changes: list[RecipeChange]) -> str:
-    """A PR comment body."""
+    """A PR comment body; all recipe-derived text is escaped."""
     if not changes:
         return "### quantmill: no recipe changes\n"
     lines = [
         "### quantmill: what this change does to the recipes",
         "",
-        "| recipe | status | variants | gates | publish | will re-run |",
-        "|---|---|---|---|---|---|",
+        "| recipe | status | variants | gates | publish | capabilities | will re-run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in changes:
         variants = "; ".join(
@@ -199,9 +226,16 @@ def to_markdown(changes: list[RecipeChange]) -> str:
             )
             if x
         )
-        detail = c.error.replace("\n", "<br>") if c.error else variants or "-"
-        lines.append(
-            f"| {c.file} | {c.status} | {detail} | {'<br>'.join(c.gates) or '-'} | "
-            f"{'<br>'.join(c.publish) or '-'} | {', '.join(c.rerun) or '-'} |"
-        )
+        cells = [
+            c.file,
+            c.status,
+            c.error or variants or "-",
+            "\n".join(c.gates) or "-",
+            "\n".join(c.publish) or "-",
+            "\n".join(capability_summary(c)) or "-",
+            ", ".join(c.rerun) or "-",
+        ]
+        lines.append("| " + " | ".join(escape_markdown(cell) for cell in cells) + " |")
+    if any(c.capabilities_added for c in changes):
+        lines += ["", "**This change adds capabilities (code that would run); a maintainer must review them.**"]
     return "\n".join(lines) + "\n"

@@ -9,11 +9,13 @@
     ├── EvaluationError          an evaluation could not produce numbers
     ├── GateFailedError          a required gate failed (CLI exit 3)
     ├── RunStoreError            the run store cannot be read or written
-    ├── PublishError             a push to a zoo or hub failed
-    └── LlamaCppError            llama.cpp's tree or tools are missing or failed
+    ├── PublishError             a push to a zoo or hub failed (CLI exit 4)
+    ├── LlamaCppError            llama.cpp's tree or tools are missing or failed
+    └── LinkRefusedError         a lock or temporary file path is a symbolic link
 
 All are defined here except ``LlamaCppError``, which lives beside the tools in
-``quantmill.llamacpp``. Messages say what is wrong and what to do next; the CLI
+``quantmill.llamacpp``, and ``LinkRefusedError``, beside ``open_no_follow`` in
+``quantmill.trust.files``. Messages say what is wrong and what to do next; the CLI
 prints them without a traceback unless ``QUANTMILL_DEBUG=1``.
 """
 
@@ -118,4 +120,6 @@ class RunStoreError(QuantmillError):
 
 
 class PublishError(QuantmillError):
-    """Publishing a variant failed."""
+    """Publishing a variant failed; a run whose passing variant was not published exits 4."""
+
+    exit_code = 4

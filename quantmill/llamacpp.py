@@ -30,6 +30,7 @@ from pathlib import Path
 
 from quantmill.errors import QuantmillError
 from quantmill.methods.base import package_version
+from quantmill.redact import scrubbed_environ
 from quantmill.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class LlamaCpp:
     def convert(self, model_dir: Path, out_file: Path, outtype: str = "f16") -> None:
         """HF folder → GGUF with the tree's own converter and ``gguf-py``."""
         env = dict(os.environ)
+        env["HF_HUB_OFFLINE"] = "1"  # the converter reads the local folder; it must fetch no code from the Hub
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.tree / "gguf-py"), env.get("PYTHONPATH")]))
         command = [
             sys.executable,
@@ -79,11 +81,12 @@ def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None
     """Run a llama.cpp command; returns its combined output, raises with its tail on failure.
 
     Output goes to a file, not a pipe: llama.cpp logs from a background thread, and
-    lines written to a pipe just before exit were seen to go missing.
+    lines written to a pipe just before exit were seen to go missing. The command gets
+    ``env`` (default: this process's environment) without secrets: no tool needs a token.
     """
     with tempfile.TemporaryFile(mode="w+") as log_file:
         returncode = subprocess.run(
-            command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env, check=False
+            command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=scrubbed_environ(env), check=False
         ).returncode
         log_file.seek(0)
         output = log_file.read()

@@ -1,8 +1,12 @@
 """Keep secrets out of everything quantmill writes: logs, errors, results, reports, cards.
 
-The values of environment variables whose names end in ``_TOKEN`` (``HF_TOKEN``,
-``PREFECT_API_TOKEN`` …) and ``*_API_KEY`` are replaced by ``***`` wherever text
-leaves the process through quantmill.
+A secret is the value of an environment variable named ``HF_TOKEN``,
+``PREFECT_API_KEY`` or ending in ``_TOKEN``, ``_KEY`` or ``_SECRET``, or the token
+huggingface_hub reads from its token file. Such values are replaced by ``***``
+wherever text leaves the process through quantmill; every log record of the process
+(Prefect's included, whatever handlers it installs) is masked when it is created;
+subprocesses get an environment without them; and :func:`secret_names_in` lets
+publishing refuse a card that contains one.
 """
 
 from __future__ import annotations
@@ -10,21 +14,62 @@ from __future__ import annotations
 import logging
 import os
 import re
+from functools import cache
 
 MASK = "***"
-_SECRET_NAME = re.compile(r"(_TOKEN|_API_KEY)$")
+_SECRET_NAME = re.compile(r"(^HF_TOKEN|_TOKEN|_KEY|_SECRET|_API_KEY)$")
 _MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words
+HUB_TOKEN_FILE = "huggingface_hub token file"
+
+
+@cache
+def _hub_file_token() -> str | None:
+    """The token huggingface_hub would use from its token file (read once per process)."""
+    try:
+        from huggingface_hub.constants import HF_TOKEN_PATH
+    except ImportError:
+        return None
+    try:
+        with open(HF_TOKEN_PATH) as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def named_secrets() -> dict[str, str]:
+    """Where each known secret comes from → its value (values too short to mask are left out)."""
+    found = {k: v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LENGTH}
+    file_token = _hub_file_token()
+    if file_token and len(file_token) >= _MIN_SECRET_LENGTH:
+        found[HUB_TOKEN_FILE] = file_token
+    return found
 
 
 def secrets() -> list[str]:
-    values = [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LENGTH]
-    return sorted(set(values), key=len, reverse=True)
+    return sorted(set(named_secrets().values()), key=len, reverse=True)
 
 
 def redact(text: str) -> str:
     for secret in secrets():
         text = text.replace(secret, MASK)
     return text
+
+
+def secret_names_in(text: str) -> list[str]:
+    """The names of the known secrets whose values appear in ``text`` (for refusing to publish it)."""
+    return sorted(name for name, value in named_secrets().items() if value in text)
+
+
+def scrubbed_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) without secrets, for a subprocess."""
+    values = set(secrets())
+    return {
+        k: v for k, v in (os.environ if base is None else base).items() if not is_secret_name(k) and v not in values
+    }
 
 
 class RedactingFilter(logging.Filter):
@@ -38,10 +83,40 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    RedactingFilter().filter(record)
+    if record.exc_info and not record.exc_text:  # handlers reuse exc_text, so mask the traceback now
+        text = logging.Formatter().formatException(record.exc_info)
+        cleaned = redact(text)
+        if cleaned != text:
+            record.exc_text = cleaned
+    return record
+
+
+_installed = False
+
+
 def install_log_redaction() -> None:
-    """Mask secrets in all log output of this process (handlers present now and the root logger)."""
+    """Mask secrets in all log output of this process, whichever logger or handler emits it.
+
+    Records are masked when they are created (a log record factory), so handlers that
+    Prefect or anyone else installs later get masked records too; the root logger's
+    handlers also get a filter. Safe to call more than once.
+    """
+    global _installed
     redacting = RedactingFilter()
     root = logging.getLogger()
-    root.addFilter(redacting)
+    if not any(isinstance(f, RedactingFilter) for f in root.filters):
+        root.addFilter(redacting)
     for handler in root.handlers:
-        handler.addFilter(redacting)
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(redacting)
+    if _installed:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def masked_record(*args, **kwargs) -> logging.LogRecord:
+        return _redact_record(make_record(*args, **kwargs))
+
+    logging.setLogRecordFactory(masked_record)
+    _installed = True

@@ -39,6 +39,7 @@ from typing import Any
 
 from quantmill.errors import RunStoreError
 from quantmill.record import RunRecord, parse_record
+from quantmill.trust.files import open_no_follow
 
 COMPLETE_MARKER = "COMPLETE"
 
@@ -47,7 +48,7 @@ COMPLETE_MARKER = "COMPLETE"
 def exclusive_lock(path: Path) -> Iterator[None]:
     """An inter-process lock on ``path`` (created if missing), held for the ``with`` block."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    with open_no_follow(path) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -65,7 +66,7 @@ def one_of_locks(paths: list[Path]) -> Iterator[Path]:
     delay = 0.02
     while True:
         for path in paths:
-            handle = open(path, "w")  # noqa: SIM115 (held across the yield)
+            handle = open_no_follow(path)  # held across the yield
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

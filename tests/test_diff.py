@@ -31,6 +31,7 @@ def two_commits(tmp_path):
     git(repo, "config", "user.email", "dev@example.com")
     git(repo, "config", "user.name", "dev")
     shutil.copytree(REPO / "recipes", repo / "recipes")
+    shutil.copytree(REPO / "infra", repo / "infra")
     (repo / "quantmill").mkdir()
     shutil.copytree(
         REPO / "quantmill" / "demo", repo / "quantmill" / "demo", ignore=shutil.ignore_patterns("__pycache__")
@@ -74,13 +75,19 @@ def test_workflow_steps_run_locally(two_commits, tmp_path):
     workflow = yaml.safe_load((REPO / "infra" / "github" / "recipes.yml").read_text())
     assert set(workflow[True]["pull_request"]["paths"]) == {"recipes/**"}  # PyYAML reads the key `on` as True
     steps = [s for s in workflow["jobs"]["check"]["steps"] if "run" in s and s.get("id") != "install"]
-    assert [s["id"] for s in steps] == ["validate", "diff"]
+    assert [s["id"] for s in steps] == ["operator", "validate", "diff"]
     # A clone with the base branch as origin/main, checked out at the change, as actions/checkout leaves it.
     origin = tmp_path / "origin.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(two_commits), str(origin)], check=True)
     checkout = tmp_path / "checkout"
     subprocess.run(["git", "clone", "-q", "--branch", "change", str(origin), str(checkout)], check=True)
-    env = {**os.environ, "BASE_REF": "main", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "BASE_REF": "main",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "RUNNER_TEMP": str(tmp_path),
+        "QUANTMILL_OPERATOR_FILE": str(tmp_path / "operator.yaml"),  # what the steps' env says
+    }
     for step in steps:
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", step["run"]],
@@ -92,8 +99,8 @@ def test_workflow_steps_run_locally(two_commits, tmp_path):
         )
         assert result.returncode == 0, (step["name"], result.stdout, result.stderr)
     comment = (checkout / "recipe-diff.md").read_text()
-    assert "+awq-w4-g128" in comment and "loosened" in comment and "quantmill validate" in comment
-    assert "✓ recipes/demo.yaml" in comment
+    assert "+awq-w4-g128" in comment and "loosened" in comment
+    assert "✓ recipes/demo.yaml" in (checkout / "validate.txt").read_text()  # the base's operator file grants it
 
 
 def test_pre_commit_hook_definition():

@@ -87,7 +87,8 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     trained = json.loads(draft.to_str())["model"]
     learned = sorted((tok for tok in trained["vocab"] if tok not in (UNK, EOS)), key=lambda t: trained["vocab"][t])
     vocab = {tok: i for i, tok in enumerate([UNK, EOS, *BYTE_TOKENS, *learned])}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    pairs = (m.split(" ") if isinstance(m, str) else m for m in trained["merges"])
+    merges = [(first, second) for first, second in pairs]
     tok = empty(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True, fuse_unk=True))
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]

@@ -22,6 +22,7 @@ from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
 from quantmill.metrics import split_task_metric
 from quantmill.plan import variant_setting
+from quantmill.publish.sandbox import render_model_card
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 
@@ -169,9 +170,7 @@ def _template_text(loaded: LoadedRecipe) -> str:
 
 
 def render_card(inputs: CardInputs):
-    """The variant's ``ModelCard`` (huggingface_hub), rendered from the template."""
-    from huggingface_hub import ModelCard
-
+    """The variant's ``ModelCard`` (huggingface_hub), rendered from the template in Jinja's sandbox."""
     variant, loaded, provenance = inputs.variant, inputs.loaded, inputs.provenance
     calibration = provenance.get("calibration")
     calibration_text = (
@@ -188,9 +187,9 @@ def render_card(inputs: CardInputs):
     output_format = variant.spec.output_format
     lm_eval = inputs.evaluation.details.get("lm_eval", {}).get("lm_eval_version")
     template = _template_text(loaded)
-    return ModelCard.from_template(
+    return render_model_card(
         card_metadata(inputs),
-        template_str=template,
+        template,
         repo_name=inputs.repo_id.split("/")[-1],
         summary=(
             f"`{loaded.recipe.model.id}` quantized with **{variant.method}** ({variant_setting(variant)}), "

@@ -24,6 +24,7 @@ from quantmill.recipe.matrix import Variant
 from quantmill.record import PublishOutcome, PublishStatus, VariantRecord, VariantStatus
 from quantmill.runstore import COMPLETE_MARKER, exclusive_lock
 from quantmill.settings import get_settings
+from quantmill.trust.operator import hub_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def make_target(loaded: LoadedRecipe, target: str | None = None) -> Target:
     if kind == "local":
         return LocalZoo(loaded.resolve(publish.path))
     if kind == "hub":
-        return HubTarget(endpoint=publish.endpoint)
+        return HubTarget(endpoint=hub_endpoint(publish.endpoint))
     raise PublishError("publishing is off for this recipe (publish.target: none)")
 
 
@@ -60,13 +61,13 @@ def base_model_license(loaded: LoadedRecipe) -> str | None:
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi(endpoint=loaded.recipe.publish.endpoint).model_info(
+        info = HfApi(endpoint=hub_endpoint(loaded.recipe.publish.endpoint)).model_info(
             model_id, revision=loaded.recipe.model.revision
         )
     except Exception as exc:  # noqa: BLE001 -- any failure to read it means we do not know the license
         log.warning("could not read the license of %s: %s", model_id, type(exc).__name__)
         return None
-    return (info.card_data or {}).get("license") if info.card_data else None
+    return info.card_data.get("license") if info.card_data else None
 
 
 def _files(artifact_path: Path) -> dict[str, Path]:

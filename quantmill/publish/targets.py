@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import yaml
 
-from quantmill.errors import PublishError
-from quantmill.runstore import exclusive_lock
+from quantmill.errors import PublishError, QuantmillError
+from quantmill.runstore import atomic_write_text, exclusive_lock
+from quantmill.trust.files import open_no_follow
 
 CARD = "README.md"
 
@@ -87,12 +88,15 @@ class LocalZoo:
         with exclusive_lock(self._lock(repo_id)):
             staging = repo.parent / f".{repo.name}.staging-{commit_id[:8]}"
             try:
-                if repo.is_dir():
-                    shutil.copytree(repo, staging, copy_function=os.link)
+                if repo.is_dir():  # links stay links: a hard link to a link's target would be written through
+                    shutil.copytree(repo, staging, copy_function=os.link, symlinks=True)
                 staging.mkdir(parents=True, exist_ok=True)
                 for path_in_repo, source in files.items():
                     target = staging / path_in_repo
                     target.parent.mkdir(parents=True, exist_ok=True)
+                    folder = target.parent.resolve()
+                    if folder != staging.resolve() and staging.resolve() not in folder.parents:
+                        raise PublishError(f"{path_in_repo} would be written outside the repo (through a link)")
                     target.unlink(missing_ok=True)  # never write through a hard link into the old version
                     if isinstance(source, bytes):
                         target.write_bytes(source)
@@ -106,14 +110,14 @@ class LocalZoo:
                     "pull_request": create_pr,
                     "time": datetime.now(UTC).isoformat(),
                 }
-                with (staging / ".commits.jsonl").open("a") as log:
+                with open_no_follow(staging / ".commits.jsonl", "a") as log:
                     log.write(json.dumps(entry) + "\n")
                 old = repo.parent / f".{repo.name}.old-{commit_id[:8]}"
                 if repo.is_dir():
                     os.rename(repo, old)
                 os.rename(staging, repo)
                 shutil.rmtree(old, ignore_errors=True)
-            except OSError as exc:
+            except (OSError, QuantmillError) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise PublishError(f"could not publish {repo_id} to {self.root}: {exc}") from exc
         return commit_id
@@ -125,9 +129,7 @@ class LocalZoo:
         with exclusive_lock(self._lock(f"{namespace}/collections/{slug}")):
             data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"title": title, "items": []}
             data["items"] = [i for i in data["items"] if i["id"] != repo_id] + [{"id": repo_id, "note": note}]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(data, indent=2) + "\n")  # a fresh temporary file, never a link
         return f"{namespace}/{slug}"
 
 

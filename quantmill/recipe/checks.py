@@ -15,6 +15,8 @@ from quantmill.modelinfo import ModelShape, find_model_dir, read_model_shape
 from quantmill.recipe.matrix import Variant
 from quantmill.recipe.schema import GateRule, Recipe
 from quantmill.registry import did_you_mean
+from quantmill.trust.capabilities import list_folder
+from quantmill.trust.operator import get_operator
 from quantmill.yamlio import LocatedDocument
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -64,12 +66,21 @@ _TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 def local_task_metrics(include_paths: list[Path]) -> dict[str, dict[str, Direction]]:
-    """Task name → metric → direction for every lm-eval task YAML under ``include_paths``."""
+    """Task name → metric → direction for every lm-eval task YAML under ``include_paths``.
+
+    A folder over the operator's file or byte caps is skipped (the trust check reports it).
+    """
     tasks: dict[str, dict[str, Direction]] = {}
+    operator = get_operator()
     for folder in include_paths:
         if not _is(folder, "is_dir"):
             continue
-        for file in sorted(folder.rglob("*.yaml")):
+        listing = list_folder(folder, operator.max_include_files, operator.max_include_bytes)
+        if listing.truncated:
+            continue
+        for file in listing.files:
+            if file.suffix != ".yaml":
+                continue
             try:
                 config = yaml.load(file.read_text(), Loader=_TaskYamlLoader)
             except (OSError, yaml.YAMLError):

@@ -18,6 +18,9 @@ from quantmill.recipe import checks
 from quantmill.recipe.errors import problems_from_validation
 from quantmill.recipe.matrix import Variant, expand_matrix
 from quantmill.recipe.schema import SLUG, Recipe
+from quantmill.trust.boundary import check_recipe_trust
+from quantmill.trust.capabilities import CapabilityRequest
+from quantmill.trust.operator import OperatorSettings
 from quantmill.yamlio import LocatedDocument, load_yaml_file, load_yaml_text
 
 
@@ -33,6 +36,7 @@ class LoadedRecipe:
         base_dir: folder that relative paths in the recipe are resolved against.
         text: the recipe's source text.
         shape: the model's shape when it could be read without downloading.
+        capabilities: the code-bearing inputs the recipe asks for (all allowed, or it would not load).
     """
 
     recipe: Recipe
@@ -42,6 +46,7 @@ class LoadedRecipe:
     base_dir: Path
     text: str
     shape: ModelShape | None
+    capabilities: tuple[CapabilityRequest, ...] = ()
 
     @property
     def sha256(self) -> str:
@@ -64,8 +69,13 @@ def _stem_name(path: Path | None) -> str:
     return stem if SLUG.match(stem) else "recipe"
 
 
-def validate_document(doc: LocatedDocument, base_dir: Path, path: Path | None, text: str) -> LoadedRecipe:
-    """Validate a parsed document; raises :class:`RecipeError` listing every problem."""
+def validate_document(
+    doc: LocatedDocument, base_dir: Path, path: Path | None, text: str, operator: OperatorSettings | None = None
+) -> LoadedRecipe:
+    """Validate a parsed document; raises :class:`RecipeError` listing every problem.
+
+    ``operator``: the settings to check the recipe against (default: this process's).
+    """
     problems: list[RecipeProblem] = []
     if not isinstance(doc.data, dict):
         raise RecipeError([doc.problem((), "a recipe must be a mapping of keys to values", "see 'quantmill init'")])
@@ -77,6 +87,7 @@ def validate_document(doc: LocatedDocument, base_dir: Path, path: Path | None, t
     global_gates = list(recipe.gates) if recipe else []
     variants = expand_matrix(doc, global_gates, problems)
     shape = None
+    capabilities: list[CapabilityRequest] = []
     if recipe is not None:
         name = recipe.name or _stem_name(path)
         shape, model_problems = checks.check_model(recipe, doc, base_dir)
@@ -85,22 +96,24 @@ def validate_document(doc: LocatedDocument, base_dir: Path, path: Path | None, t
         problems += checks.check_data(recipe, variants, doc, base_dir)
         problems += checks.check_gates(recipe, variants, doc, base_dir)
         problems += checks.check_publish(recipe, variants, doc, name)
+        capabilities, trust_problems = check_recipe_trust(recipe, variants, doc, base_dir, path, name, operator)
+        problems += trust_problems
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.column or 0))
         raise RecipeError(problems)
     assert recipe is not None
-    return LoadedRecipe(recipe, tuple(variants), name, path, base_dir, text, shape)
+    return LoadedRecipe(recipe, tuple(variants), name, path, base_dir, text, shape, tuple(capabilities))
 
 
-def load_recipe(path: str | Path) -> LoadedRecipe:
-    """Load and fully validate the recipe at ``path``.
+def load_recipe(path: str | Path, operator: OperatorSettings | None = None) -> LoadedRecipe:
+    """Load and fully validate the recipe at ``path`` (against ``operator``, default: this process's settings).
 
     Raises:
         RecipeError: listing every problem with file, line, column and field path.
     """
     path = Path(path)
     doc = load_yaml_file(path)
-    return validate_document(doc, path.resolve().parent, path, path.read_text(encoding="utf-8"))
+    return validate_document(doc, path.resolve().parent, path, path.read_text(encoding="utf-8"), operator)
 
 
 def load_recipe_text(text: str, base_dir: Path, file: str = "<string>") -> LoadedRecipe:

@@ -9,6 +9,7 @@ of single variants; an override never renames a variant.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from quantmill.methods.spec import MethodParams, MethodSpec
 from quantmill.recipe.errors import problems_from_validation
 from quantmill.recipe.schema import SLUG, GateRule
 from quantmill.registry import did_you_mean, get_method, method_names
+from quantmill.trust.operator import get_operator
 from quantmill.yamlio import LocatedDocument
 
 ROW_KEYS = ("method", "id", "gates")
@@ -193,11 +195,42 @@ def _apply_override(variant: Variant, changes: Any, doc: LocatedDocument, proble
     return Variant(variant.id, variant.method, new_params, gates, variant.row)
 
 
+def _row_size(row: Any) -> int:
+    """How many variants a matrix row expands to, from its axis lengths alone (nothing is built)."""
+    if not isinstance(row, dict) or not isinstance(row.get("method"), str):
+        return 1
+    try:
+        axes = get_method(row["method"]).params.axes
+    except UnknownMethodError:
+        return 1
+    values = [row.get(axis, row.get(axis + "s")) for axis in axes]
+    return math.prod(max(len(value), 1) for value in values if isinstance(value, list))
+
+
+def matrix_size(rows: list[Any]) -> int:
+    """The number of variants ``rows`` expand to, computed before expanding."""
+    return sum(_row_size(row) for row in rows)
+
+
 def expand_matrix(doc: LocatedDocument, global_gates: list[GateRule], problems: list[RecipeProblem]) -> list[Variant]:
-    """All variants of the recipe in ``doc``; problems found are appended to ``problems``."""
+    """All variants of the recipe in ``doc``; problems found are appended to ``problems``.
+
+    The matrix's size is computed from its axis lengths first: a matrix larger than the
+    operator's ``max_variants`` is refused with its count and never expanded.
+    """
     section = doc.data.get("variants") if isinstance(doc.data, dict) else None
     if not isinstance(section, dict) or not isinstance(section.get("methods"), list):
         return []  # the schema check reports the missing or malformed section
+    size, limit = matrix_size(section["methods"]), get_operator().max_variants
+    if size > limit:
+        problems.append(
+            doc.problem(
+                ("variants", "methods"),
+                f"the matrix expands to {size} variants, more than the limit of {limit}",
+                "split the recipe or shorten its axis lists (the operator sets QUANTMILL_MAX_VARIANTS)",
+            )
+        )
+        return []
     variants: list[Variant] = []
     first_row_of: dict[str, int] = {}
     for index, row in enumerate(section["methods"]):

@@ -1,0 +1,281 @@
+"""The trust boundary at load time: what a recipe may name, ask for and cost.
+
+:func:`check_recipe_trust` returns the capabilities a recipe asks for and every
+problem with it under the operator's settings. Rules that the operator configured
+(a namespace allowlist, a zoo root, an endpoint, the caps) hold under every policy;
+under the ``untrusted`` policy a recipe also gets no capability it was not granted,
+names no file outside its own folder and the operator's data roots, sends the token
+to no endpoint of its own, and names only repos that carry ``{variant}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantmill.errors import RecipeProblem
+from quantmill.modelinfo import find_model_dir
+from quantmill.recipe.matrix import Variant
+from quantmill.recipe.schema import Recipe
+from quantmill.trust.capabilities import (
+    CapabilityRequest,
+    FolderListing,
+    Loc,
+    list_folder,
+    model_ships_code,
+    requested_capabilities,
+)
+from quantmill.trust.operator import CAPABILITIES, OperatorSettings, get_operator, operator_file
+from quantmill.yamlio import LocatedDocument
+
+
+def _resolve(base_dir: Path, path: str) -> Path:
+    candidate = Path(path).expanduser()
+    try:
+        return (candidate if candidate.is_absolute() else base_dir / candidate).resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop or an unusable name resolves nowhere
+        return Path("/nonexistent-unresolvable")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def inside(path: Path, roots: list[Path]) -> bool:
+    """``path`` (already resolved, links followed) lies in one of ``roots``."""
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _roots(base_dir: Path, extra: list[Path]) -> list[Path]:
+    return [base_dir.resolve()] + [root.expanduser().resolve() for root in extra]
+
+
+def _recipe_paths(recipe: Recipe, variants: list[Variant], base_dir: Path) -> list[tuple[Loc, str]]:
+    """Every local path a recipe names, with its location (model, tokenizer, data files, task folders)."""
+    from quantmill.recipe.checks import is_local_model
+
+    named: list[tuple[Loc, str]] = []
+    if is_local_model(recipe.model.id, base_dir):
+        named.append((("model", "id"), recipe.model.id))
+    if recipe.model.tokenizer and is_local_model(recipe.model.tokenizer, base_dir):
+        named.append((("model", "tokenizer"), recipe.model.tokenizer))
+    datasets: list[tuple[Loc, object]] = [(("calibration", "dataset"), recipe.calibration.dataset)]
+    if recipe.evaluation.perplexity:
+        datasets.append((("evaluation", "perplexity", "dataset"), recipe.evaluation.perplexity.dataset))
+    for variant in variants:
+        training = getattr(variant.params, "training", None)
+        if training is not None:
+            datasets.append((("variants", "methods", variant.row, "training", "dataset"), training.dataset))
+    for loc, ref in datasets:
+        path = getattr(ref, "path", None)
+        if path is not None:
+            named.append((loc + ("path",), path))
+    named += [(("evaluation", "include_paths", i), p) for i, p in enumerate(recipe.evaluation.include_paths)]
+    return named
+
+
+def _check_caps(
+    recipe: Recipe, variants: list[Variant], doc: LocatedDocument, operator: OperatorSettings
+) -> list[RecipeProblem]:
+    problems = []
+    hint = "the operator sets this limit (QUANTMILL_{}); ask them, or make the recipe smaller"
+    calibration = recipe.calibration
+    if calibration.num_samples * calibration.seq_len > operator.max_calibration_tokens:
+        problems.append(
+            doc.problem(
+                ("calibration", "num_samples"),
+                f"calibration num_samples × seq_len = {calibration.num_samples * calibration.seq_len} tokens "
+                f"exceeds the limit of {operator.max_calibration_tokens}",
+                hint.format("MAX_CALIBRATION_TOKENS"),
+            )
+        )
+    perplexity = recipe.evaluation.perplexity
+    if perplexity and perplexity.stride < operator.min_perplexity_stride:
+        problems.append(
+            doc.problem(
+                ("evaluation", "perplexity", "stride"),
+                f"perplexity stride {perplexity.stride} is below the minimum of {operator.min_perplexity_stride}",
+                hint.format("MIN_PERPLEXITY_STRIDE"),
+            )
+        )
+    for variant in variants:
+        training = getattr(variant.params, "training", None)
+        if training is None:
+            continue
+        tokens = training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
+        if tokens > operator.max_training_tokens:
+            problems.append(
+                doc.problem(
+                    ("variants", "methods", variant.row, "training"),
+                    f"variant '{variant.id}': QAT steps × batch_size × seq_len × gradient_accumulation = {tokens} "
+                    f"tokens exceeds the limit of {operator.max_training_tokens}",
+                    hint.format("MAX_TRAINING_TOKENS"),
+                )
+            )
+    return problems
+
+
+def _list_task_folders(
+    recipe: Recipe, doc: LocatedDocument, base_dir: Path, operator: OperatorSettings, problems: list[RecipeProblem]
+) -> list[tuple[int, Path, FolderListing]]:
+    listings = []
+    files_left, bytes_left = operator.max_include_files, operator.max_include_bytes
+    for index, folder in enumerate(recipe.evaluation.include_paths):
+        path = _resolve(base_dir, folder)
+        try:
+            if not path.is_dir():
+                continue  # reported by the recipe checks
+        except OSError:  # a name too long for the filesystem: also reported there
+            continue
+        listing = list_folder(path, files_left, bytes_left)
+        if listing.truncated:
+            problems.append(
+                doc.problem(
+                    ("evaluation", "include_paths", index),
+                    f"task folders hold more than {operator.max_include_files} files or "
+                    f"{operator.max_include_bytes} bytes: '{folder}' is too large",
+                    "name a folder holding only task YAMLs (QUANTMILL_MAX_INCLUDE_FILES / _BYTES set the limits)",
+                )
+            )
+            continue
+        files_left -= len(listing.files)
+        bytes_left -= listing.total_bytes
+        listings.append((index, path, listing))
+    return listings
+
+
+def _check_paths(
+    recipe: Recipe,
+    variants: list[Variant],
+    doc: LocatedDocument,
+    base_dir: Path,
+    listings: list[tuple[int, Path, FolderListing]],
+    roots: list[Path],
+) -> list[RecipeProblem]:
+    problems = []
+    hint = "paths must lie in the recipe's folder or an operator data root (QUANTMILL_DATA_ROOTS)"
+    for loc, named in _recipe_paths(recipe, variants, base_dir):
+        if not inside(_resolve(base_dir, named), roots):
+            problems.append(doc.problem(loc, f"'{named}' resolves outside the recipe's folder and data roots", hint))
+    for index, _, listing in listings:
+        for file in listing.files:
+            if file.is_symlink() and not inside(_resolve(base_dir, str(file)), roots):
+                problems.append(
+                    doc.problem(
+                        ("evaluation", "include_paths", index),
+                        f"the link {file} points outside the recipe's folder and data roots",
+                        hint,
+                    )
+                )
+    return problems
+
+
+def _check_publish(
+    recipe: Recipe, doc: LocatedDocument, base_dir: Path, operator: OperatorSettings
+) -> list[RecipeProblem]:
+    publish = recipe.publish
+    untrusted = operator.policy == "untrusted"
+    problems = []
+    if publish.card_template:
+        template = _resolve(base_dir, publish.card_template)
+        if not inside(template, _roots(base_dir, operator.card_template_dirs)):
+            problems.append(
+                doc.problem(
+                    ("publish", "card_template"),
+                    f"card template '{publish.card_template}' resolves outside the recipe's folder",
+                    "keep the template next to the recipe, or in an operator card template folder "
+                    "(QUANTMILL_CARD_TEMPLATE_DIRS)",
+                )
+            )
+        elif not _is_file(template):
+            problems.append(doc.problem(("publish", "card_template"), f"card template not found: {template}"))
+    own_endpoint = publish.endpoint is not None and publish.endpoint != operator.hub_endpoint
+    if own_endpoint and (untrusted or operator.hub_endpoint is not None):
+        problems.append(
+            doc.problem(
+                ("publish", "endpoint"),
+                f"the Hub endpoint comes from the operator, not the recipe (recipe says {publish.endpoint})",
+                "remove publish.endpoint; the operator sets QUANTMILL_HUB_ENDPOINT",
+            )
+        )
+    if operator.namespaces and publish.namespace not in operator.namespaces:
+        problems.append(
+            doc.problem(
+                ("publish", "namespace"),
+                f"namespace '{publish.namespace}' is not one the operator allows",
+                f"use one of {', '.join(operator.namespaces)}",
+            )
+        )
+    if untrusted and "{variant}" not in publish.repo_name:
+        problems.append(
+            doc.problem(
+                ("publish", "repo_name"),
+                f"repo_name '{publish.repo_name}' does not contain {{variant}}, so it could overwrite any repo",
+                "include {variant}, e.g. '{model}-{variant}'",
+            )
+        )
+    if untrusted or operator.zoo_root is not None:
+        zoo = _resolve(base_dir, publish.path)
+        allowed = operator.zoo_root.expanduser().resolve() if operator.zoo_root else base_dir.resolve()
+        if not inside(zoo, [allowed]):
+            problems.append(
+                doc.problem(
+                    ("publish", "path"),
+                    f"the local zoo '{publish.path}' resolves to {zoo}, outside {allowed}",
+                    "the operator's zoo root (QUANTMILL_ZOO_ROOT) holds every local zoo",
+                )
+            )
+    return problems
+
+
+def check_recipe_trust(
+    recipe: Recipe,
+    variants: list[Variant],
+    doc: LocatedDocument,
+    base_dir: Path,
+    recipe_path: Path | None,
+    recipe_name: str,
+    operator: OperatorSettings | None = None,
+) -> tuple[list[CapabilityRequest], list[RecipeProblem]]:
+    """The capabilities ``recipe`` asks for, and its problems under the operator's settings."""
+    operator = operator or get_operator()
+    untrusted = operator.policy == "untrusted"
+    problems = _check_caps(recipe, variants, doc, operator)
+    listings = _list_task_folders(recipe, doc, base_dir, operator, problems)
+    requests = requested_capabilities(recipe, listings)
+    problems += _check_publish(recipe, doc, base_dir, operator)
+    if untrusted:
+        problems += _check_paths(recipe, variants, doc, base_dir, listings, _roots(base_dir, operator.data_roots))
+        own_file = operator_file()
+        if own_file is not None and inside(own_file, [base_dir.resolve()]):
+            problems.append(
+                doc.problem(
+                    (),
+                    f"the operator settings file {own_file} lies in the recipes folder, where a change could edit it",
+                    "keep QUANTMILL_OPERATOR_FILE outside the recipes folder",
+                )
+            )
+    allowed = {c for c in CAPABILITIES if operator.allows(c, recipe_name, recipe_path)}
+    for request in requests:
+        if request.capability not in allowed:
+            problems.append(
+                doc.problem(
+                    request.loc,
+                    f"needs capability '{request.capability}' ({request.detail}), which the untrusted policy "
+                    f"refuses unless the operator grants it to recipe '{recipe_name}'",
+                    f"an operator grants it in the operator settings file: "
+                    f"grants: {{{recipe_name}: [{request.capability}]}}",
+                )
+            )
+    converts = any(v.method == "gguf" for v in variants) and not recipe.model.trust_remote_code
+    if converts and model_ships_code(find_model_dir(recipe.model.id, base_dir, recipe.model.revision)):
+        problems.append(
+            doc.problem(
+                ("model", "id"),
+                "the model ships its own code (auto_map in config.json), which llama.cpp's GGUF converter runs",
+                "set model.trust_remote_code: true (capability remote_code) to allow it, or drop the gguf rows",
+            )
+        )
+    return requests, problems

@@ -1,0 +1,180 @@
+"""Find the code-bearing inputs of a recipe: the capabilities it asks for, with their locations.
+
+Three capabilities exist (see :data:`quantmill.trust.operator.CAPABILITIES`):
+
+* ``remote_code``: ``model.trust_remote_code``, or a task's ``dataset_kwargs.trust_remote_code``;
+* ``task_code``: in an ``include_paths`` folder, a ``!function`` tag, a Python file, an
+  ``include`` of a YAML outside the folder, or a Jinja prompt template doing more than
+  reading a field (``{{question}}``, ``{{doc.choices[0]}}`` are plain; ``{% … %}``,
+  calls, filters and ``_``-attributes are code);
+* ``card_template``: ``publish.card_template``.
+
+Task folders are walked without following links and at most ``max_files`` entries deep,
+so ``include_paths: ["/"]`` costs a bounded listing, never a walk of the filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quantmill.recipe.schema import Recipe
+
+Loc = tuple[str | int, ...]
+
+_JINJA_EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PLAIN_FIELD = re.compile(
+    r"""^\s*[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*|\[\d+\]|\['[\w ]*'\]|\["[\w ]*"\])*\s*$"""
+)
+
+
+@dataclass(frozen=True)
+class CapabilityRequest:
+    """One place where a recipe asks for a capability.
+
+    Attributes:
+        capability: ``remote_code``, ``task_code`` or ``card_template``.
+        loc: the recipe field that brings it in (``evaluation.include_paths[0]``).
+        detail: what exactly asks for it (a file and the construct found in it).
+    """
+
+    capability: str
+    loc: Loc
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.capability}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """The regular files and links under a folder, as far as the caps allowed."""
+
+    files: list[Path]
+    total_bytes: int
+    truncated: bool
+
+
+def list_folder(folder: Path, max_files: int, max_bytes: int) -> FolderListing:
+    """Files (and links, unfollowed) under ``folder``; stops once either cap is passed."""
+    files: list[Path] = []
+    total = 0
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        dirs.sort()
+        # a link to a folder is listed as an entry (to be checked), never walked into
+        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = Path(root) / name
+            files.append(path)
+            try:
+                total += path.lstat().st_size
+            except OSError:
+                continue
+            if len(files) > max_files or total > max_bytes:
+                return FolderListing(files, total, True)
+    return FolderListing(files, total, False)
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """Parses task YAML; a tag such as ``!function utils.f`` becomes a :class:`_Tagged`, never runs."""
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    tag: str
+    value: Any
+
+
+_TaggedLoader.add_multi_constructor(
+    "!",
+    lambda loader, suffix, node: _Tagged(
+        "!" + suffix, loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    ),
+)
+
+
+def _values(data: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair in a nested YAML structure, depth first."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield str(k), v
+            yield from _values(v, str(k))
+    elif isinstance(data, list):
+        for item in data:
+            yield key, item
+            yield from _values(item, key)
+
+
+def is_plain_jinja(text: str) -> bool:
+    """True when ``text`` uses Jinja only to read fields (``{{question}}``), nothing that runs code."""
+    if "{%" in text or "{#" in text:
+        return False
+    return all(_PLAIN_FIELD.match(expression) for expression in _JINJA_EXPRESSION.findall(text))
+
+
+def task_file_findings(file: Path, folder: Path) -> list[tuple[str, str]]:
+    """What in one file of a task folder is code: (capability, description) per finding."""
+    name = file.relative_to(folder) if folder in file.parents else file
+    if file.suffix == ".py":
+        return [("task_code", f"{name}: Python file")]
+    if file.suffix not in (".yaml", ".yml"):
+        return []
+    try:
+        data = yaml.load(file.read_text(), Loader=_TaggedLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    findings = []
+    for key, value in _values(data):
+        if isinstance(value, _Tagged):
+            findings.append(("task_code", f"{name}: {key}: {value.tag} {value.value or ''}".rstrip()))
+        elif isinstance(value, str) and "{" in value and not is_plain_jinja(value):
+            findings.append(("task_code", f"{name}: {key}: Jinja beyond field access: {json.dumps(value[:80])}"))
+        elif key == "include" and isinstance(value, str):
+            target = (file.parent / value).resolve()
+            if folder.resolve() not in target.parents:
+                findings.append(("task_code", f"{name}: include of {value}, outside the task folder"))
+    kwargs = data.get("dataset_kwargs") if isinstance(data, dict) else None
+    if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):  # the data set's own loading code
+        findings.append(("remote_code", f"{name}: dataset_kwargs.trust_remote_code"))
+    return findings
+
+
+def model_ships_code(model_dir: Path | None) -> bool:
+    """The model's ``config.json`` maps classes to its own Python files (``auto_map``)."""
+    if model_dir is None:
+        return False
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("auto_map"))
+
+
+def requested_capabilities(
+    recipe: Recipe, include_listings: list[tuple[int, Path, FolderListing]]
+) -> list[CapabilityRequest]:
+    """Every capability ``recipe`` asks for, given the listings of its task folders."""
+    requests: list[CapabilityRequest] = []
+    if recipe.model.trust_remote_code:
+        requests.append(
+            CapabilityRequest(
+                "remote_code",
+                ("model", "trust_remote_code"),
+                f"trust_remote_code: true runs the code shipped with {recipe.model.id}",
+            )
+        )
+    for index, folder, listing in include_listings:
+        loc: Loc = ("evaluation", "include_paths", index)
+        for file in listing.files:
+            if file.is_symlink():
+                continue  # links are path problems, reported by the boundary check
+            requests += [CapabilityRequest(c, loc, finding) for c, finding in task_file_findings(file, folder)]
+    if recipe.publish.card_template:
+        requests.append(CapabilityRequest("card_template", ("publish", "card_template"), recipe.publish.card_template))
+    return requests
