@@ -12,8 +12,8 @@ import pytest
 
 from quantmill.errors import PublishError, RecipeError
 from quantmill.recipe import load_recipe, load_recipe_text
+from quantmill.testing.recipes import DEMO_MODEL, DEMO_TASKS
 from quantmill.trust.operator import get_operator
-from tests.conftest import DEMO_MODEL, DEMO_TASKS
 
 pytestmark = pytest.mark.fast
 
@@ -295,20 +295,25 @@ def test_diff_flags_capabilities_a_change_adds_and_escapes_recipe_text(tmp_path)
 
 def test_a_run_whose_passing_variant_failed_to_publish_exits_4(tmp_path, monkeypatch):
     from quantmill.cli import main
+    from quantmill.record import PublishOutcome, PublishStatus, RunRecord, VariantRecord, VariantStatus
+    from quantmill.runstore import Run
 
-    results = {
-        "recipe": "unit",
-        "run_id": "r1",
-        "run_path": str(tmp_path),
-        "variants": {"rtn-w8": {"status": "passed", "publish": {"status": "failed", "error": "AttributeError"}}},
-    }
+    run = Run(tmp_path / "r1")
+    run.path.mkdir()
+    record = RunRecord(
+        recipe="unit", recipe_path=tmp_path / "r.yaml", recipe_sha256="0", run_id="r1", quantmill_version="test"
+    )
+    failed = PublishOutcome(status=PublishStatus.FAILED, error="AttributeError")
+    record.variants["rtn-w8"] = VariantRecord(method="rtn", status=VariantStatus.PASSED, publish=failed)
+    run.write_record(record)
     fake = types.ModuleType("quantmill.flows.recipe")
-    fake.run_recipe = lambda *args, **kwargs: results  # type: ignore[attr-defined]
+    fake.run_recipe = lambda *args, **kwargs: {"run_path": str(run.path)}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "quantmill.flows.recipe", fake)
     file = tmp_path / "r.yaml"
     file.write_text(RECIPE)
     assert main(["run", str(file)]) == 4
-    results["variants"]["rtn-w8"]["publish"] = {"status": "published"}
+    record.variants["rtn-w8"].publish = PublishOutcome(status=PublishStatus.PUBLISHED)
+    run.write_record(record)
     assert main(["run", str(file)]) == 0
 
 

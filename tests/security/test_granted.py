@@ -12,8 +12,9 @@ import pytest
 
 from quantmill.publish.publisher import publish_variant
 from quantmill.publish.targets import LocalZoo
+from quantmill.testing.recipes import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 from quantmill.trust.operator import get_operator
-from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS, run_stages
+from tests.support.sequential import run_stages
 
 pytestmark = pytest.mark.slow
 
