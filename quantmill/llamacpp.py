@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -77,6 +78,17 @@ class LlamaCpp:
         run_tool(command, env=env, what="convert_hf_to_gguf.py")
 
 
+def _exit_reason(returncode: int) -> str:
+    """``exit 1``, or the signal that ended the tool (SIGKILL is usually the kernel's OOM killer)."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name} (out of memory?)" if -returncode == signal.SIGKILL else f"killed by {name}"
+
+
 def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None) -> str:
     """Run a llama.cpp command; returns its combined output, raises with its tail on failure.
 
@@ -92,7 +104,7 @@ def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None
         output = log_file.read()
     if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        raise LlamaCppError(f"{what} failed (exit {returncode}):\n{tail}")
+        raise LlamaCppError(f"{what} failed ({_exit_reason(returncode)}):\n{tail}")
     return output
 
 
