@@ -156,4 +156,6 @@ SPEC = MethodSpec(
     variant_id=lambda p: f"gguf-{p.type}",
     bits_per_weight=lambda p: GGUF_TYPES[p.type],
     quantizes_embeddings=True,
+    # convert_hf_to_gguf.py loads some tokenizers with AutoTokenizer(..., trust_remote_code=True)
+    runs_model_code=True,
 )

@@ -51,11 +51,14 @@ def quantize(params: QATParams, ctx: QuantizeContext) -> dict:
     return _qat.train_and_quantize(params, ctx)
 
 
+def training_tokens(params: QATParams) -> int:
+    training = params.training
+    return training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
+
+
 def training_cost(params: QATParams) -> str:
     """The fine-tuning budget, for the plan."""
-    training = params.training
-    tokens = training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
-    return f"QAT {training.steps} steps, {tokens:,} tokens"
+    return f"QAT {params.training.steps} steps, {training_tokens(params):,} tokens"
 
 
 def training_notes(params: QATParams, details: dict) -> str | None:
@@ -84,4 +87,5 @@ SPEC = MethodSpec(
     check=lambda p, shape, device: group_size_findings(p.group_size, shape),
     cost_note=training_cost,
     card_notes=training_notes,
+    training_tokens=training_tokens,
 )

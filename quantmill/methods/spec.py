@@ -68,6 +68,11 @@ class MethodSpec:
         cost_note: what a variant costs beyond quantizing, for the plan's setting column (or None).
         card_notes: ``card_notes(params, details)``: text for the card's "How it was made"
             section, from the variant's parameters and its provenance details (or None).
+        training_tokens: tokens a variant trains on (0 for methods that do not train); the
+            operator caps it (``QUANTMILL_MAX_TRAINING_TOKENS``).
+        runs_model_code: whether making the output runs Python shipped with the model when the
+            model has any (``auto_map``), whatever ``trust_remote_code`` says (llama.cpp's converter
+            loads such tokenizers with remote code); such models need the ``remote_code`` capability.
     """
 
     name: str
@@ -85,6 +90,8 @@ class MethodSpec:
     quantizes_embeddings: bool = False
     cost_note: Callable[[Any], str | None] = field(default=lambda params: None)
     card_notes: Callable[[Any, dict[str, Any]], str | None] = field(default=lambda params, details: None)
+    training_tokens: Callable[[Any], int] = field(default=lambda params: 0)
+    runs_model_code: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -101,16 +101,13 @@ def _check_caps(
             )
         )
     for variant in variants:
-        training = getattr(variant.params, "training", None)
-        if training is None:
-            continue
-        tokens = training.steps * training.batch_size * training.seq_len * training.gradient_accumulation
+        tokens = variant.spec.training_tokens(variant.params)
         if tokens > operator.max_training_tokens:
             problems.append(
                 doc.problem(
                     ("variants", "methods", variant.row, "training"),
-                    f"variant '{variant.id}': QAT steps × batch_size × seq_len × gradient_accumulation = {tokens} "
-                    f"tokens exceeds the limit of {operator.max_training_tokens}",
+                    f"variant '{variant.id}' trains on {tokens} tokens (steps × batch_size × seq_len × "
+                    f"gradient_accumulation), over the limit of {operator.max_training_tokens}",
                     hint.format("MAX_TRAINING_TOKENS"),
                 )
             )
@@ -269,13 +266,17 @@ def check_recipe_trust(
                     f"grants: {{{recipe_name}: [{request.capability}]}}",
                 )
             )
-    converts = any(v.method == "gguf" for v in variants) and not recipe.model.trust_remote_code
-    if converts and model_ships_code(find_model_dir(recipe.model.id, base_dir, recipe.model.revision)):
+    running = ", ".join(sorted({v.method for v in variants if v.spec.runs_model_code}))
+    if (
+        running
+        and not recipe.model.trust_remote_code
+        and model_ships_code(find_model_dir(recipe.model.id, base_dir, recipe.model.revision))
+    ):
         problems.append(
             doc.problem(
                 ("model", "id"),
-                "the model ships its own code (auto_map in config.json), which llama.cpp's GGUF converter runs",
-                "set model.trust_remote_code: true (capability remote_code) to allow it, or drop the gguf rows",
+                f"the model ships its own code (auto_map in config.json), which making {running} variants runs",
+                f"set model.trust_remote_code: true (capability remote_code) to allow it, or drop the {running} rows",
             )
         )
     return requests, problems
