@@ -118,7 +118,9 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
 
         from quantmill.calibration import build_calibration_set
 
-        tokenizer = AutoTokenizer.from_pretrained(loaded.resolve(model.tokenizer or model.id))
+        tokenizer = AutoTokenizer.from_pretrained(
+            loaded.resolve(model.tokenizer or model.id), trust_remote_code=loaded.trust_remote_code
+        )
         fingerprint = build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir).fingerprint
     data = evaluation_data_fingerprint(loaded)
     artifacts = Path(cache_dir).parent / "artifacts"
