@@ -92,7 +92,8 @@ def evaluation_data_fingerprint(loaded) -> str:
     parts = {path: content_hash(loaded.resolve(path)) for path in evaluation.include_paths}
     if evaluation.perplexity is not None and evaluation.perplexity.dataset.path is not None:
         corpus = loaded.resolve(evaluation.perplexity.dataset.path)
-        parts["perplexity"] = hashlib.sha256(corpus.read_bytes()).hexdigest()
+        with corpus.open("rb") as handle:  # streamed: a corpus can be larger than memory
+            parts["perplexity"] = hashlib.file_digest(handle, "sha256").hexdigest()
     return _digest(parts)
 
 
