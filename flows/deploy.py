@@ -6,6 +6,11 @@ folder on a cron schedule, and every recipe with its own ``schedule:`` gets a
 on a process work pool, created if missing (the schedule and pool default to
 ``quantmill.settings``); ``infra/`` holds Docker and
 Kubernetes GPU pool templates for production.
+
+Scheduled runs hold the worker's Hub token but run recipes from a folder that pull
+requests change, so every deployment runs under the untrusted policy
+(``QUANTMILL_POLICY=untrusted`` in its job environment): the operator's grants, roots
+and caps decide what a recipe may do (``infra/operator.example.yaml``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from prefect.flows import Flow
 from quantmill.errors import RecipeError
 from quantmill.recipe import load_recipe
 from quantmill.settings import get_settings
+from quantmill.trust.operator import POLICY_ENV
+
+#: the job environment of every scheduled deployment: recipes are untrusted input there
+UNTRUSTED_JOB_VARIABLES = {"env": {POLICY_ENV: "untrusted"}}
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +73,7 @@ def deploy(
         build=False,
         push=False,
         parameters={"recipes_dir": str(Path(recipes_dir).resolve()), "skip_scheduled": True},
+        job_variables=UNTRUSTED_JOB_VARIABLES,
         print_next_steps=False,
     )
     registered["nightly-zoo"] = zoo_cron
@@ -79,6 +89,7 @@ def deploy(
                 build=False,
                 push=False,
                 parameters={"recipe_path": str(path)},
+                job_variables=UNTRUSTED_JOB_VARIABLES,
                 print_next_steps=False,
             )
             registered[name] = loaded.recipe.schedule

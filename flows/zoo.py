@@ -2,7 +2,9 @@
 
 A recipe is re-run only when its text, the upstream model revision, or the
 versions of quantmill and its backends changed; otherwise it is recorded as
-``unchanged`` in seconds. One bad recipe never stops the others.
+``unchanged`` in seconds. One bad recipe never stops the others. Its error is masked
+(:func:`quantmill.redact.redact`) before it is logged or returned: the outcome is the
+flow's result, stored by Prefect.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from quantmill.flows.recipe import quantize_evaluate_publish
 from quantmill.pipeline import latest_completed
 from quantmill.recipe import load_recipe
 from quantmill.record import VariantStatus
+from quantmill.redact import redact
 from quantmill.runstore import Run, RunStore
 from quantmill.settings import get_settings
 from quantmill.tasks.steps import resolve_model_task
@@ -53,8 +56,9 @@ def zoo(
             loaded = load_recipe(path)
             resolved = resolve_model_task(loaded)
         except QuantmillError as exc:
-            logger.error("%s: %s", path.name, exc)
-            outcomes[path.name] = {"status": "invalid", "error": str(exc)}
+            error = redact(str(exc))
+            logger.error("%s: %s", path.name, error)
+            outcomes[path.name] = {"status": "invalid", "error": error}
             continue
         if skip_scheduled and loaded.recipe.schedule:
             outcomes[path.name] = {"status": "scheduled separately", "schedule": loaded.recipe.schedule}

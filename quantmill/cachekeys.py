@@ -92,7 +92,8 @@ def evaluation_data_fingerprint(loaded) -> str:
     parts = {path: content_hash(loaded.resolve(path)) for path in evaluation.include_paths}
     if evaluation.perplexity is not None and evaluation.perplexity.dataset.path is not None:
         corpus = loaded.resolve(evaluation.perplexity.dataset.path)
-        parts["perplexity"] = hashlib.sha256(corpus.read_bytes()).hexdigest()
+        with corpus.open("rb") as handle:  # streamed: a corpus can be larger than memory
+            parts["perplexity"] = hashlib.file_digest(handle, "sha256").hexdigest()
     return _digest(parts)
 
 
@@ -118,7 +119,9 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
 
         from quantmill.calibration import build_calibration_set
 
-        tokenizer = AutoTokenizer.from_pretrained(loaded.resolve(model.tokenizer or model.id))
+        tokenizer = AutoTokenizer.from_pretrained(
+            loaded.resolve(model.tokenizer or model.id), trust_remote_code=loaded.trust_remote_code
+        )
         fingerprint = build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir).fingerprint
     data = evaluation_data_fingerprint(loaded)
     artifacts = Path(cache_dir).parent / "artifacts"

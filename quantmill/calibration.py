@@ -41,10 +41,20 @@ class CalibrationSet:
         return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
 
 
+#: samples are drawn from the data set's first ``max(MIN_POOL, POOL_PER_SAMPLE × num_samples)`` texts,
+#: so a huge file is read only that far
+POOL_PER_SAMPLE = 16
+MIN_POOL = 4096
+
+
 def build_calibration_set(calibration: Calibration, tokenizer, base_dir: Path) -> CalibrationSet:
-    """Draw ``num_samples`` texts with ``seed`` (all, in order, if there are fewer) and tokenize them."""
+    """Draw ``num_samples`` texts with ``seed`` (all, in order, if there are fewer) and tokenize them.
+
+    They are drawn from the data set's first ``max(MIN_POOL, POOL_PER_SAMPLE × num_samples)`` texts.
+    """
     assert calibration.dataset is not None, "validation guarantees a data set when one is needed"
-    texts = load_texts(calibration.dataset, base_dir)
+    pool = max(MIN_POOL, POOL_PER_SAMPLE * calibration.num_samples)
+    texts = load_texts(calibration.dataset, base_dir, limit=pool)
     if len(texts) > calibration.num_samples:
         texts = random.Random(calibration.seed).sample(texts, calibration.num_samples)
     ids = tuple(tuple(tokenizer(text, truncation=True, max_length=calibration.seq_len)["input_ids"]) for text in texts)

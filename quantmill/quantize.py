@@ -79,6 +79,7 @@ def quantize_variant(
     source: dict[str, Any] | None = None,
     shared_dir: Path | None = None,
     recipe_dir: Path | None = None,
+    trust_remote_code: bool = False,
 ) -> QuantizedArtifact:
     """Quantize ``variant`` of the model in ``source_dir`` into ``out_dir`` with its method's ``quantize``.
 
@@ -94,6 +95,7 @@ def quantize_variant(
         source: description of the baseline for the provenance (id, revision).
         shared_dir: scratch shared by the recipe's variants (default: beside ``out_dir``).
         recipe_dir: the recipe's folder, for relative data paths in method parameters.
+        trust_remote_code: let transformers run the model's own code (see ``QuantizeContext``).
 
     Returns:
         the completed artifact.
@@ -127,6 +129,7 @@ def quantize_variant(
             shared_dir=shared_dir or out_dir.parent / ".shared",
             source_revision=(source or {}).get("revision") or str(source_dir),
             recipe_dir=recipe_dir,
+            trust_remote_code=trust_remote_code,
         )
         log.info("quantizing %s with %s", variant.id, spec.name)
         try:

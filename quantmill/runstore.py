@@ -20,6 +20,9 @@ Layout (``QUANTMILL_RUNS_DIR``, default ``./runs``)::
 Every file the store writes is written atomically (temporary file in the same
 folder, fsync, rename), so a crash leaves either the old or the new file, never
 half of one. A variant folder counts as finished only once its ``COMPLETE`` marker exists.
+Every text file it writes (results, reports, the recipe and plan copies) has the values
+of known secrets masked first (:func:`quantmill.redact.redact`): an error message that
+quoted a token is never written with it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 
 from quantmill.errors import RunStoreError
 from quantmill.record import RunRecord, parse_record
+from quantmill.redact import redact
 from quantmill.trust.files import open_no_follow
 
 COMPLETE_MARKER = "COMPLETE"
@@ -103,7 +107,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` atomically, with the values of known secrets masked."""
+    atomic_write_bytes(path, redact(text).encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

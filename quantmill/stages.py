@@ -37,7 +37,7 @@ def prepare_calibration(loaded: LoadedRecipe, resolved: ResolvedModel) -> Calibr
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path, trust_remote_code=loaded.trust_remote_code)
     return build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir)
 
 
@@ -58,8 +58,9 @@ def evaluate_baseline(loaded: LoadedRecipe, resolved: ResolvedModel, device: str
     def load() -> EvalModel:
         from transformers import AutoTokenizer
 
-        model = load_transformers_model(resolved.path, loaded.recipe.model.dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
+        trust = loaded.trust_remote_code
+        model = load_transformers_model(resolved.path, loaded.recipe.model.dtype, device, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path, trust_remote_code=trust)
         return transformers_eval_model(model, tokenizer, _batch_size(loaded, device))
 
     return evaluate_model(load, resolved.path, evaluation_setup(loaded, device))
@@ -83,6 +84,7 @@ def quantize_one(
         tokenizer_dir=resolved.tokenizer_path,
         source={"id": resolved.id, "revision": resolved.revision},
         recipe_dir=loaded.base_dir,
+        trust_remote_code=loaded.trust_remote_code,
     )
 
 
@@ -93,7 +95,9 @@ def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path
     setup = evaluation_setup(loaded, device)
     batch_size = _batch_size(loaded, device)
     result = evaluate_model(
-        lambda: output_format.load_for_evaluation(artifact_path, device, batch_size),
+        lambda: output_format.load_for_evaluation(
+            artifact_path, device, batch_size, trust_remote_code=loaded.trust_remote_code
+        ),
         output_format.weights(artifact_path),
         setup,
     )

@@ -46,14 +46,15 @@ class EvalModel:
     release: Callable[[], None]
 
 
-def load_transformers_model(path: Path, dtype: str, device: str):
+def load_transformers_model(path: Path, dtype: str, device: str, *, trust_remote_code: bool = False):
+    """The model in ``path`` on ``device``; ``trust_remote_code`` lets transformers run its own code."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype) if dtype != "auto" else "auto"}
     if device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def transformers_eval_model(model, tokenizer, batch_size: int | str) -> EvalModel:

@@ -106,9 +106,7 @@ def evaluate_model(load: Callable[[], EvalModel], weights: Path, setup: Evaluati
 def _add_perplexity(model: EvalModel, setup: EvaluationSetup, result: EvaluationResult) -> None:
     config = setup.evaluation.perplexity
     assert config is not None
-    texts = load_texts(config.dataset, setup.base_dir)
-    if config.max_documents:
-        texts = texts[: config.max_documents]
+    texts = load_texts(config.dataset, setup.base_dir, limit=config.max_documents)
     if not texts:
         raise EvaluationError("the perplexity corpus is empty")
     measured = perplexity(texts, model.tokenize, model.prefix_token, model.scorer, config.max_length, config.stride)

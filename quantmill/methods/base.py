@@ -42,6 +42,8 @@ class QuantizeContext:
             ``source_revision`` and the calibration fingerprint.
         source_revision: the pinned revision of the baseline.
         recipe_dir: the recipe's folder, which relative data paths in method parameters start from.
+        trust_remote_code: passed to every transformers ``from_pretrained``: run the model's
+            own code (the recipe asked and the operator allowed it).
     """
 
     source_dir: Path
@@ -53,6 +55,7 @@ class QuantizeContext:
     shared_dir: Path
     source_revision: str
     recipe_dir: Path | None = None
+    trust_remote_code: bool = False
 
     def torch_dtype(self):
         import torch
@@ -64,12 +67,14 @@ class QuantizeContext:
         from transformers import AutoModelForCausalLM
 
         kwargs.setdefault("dtype", self.torch_dtype())
-        return AutoModelForCausalLM.from_pretrained(path or self.source_dir, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            path or self.source_dir, trust_remote_code=self.trust_remote_code, **kwargs
+        )
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        return AutoTokenizer.from_pretrained(self.tokenizer_dir, trust_remote_code=self.trust_remote_code)
 
     def require_calibration(self, method: str) -> CalibrationSet:
         if self.calibration is None:

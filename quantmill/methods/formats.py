@@ -46,8 +46,14 @@ class OutputFormat(ABC):
         return folder
 
     @abstractmethod
-    def load_for_evaluation(self, folder: Path, device: str, batch_size: int | str) -> EvalModel:
-        """Load the variant in ``folder`` for evaluation on ``device``."""
+    def load_for_evaluation(
+        self, folder: Path, device: str, batch_size: int | str, *, trust_remote_code: bool = False
+    ) -> EvalModel:
+        """Load the variant in ``folder`` for evaluation on ``device``.
+
+        ``trust_remote_code`` goes to every transformers ``from_pretrained`` the format makes
+        (the recipe asked to run the model's own code and the operator allowed it).
+        """
 
     def add_metrics(self, folder: Path, setup: EvaluationSetup, result: EvaluationResult) -> None:
         """Measurements only this format can make, added to ``result`` after the shared ones (none by default)."""
@@ -95,13 +101,19 @@ class TransformersFormat(OutputFormat):
         if not self.tags:
             object.__setattr__(self, "tags", (self.name,))
 
-    def load_for_evaluation(self, folder: Path, device: str, batch_size: int | str) -> EvalModel:
+    def load_for_evaluation(
+        self, folder: Path, device: str, batch_size: int | str, *, trust_remote_code: bool = False
+    ) -> EvalModel:
         from transformers import AutoTokenizer
 
         from quantmill.evaluation.backends import load_transformers_model, transformers_eval_model
 
-        model = self.load_model(folder, device) if self.load_model else load_transformers_model(folder, "auto", device)
-        return transformers_eval_model(model, AutoTokenizer.from_pretrained(folder), batch_size)
+        if self.load_model:
+            model = self.load_model(folder, device)
+        else:
+            model = load_transformers_model(folder, "auto", device, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        return transformers_eval_model(model, tokenizer, batch_size)
 
     def usage(self, repo_id: str, provenance: dict[str, Any]) -> str:
         snippet = self.usage_text(repo_id)

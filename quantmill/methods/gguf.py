@@ -110,7 +110,10 @@ class GGUFFormat(OutputFormat):
             raise FileNotFoundError(f"expected one model .gguf file in {folder}, found {[p.name for p in files]}")
         return files[0]
 
-    def load_for_evaluation(self, folder: Path, device: str, batch_size: int | str) -> EvalModel:
+    def load_for_evaluation(
+        self, folder: Path, device: str, batch_size: int | str, *, trust_remote_code: bool = False
+    ) -> EvalModel:
+        # llama.cpp runs no Python: trust_remote_code has nothing to allow here
         from quantmill.methods._gguf_eval import gguf_eval_model
 
         return gguf_eval_model(self.weights(folder), device)

@@ -20,7 +20,7 @@ from quantmill.recipe.matrix import Variant, expand_matrix
 from quantmill.recipe.schema import SLUG, Recipe
 from quantmill.trust.boundary import check_recipe_trust
 from quantmill.trust.capabilities import CapabilityRequest
-from quantmill.trust.operator import OperatorSettings
+from quantmill.trust.operator import OperatorSettings, get_operator
 from quantmill.yamlio import LocatedDocument, load_yaml_file, load_yaml_text
 
 
@@ -51,6 +51,15 @@ class LoadedRecipe:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def trust_remote_code(self) -> bool:
+        """Whether transformers may run the model's own code: the recipe asks and the operator allows it.
+
+        Validation already refused an ungranted ``trust_remote_code`` under the untrusted
+        policy; asking the operator again keeps a policy tightened after loading in force.
+        """
+        return self.recipe.model.trust_remote_code and get_operator().allows("remote_code", self.name, self.path)
 
     def resolve(self, relative: str) -> Path:
         """A path from the recipe, resolved against the recipe's folder."""

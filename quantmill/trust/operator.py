@@ -55,6 +55,7 @@ class OperatorSettings(BaseSettings):
         min_perplexity_stride: the smallest perplexity window step.
         max_include_files: files under all ``include_paths`` together.
         max_include_bytes: bytes under all ``include_paths`` together.
+        max_data_file_bytes: bytes read from one data file (calibration, perplexity, training texts).
     """
 
     model_config = SettingsConfigDict(env_prefix="QUANTMILL_", extra="ignore")
@@ -72,6 +73,7 @@ class OperatorSettings(BaseSettings):
     min_perplexity_stride: int = Field(1, gt=0)
     max_include_files: int = Field(2_000, gt=0)
     max_include_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_data_file_bytes: int = Field(1 << 30, gt=0)
 
     @field_validator("hub_endpoint")
     @classmethod

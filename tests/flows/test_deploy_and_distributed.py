@@ -40,7 +40,8 @@ def test_deploy_registers_the_nightly_zoo_and_recipe_schedules(real_server):
         "from prefect import get_client\n"
         "with get_client(sync_client=True) as c:\n"
         "    for d in c.read_deployments():\n"
-        "        print(d.name, d.work_pool_name, [s.schedule.cron for s in d.schedules], sorted(d.parameters))\n"
+        "        policy = (d.job_variables or {}).get('env', {}).get('QUANTMILL_POLICY')\n"
+        "        print(d.name, d.work_pool_name, [s.schedule.cron for s in d.schedules], sorted(d.parameters), policy)\n"
     )
     listing = subprocess.run(
         [sys.executable, "-c", code], env=real_server, capture_output=True, text=True, timeout=120, check=True
@@ -49,6 +50,7 @@ def test_deploy_registers_the_nightly_zoo_and_recipe_schedules(real_server):
     assert "['0 2 * * *']" in lines["nightly-zoo"] and "quantmill-local" in lines["nightly-zoo"]
     assert "['0 3 * * *']" in lines["recipe-demo"] and "recipe_path" in lines["recipe-demo"]
     assert "['0 2 * * *']" in lines["recipe-llama-3-1-8b-instruct-nightly"]
+    assert all(line.endswith(" untrusted") for line in lines.values()), listing  # recipes are untrusted input there
 
 
 PROBE_METHOD = """

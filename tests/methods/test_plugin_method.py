@@ -86,16 +86,18 @@ class NpzFormat(OutputFormat):
     def weights(self, folder):
         return Path(folder) / WEIGHTS
 
-    def load_for_evaluation(self, folder, device, batch_size):
+    def load_for_evaluation(self, folder, device, batch_size, *, trust_remote_code=False):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         from quantmill.evaluation.backends import transformers_eval_model
 
         loaded_folders.append(str(folder))
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).to(torch.float32)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        ).to(torch.float32)
         model.load_state_dict(dequantized(self.weights(folder)))
-        return transformers_eval_model(model.to(device), AutoTokenizer.from_pretrained(folder), batch_size)
+        return transformers_eval_model(model.to(device), AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code), batch_size)
 
     def usage(self, repo_id, provenance):
         return f"```python\\nimport quantmill_npz\\nstate = quantmill_npz.dequantized(\\"{repo_id}/{WEIGHTS}\\")\\n```"
