@@ -33,10 +33,11 @@ import json
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,22 @@ def read_json(path: Path) -> Any:
         raise RunStoreError(f"{path} is not valid JSON: {exc}") from None
 
 
+_last_stamp = datetime.min.replace(tzinfo=UTC)
+_stamp_lock = threading.Lock()
+
+
 def new_run_id(now: datetime | None = None) -> str:
-    """Sortable and unique: ``20261127T083000Z-1a2b3c``."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    """Sortable and unique: ``20261127T083000.123456Z-1a2b3c``.
+
+    "The run before this one" (regressions) is found by sorting ids, so they carry
+    microseconds and strictly increase within a process: with whole seconds, two runs
+    started within one second were ordered by their random suffix.
+    """
+    global _last_stamp
+    if now is None:
+        with _stamp_lock:
+            now = _last_stamp = max(datetime.now(UTC), _last_stamp + timedelta(microseconds=1))
+    stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-{secrets.token_hex(3)}"
 
 

@@ -52,8 +52,8 @@ def test_disk_full_during_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 @pytest.mark.fast
 def test_run_ids_sort_by_time_and_do_not_collide():
-    ids = {new_run_id() for _ in range(200)}
-    assert len(ids) == 200
+    ids = [new_run_id() for _ in range(200)]
+    assert ids == sorted(ids) and len(set(ids)) == 200
 
 
 @pytest.mark.fast
