@@ -41,34 +41,47 @@ def device_kind(device: str) -> str:
     return device.split(":")[0]
 
 
-def quantize_key(revision: str, variant: Variant, calibration_fingerprint: str | None, dtype: str, device: str) -> str:
+def _with_remote_code(parts: dict[str, Any], remote_code: bool) -> dict[str, Any]:
+    """The model's own code can change what it computes; keys made without it stay as they were."""
+    return {**parts, "remote_code": True} if remote_code else parts
+
+
+def quantize_key(
+    revision: str,
+    variant: Variant,
+    calibration_fingerprint: str | None,
+    dtype: str,
+    device: str,
+    *,
+    remote_code: bool = False,
+) -> str:
     uses_calibration = variant.spec.needs_calibration(variant.params)
-    return _digest(
-        {
-            "step": "quantize",
-            "revision": revision,
-            "method": variant.method,
-            "params": variant.params.model_dump(mode="json"),
-            "calibration": calibration_fingerprint if uses_calibration else None,
-            "dtype": dtype,
-            "device": device_kind(device),
-            "versions": versions(variant.spec.packages),
-        }
-    )
+    parts = {
+        "step": "quantize",
+        "revision": revision,
+        "method": variant.method,
+        "params": variant.params.model_dump(mode="json"),
+        "calibration": calibration_fingerprint if uses_calibration else None,
+        "dtype": dtype,
+        "device": device_kind(device),
+        "versions": versions(variant.spec.packages),
+    }
+    return _digest(_with_remote_code(parts, remote_code))
 
 
-def baseline_key(revision: str, evaluation: Evaluation, dtype: str, device: str, data_fingerprint: str) -> str:
-    return _digest(
-        {
-            "step": "baseline",
-            "revision": revision,
-            "evaluation": evaluation.model_dump(mode="json"),
-            "data": data_fingerprint,
-            "dtype": dtype,
-            "device": device_kind(device),
-            "versions": versions(_EVAL_PACKAGES),
-        }
-    )
+def baseline_key(
+    revision: str, evaluation: Evaluation, dtype: str, device: str, data_fingerprint: str, *, remote_code: bool = False
+) -> str:
+    parts = {
+        "step": "baseline",
+        "revision": revision,
+        "evaluation": evaluation.model_dump(mode="json"),
+        "data": data_fingerprint,
+        "dtype": dtype,
+        "device": device_kind(device),
+        "versions": versions(_EVAL_PACKAGES),
+    }
+    return _digest(_with_remote_code(parts, remote_code))
 
 
 def evaluation_key(quantized: str, variant: Variant, evaluation: Evaluation, device: str, data_fingerprint: str) -> str:
@@ -127,7 +140,7 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
     artifacts = Path(cache_dir).parent / "artifacts"
     status = {}
     for variant in loaded.variants:
-        q_key = quantize_key(revision, variant, fingerprint, model.dtype, device)
+        q_key = quantize_key(revision, variant, fingerprint, model.dtype, device, remote_code=loaded.trust_remote_code)
         e_key = evaluation_key(q_key, variant, loaded.recipe.evaluation, device, data)
         if (keys / q_key).is_file() and (keys / e_key).is_file():
             status[variant.id] = "cached"

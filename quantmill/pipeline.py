@@ -102,9 +102,13 @@ def step_keys(
     data = cachekeys.evaluation_data_fingerprint(loaded)
     dtype, evaluation = loaded.recipe.model.dtype, loaded.recipe.evaluation
     fingerprint = calibration.fingerprint if calibration else None
-    quantize = {v.id: cachekeys.quantize_key(resolved.revision, v, fingerprint, dtype, device) for v in variants}
+    remote_code = loaded.trust_remote_code
+    quantize = {
+        v.id: cachekeys.quantize_key(resolved.revision, v, fingerprint, dtype, device, remote_code=remote_code)
+        for v in variants
+    }
     return StepKeys(
-        baseline=cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data),
+        baseline=cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data, remote_code=remote_code),
         quantize=quantize,
         evaluate={v.id: cachekeys.evaluation_key(quantize[v.id], v, evaluation, device, data) for v in variants},
     )

@@ -128,3 +128,18 @@ def test_a_policy_tightened_after_loading_withholds_remote_code(tmp_path, monkey
     finally:
         monkeypatch.undo()
         get_operator.cache_clear()
+
+
+@pytest.mark.fast
+def test_results_made_with_the_models_own_code_are_cached_apart():
+    """A variant quantized without the model's code is not reused once the recipe trusts it (and back)."""
+    from quantmill import cachekeys
+    from quantmill.recipe.schema import Evaluation
+    from tests.methods.test_quantize_all import make_variant
+
+    variant = make_variant("rtn", {"bits": 8, "group_size": 64})
+    plain = cachekeys.quantize_key("rev", variant, None, "float32", "cpu")
+    assert cachekeys.quantize_key("rev", variant, None, "float32", "cpu", remote_code=True) != plain
+    evaluation = Evaluation(tasks=["tiny_world_mc"])
+    base = cachekeys.baseline_key("rev", evaluation, "float32", "cpu", "data")
+    assert cachekeys.baseline_key("rev", evaluation, "float32", "cpu", "data", remote_code=True) != base
