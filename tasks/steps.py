@@ -85,13 +85,15 @@ def _cached_step(name: str):
     return task(name=name, cache_policy=StepKey(), persist_result=True, result_serializer="json")
 
 
-@task(
-    name="resolve-model",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    cache_policy=NONE,
-)
+# Network-bound steps retry with exponential backoff; compute steps never retry blindly.
+_NETWORK_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+}
+
+
+@task(name="resolve-model", cache_policy=NONE, **_NETWORK_RETRIES)
 def resolve_model_task(loaded: LoadedRecipe) -> ResolvedModel:
     return resolve_model(loaded)
 
@@ -165,13 +167,7 @@ def gate_task(
     return stages.gate_variant(variant, result, baseline, error)
 
 
-@task(
-    name="publish",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    cache_policy=NONE,
-)
+@task(name="publish", cache_policy=NONE, **_NETWORK_RETRIES)
 def publish_task(
     loaded: LoadedRecipe, record: RunRecord, variant_id: str, target: str, related: list[dict[str, str]]
 ) -> PublishOutcome:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_MODEL, DEMO_TASKS
+from quantmill.testing.recipes import fast_recipe
 
 PLUGIN = '''
 """int8 weights, one scale per output channel, in one NumPy file: a format quantmill does not know."""
@@ -122,22 +122,11 @@ SPEC = MethodSpec(
 )
 '''
 
-RECIPE = f"""\
-name: plugin
-model: {{id: {DEMO_MODEL}, dtype: float32}}
-device: cpu
-evaluation:
-  tasks: [tiny_world_mc]
-  include_paths: [{DEMO_TASKS}]
-  limit: 40
-  metrics: [size]
-variants:
-  methods:
-    - {{method: npz, bits: 8}}
-gates:
-  - {{metric: tiny_world_mc/acc, min_recovery: 0.95}}
-publish: {{target: local, path: zoo, namespace: org, license: apache-2.0}}
-"""
+RECIPE = fast_recipe(
+    "    - {method: npz, bits: 8}\n",
+    gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.95}\n",
+    publish="publish: {target: local, path: zoo, namespace: org, license: apache-2.0}\n",
+)
 
 
 def install_plugin(folder: Path, module: str, text: str, entry: str, monkeypatch) -> None:

@@ -12,30 +12,18 @@ import pytest
 
 from quantmill.publish.publisher import publish_variant
 from quantmill.publish.targets import LocalZoo
-from quantmill.testing.recipes import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
+from quantmill.testing.recipes import DEMO_MODEL, fast_recipe
 from quantmill.trust.operator import get_operator
 from tests.support.sequential import run_stages
 
 pytestmark = pytest.mark.slow
 
 SENTINEL = "hf_SECURITYsentinelDoNotLeak0123456789"
-RECIPE = f"""\
-name: granted
-model: {{id: {DEMO_MODEL}, dtype: float32}}
-device: cpu
-calibration: {{dataset: {{path: {DEMO_DATA / "calibration.jsonl"}}}, num_samples: 16, seq_len: 64}}
-evaluation:
-  tasks: [tiny_world_mc]
-  include_paths: [{DEMO_TASKS}]
-  limit: 40
-  metrics: [size]
-variants:
-  methods:
-    - {{method: bnb, types: [int8]}}
-gates:
-  - {{metric: tiny_world_mc/acc, min_recovery: 0.5}}
-publish: {{target: local, path: zoo, license: mit, card_template: card.j2}}
-"""
+RECIPE = fast_recipe(
+    "    - {method: bnb, types: [int8]}\n",
+    gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.5}\n",
+    publish="publish: {target: local, path: zoo, license: mit, card_template: card.j2}\n",
+)
 TEMPLATE = """\
 ---
 {{ card_data }}
@@ -52,7 +40,7 @@ token: {{ cycler.__init__ is defined }}
 def granted(monkeypatch):
     monkeypatch.setenv("QUANTMILL_POLICY", "untrusted")
     monkeypatch.setenv("QUANTMILL_DATA_ROOTS", json.dumps([str(DEMO_MODEL.parent)]))
-    monkeypatch.setenv("QUANTMILL_GRANTS", json.dumps({"granted": ["task_code", "card_template"]}))
+    monkeypatch.setenv("QUANTMILL_GRANTS", json.dumps({"flowtest": ["task_code", "card_template"]}))
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
     get_operator.cache_clear()
     yield
