@@ -70,7 +70,11 @@ def base_model_license(loaded: LoadedRecipe) -> str | None:
     return info.card_data.get("license") if info.card_data else None
 
 
-def _files(artifact_path: Path) -> dict[str, Path]:
+def upload_files(artifact_path: Path) -> dict[str, Path]:
+    """The variant's files as they will be uploaded (path in the repo → file), the card aside.
+
+    One definition for the publisher and for every check that must see exactly what is published.
+    """
     return {
         str(p.relative_to(artifact_path)): p
         for p in sorted(artifact_path.rglob("*"))
@@ -134,7 +138,7 @@ def publish_variant(
         related=list(related or []),
     )
     card = render_card(inputs)
-    files = _files(artifact_path)
+    files = upload_files(artifact_path)
     print_ = fingerprint(files, str(card))
     card.data.quantmill = {**card.data.quantmill, "fingerprint": print_}
     text = str(card)
