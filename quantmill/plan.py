@@ -68,7 +68,7 @@ class Plan:
 def describe_gate(gate) -> str:
     text = f"{gate.metric} {gate.rule} {gate.threshold:g}"
     if gate.significance:
-        text += f" (>{gate.significance:g}σ)"
+        text += f" (noise {gate.significance:g}σ)"
     return text + (" [warn]" if gate.level == "warn" else "")
 
 

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -129,6 +130,10 @@ _last_stamp = datetime.min.replace(tzinfo=UTC)
 _stamp_lock = threading.Lock()
 
 
+#: what :func:`new_run_id` makes (and, without microseconds, what earlier versions made)
+RUN_ID = re.compile(r"\d{8}T\d{6}(\.\d{6})?Z-[0-9a-f]+")
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable and unique: ``20261127T083000.123456Z-1a2b3c``.
 
@@ -206,11 +211,12 @@ class RunStore:
         return run
 
     def runs(self, recipe_name: str) -> list[Run]:
-        """Runs of a recipe, oldest first."""
+        """Runs of a recipe, oldest first: the folders named by a run id (the recipe's folder also
+        holds ``artifacts/`` and ``.cache/``, which are not runs)."""
         parent = self.recipe_dir(recipe_name)
         if not parent.is_dir():
             return []
-        return [Run(p) for p in sorted(parent.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        return [Run(p) for p in sorted(parent.iterdir()) if p.is_dir() and RUN_ID.fullmatch(p.name)]
 
     def latest(self, recipe_name: str) -> Run | None:
         runs = self.runs(recipe_name)

@@ -70,6 +70,12 @@ def test_start_run_lays_out_the_run_folder(tmp_path):
     assert {v.status for v in record.variants.values()} == {VariantStatus.PENDING}
     assert (run.path / "variants").is_dir() and (run.path / "logs").is_dir()
     assert store.latest("demo") == run
+    # the recipe's folder also holds artifacts/ (named after no run) and runs of earlier versions
+    (run.path.parent / "artifacts" / "rtn-w4-0123456789ab").mkdir(parents=True)
+    assert store.latest("demo") == run
+    older = run.path.parent / "20250101T000000Z-abc123"
+    older.mkdir()
+    assert [r.path for r in store.runs("demo")] == [older, run.path]
     assert not run.is_complete("bnb-int8")
     run.mark_complete("bnb-int8", {"seconds": 1})
     assert run.is_complete("bnb-int8")
