@@ -374,13 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--cron", help="schedule of the nightly zoo run (default: QUANTMILL_NIGHTLY_CRON, else 0 2 * * *)"
     )
 
-    publish = add("publish", cmd_publish, "publish a finished run's passing variants (again, or to another target)")
+    publish = add(
+        "publish",
+        cmd_publish,
+        "publish a finished run's passing variants (again, or to another target), with the recipe as the run saved it",
+    )
     publish.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
     publish.add_argument(
         "--force",
         action="append",
         metavar="VARIANT",
-        help="publish this variant although it failed its gates (the card says so); repeatable",
+        help="publish this variant although it did not pass its gates (the card says so); repeatable",
     )
     publish.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
 
