@@ -10,14 +10,15 @@ the noise band is k times the combined stderr, and the *threshold value* is the
 observed value that would just meet the rule (``baseline × 0.97`` for
 ``min_recovery: 0.97``).
 
-* The evaluation resolves the rule when the band is no wider than the distance
-  between the baseline and the threshold value. Then a miss is excused (passed,
-  "within noise") only when the observed value lies within the band of the
-  threshold value; a miss beyond it fails.
-* Otherwise the evaluation is too small to tell a variant as good as the
-  baseline from one at the threshold: the rule is ``inconclusive`` unless the
-  observed value clears the threshold value by more than the band (passed) or
-  misses it by more (failed). An inconclusive variant is never published.
+* A value that meets the rule passes, as without ``significance`` (noise only
+  ever excuses; it never makes a gate stricter).
+* A miss by more than the band fails.
+* A miss within the band is excused (passed, "within noise") when the
+  evaluation resolves the rule: the band is no wider than the distance between
+  the baseline and the threshold value. When the band is wider, the evaluation
+  is too small to tell a variant as good as the baseline from one below the
+  threshold, and the rule is ``inconclusive``; an inconclusive variant is never
+  published.
 
 Ratio and percentage rules (``min_recovery``, ``max_drop_pct``,
 ``max_increase_pct``) need a positive baseline: of 0 they mean nothing, and of a
@@ -201,23 +202,19 @@ def apply_rule(gate: GateRule, variant: MetricValue | None, baseline: MetricValu
     direction = 1 if gate.rule in HIGHER_IS_BETTER_RULES else -1
     margin = (variant.value - meets_at) * direction  # > 0: better than just meeting the rule
     noise = f"{gate.significance:g}·stderr {band:.4g}"
+    if holds:  # a value that meets the rule needs no excuse: significance never makes a gate stricter
+        return outcome(True, compared)
+    if margin < -band:
+        return outcome(False, compared, f"misses the threshold value {meets_at:.4g} by more than {noise}")
     if band > resolution:
-        if margin >= band:
-            return outcome(True, compared, f"clear of noise: beyond the threshold value {meets_at:.4g} by > {noise}")
-        if margin < -band:
-            return outcome(False, compared, f"misses the threshold value {meets_at:.4g} by more than {noise}")
         return outcome(
             False,
             compared,
-            f"inconclusive: {noise} exceeds the distance {resolution:.4g} between the baseline and the "
-            f"threshold value {meets_at:.4g}; evaluate on more examples",
+            f"inconclusive: {-margin:.4g} short of {meets_at:.4g}, within {noise}, but {noise} exceeds the "
+            f"distance {resolution:.4g} between the baseline and {meets_at:.4g}; evaluate on more examples",
             inconclusive=True,
         )
-    if holds:
-        return outcome(True, compared)
-    if margin >= -band:
-        return outcome(True, compared, f"within noise: {-margin:.4g} short of {meets_at:.4g}, within {noise}")
-    return outcome(False, compared)
+    return outcome(True, compared, f"within noise: {-margin:.4g} short of {meets_at:.4g}, within {noise}")
 
 
 def check_gates(

@@ -72,11 +72,11 @@ def test_noise_excuses_only_a_miss_within_the_band_of_the_threshold_value():
     assert not no_stderr.passed and not no_stderr.inconclusive
 
 
-def test_a_too_small_evaluation_is_inconclusive_unless_clear_of_the_band():
+def test_a_too_small_evaluation_cannot_excuse_a_miss():
     gate = rule(min_recovery=0.99, significance=2)  # threshold value 0.792, 0.008 from the baseline; band 0.057
-    assert apply_rule(gate, MetricValue(0.78, 0.02), MetricValue(0.80, 0.02)).inconclusive
-    assert apply_rule(gate, MetricValue(0.80, 0.02), MetricValue(0.80, 0.02)).inconclusive  # as good, yet unproven
-    assert apply_rule(gate, MetricValue(0.86, 0.02), MetricValue(0.80, 0.02)).passed
+    unsure = apply_rule(gate, MetricValue(0.78, 0.02), MetricValue(0.80, 0.02))
+    assert unsure.inconclusive and not unsure.passed and unsure.note.startswith("inconclusive:")
+    assert apply_rule(gate, MetricValue(0.80, 0.02), MetricValue(0.80, 0.02)).passed  # meets it: nothing to excuse
     clear_miss = apply_rule(gate, MetricValue(0.70, 0.02), MetricValue(0.80, 0.02))
     assert not clear_miss.passed and not clear_miss.inconclusive
 
@@ -112,11 +112,12 @@ def test_inconclusive_verdicts_lose_to_failures_and_survive_the_record():
     unsure = rule(min_recovery=0.99, significance=2)
     sure = rule(metric="ppl", max_increase_pct=5)
     baseline = EvaluationResult({"t/acc": MetricValue(0.80, 0.02), "ppl": MetricValue(10.0)})
-    undecided = check_gates("v", [unsure, sure], EvaluationResult({**baseline.metrics}), baseline)
+    measured = EvaluationResult({"t/acc": MetricValue(0.78, 0.02), "ppl": MetricValue(10.0)})
+    undecided = check_gates("v", [unsure, sure], measured, baseline)
     assert undecided.status == "inconclusive" and undecided.failed_rules == []
     assert [o.metric for o in undecided.inconclusive_rules] == ["t/acc"]
     assert undecided.describe_unmet() == "t/acc min_recovery 0.99 (inconclusive)"
-    worse = EvaluationResult({"t/acc": MetricValue(0.80, 0.02), "ppl": MetricValue(12.0)})
+    worse = EvaluationResult({"t/acc": MetricValue(0.78, 0.02), "ppl": MetricValue(12.0)})
     assert check_gates("v", [unsure, sure], worse, baseline).status == "failed"
     warned = check_gates("v", [unsure.model_copy(update={"level": "warn"})], worse, baseline)
     assert warned.status == "passed" and warned.warnings[0].inconclusive
@@ -202,13 +203,20 @@ def test_property_a_miss_beyond_the_band_fails(case, bands):
     assert not outcome.passed and not outcome.inconclusive, outcome
 
 
-@given(cases(noisy=True), st.floats(-0.999, 0.999))
-def test_property_within_the_band_passes_or_is_inconclusive_by_the_rule_width(case, bands):
+@given(cases(noisy=True), st.floats(0.001, 0.999))
+def test_property_a_miss_within_the_band_passes_or_is_inconclusive_by_the_rule_width(case, bands):
     gate, baseline, se_v, se_b = case
     _, band, resolution = oracle(gate, baseline, 0.0, se_v, se_b)
     assume(band > 1e-6 and abs(band - resolution) > 1e-9)
-    outcome = judge(gate, baseline, at_bands(gate, baseline, se_v, se_b, bands), se_v, se_b)
+    outcome = judge(gate, baseline, at_bands(gate, baseline, se_v, se_b, -bands), se_v, se_b)
     assert outcome.result == ("inconclusive" if band > resolution else "passed"), outcome
+
+
+@given(cases(noisy=True), st.floats(0.001, 10))
+def test_property_significance_never_fails_a_value_that_meets_the_rule(case, bands):
+    gate, baseline, se_v, se_b = case
+    assume(oracle(gate, baseline, 0.0, se_v, se_b)[1] > 1e-6)
+    assert judge(gate, baseline, at_bands(gate, baseline, se_v, se_b, bands), se_v, se_b).passed
 
 
 @given(cases(), values)
@@ -230,16 +238,16 @@ def test_property_a_better_value_never_judges_worse(case, one, other):
 
 
 @given(st.one_of(cases(), cases(noisy=True)), values)
-def test_property_inconclusive_iff_the_band_is_wider_than_the_rule_and_straddles_it(case, observed):
+def test_property_inconclusive_iff_a_miss_within_a_band_wider_than_the_rule(case, observed):
     gate, baseline, se_v, se_b = case
     margin, band, resolution = oracle(gate, baseline, observed, se_v, se_b)
     outcome = judge(gate, baseline, observed, se_v, se_b)
     if outcome.inconclusive:
-        assert band is not None and band > resolution - 1e-9 and abs(margin) <= band + 1e-9
+        assert band is not None and band > resolution - 1e-9 and -band - 1e-9 <= margin <= 1e-9
         assert not outcome.passed
     if band is not None:
-        assume(abs(band - resolution) > 1e-9 and abs(abs(margin) - band) > 1e-9)
-        assert outcome.inconclusive is (band > resolution and abs(margin) < band), (outcome, margin, band)
+        assume(abs(band - resolution) > 1e-9 and abs(margin + band) > 1e-9 and abs(margin) > 1e-9)
+        assert outcome.inconclusive is (band > resolution and -band < margin < 0), (outcome, margin, band)
     else:
         assert not outcome.inconclusive
 
