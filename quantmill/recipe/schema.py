@@ -122,7 +122,11 @@ class GateRule(Strict):
     max_increase: float | None = Field(None, ge=0, description="value - baseline, at most (lower-is-better metrics)")
     max_increase_pct: float | None = Field(None, ge=0, description="increase in % of baseline, at most")
     significance: float | None = Field(
-        None, ge=0, le=10, description="fail a relative rule only if the change also exceeds k·stderr"
+        None,
+        ge=0,
+        le=10,
+        description="relative rules: excuse a miss within k·stderr of the threshold value "
+        "(inconclusive when k·stderr is wider than the rule)",
     )
     level: Literal["required", "warn"] = Field("required", description="'warn' reports but never fails a variant")
 

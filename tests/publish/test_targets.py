@@ -121,3 +121,16 @@ def test_model_base_model_is_validated_with_its_location(tmp_path, model, messag
     (problem,) = caught.value.problems
     assert problem.path == "model.base_model" and message in problem.message
     assert problem.file == "r.yaml" and problem.line == 1 + text.splitlines().index(f"model: {model}")
+
+
+def test_card_gate_table_names_an_inconclusive_rule():
+    from quantmill.evaluation.results import EvaluationResult, MetricValue
+    from quantmill.gates import check_gates
+    from quantmill.publish.card import _gate_rows
+    from quantmill.recipe.schema import GateRule
+
+    gate = GateRule(metric="t/acc", min_recovery=0.99, significance=2)
+    baseline = EvaluationResult({"t/acc": MetricValue(0.80, 0.02)})
+    verdict = check_gates("v", [gate], EvaluationResult({"t/acc": MetricValue(0.78, 0.02)}), baseline)
+    (row,) = _gate_rows(verdict)
+    assert row["outcome"].startswith("INCONCLUSIVE — inconclusive: 0.012 short of 0.792")
