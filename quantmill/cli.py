@@ -163,8 +163,7 @@ def render_results(record: RunRecord) -> Table:
     for variant_id, entry in record.variants.items():
         metrics = entry.evaluation.metrics if entry.evaluation else {}
         shown = ", ".join(f"{k}={v.value:.4g}" for k, v in list(metrics.items())[:3])
-        failed = entry.verdict.failed_rules if entry.verdict else []
-        why = entry.error or "; ".join(f"{o.metric} {o.rule} {o.threshold:g}" for o in failed)
+        why = entry.error or (entry.verdict.describe_unmet() if entry.verdict else "")
         color = {"passed": "green", "failed": "red"}.get(entry.status, "yellow")
         table.add_row(
             variant_id,
@@ -181,9 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     load_recipe(args.recipe)  # an invalid or refused recipe stops here, before Prefect starts
     _prefect_defaults()
-    from quantmill.errors import GateFailedError, PublishError
     from quantmill.flows.recipe import run_recipe
-    from quantmill.record import PublishStatus, VariantStatus
     from quantmill.runstore import Run
 
     outcome = run_recipe(
@@ -198,13 +195,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run.read_record()
     console.print(render_results(record))
     console.print(f"results: {run.results_path}")
+    raise_unless_all_passed(record)
+    return 0
+
+
+def raise_unless_all_passed(record: RunRecord) -> None:
+    """The run's exit code as an error: a passing variant that did not publish (4), else a variant
+    that did not pass (3): failed, inconclusive or never judged."""
+    from quantmill.errors import GateFailedError, PublishError
+    from quantmill.record import PublishStatus, VariantStatus
+
     unpublished = [v for v, e in record.variants.items() if e.publish and e.publish.status == PublishStatus.FAILED]
     if unpublished:
         raise PublishError(f"{len(unpublished)} passing variant(s) failed to publish: {', '.join(unpublished)}")
-    failed = [v for v, e in record.variants.items() if e.status != VariantStatus.PASSED]
+    failed = [f"{v} ({e.status.value})" for v, e in record.variants.items() if e.status != VariantStatus.PASSED]
     if failed:
         raise GateFailedError(f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
-    return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -368,13 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--cron", help="schedule of the nightly zoo run (default: QUANTMILL_NIGHTLY_CRON, else 0 2 * * *)"
     )
 
-    publish = add("publish", cmd_publish, "publish a finished run's passing variants (again, or to another target)")
+    publish = add(
+        "publish",
+        cmd_publish,
+        "publish a finished run's passing variants (again, or to another target), with the recipe as the run saved it",
+    )
     publish.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
     publish.add_argument(
         "--force",
         action="append",
         metavar="VARIANT",
-        help="publish this variant although it failed its gates (the card says so); repeatable",
+        help="publish this variant although it did not pass its gates (the card says so); repeatable",
     )
     publish.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
 

@@ -39,6 +39,7 @@ class VariantStatus(StrEnum):
     PENDING = "pending"  # selected for this run, no outcome yet
     PASSED = "passed"  # every required gate holds
     FAILED = "failed"  # a required gate failed, or quantization or evaluation did
+    INCONCLUSIVE = "inconclusive"  # no required gate failed, but the evaluation was too small to decide one
 
 
 class PublishStatus(StrEnum):
@@ -112,7 +113,8 @@ class VariantRecord(_Record):
 
     Attributes:
         method: the quantization method.
-        status: pending until the variant has a verdict, then passed or failed.
+        status: pending until the variant has a verdict, then passed, failed or inconclusive
+            (only passed variants are published).
         setting: the variant's parameters in words (``w4 · g128``).
         error: why it failed, when quantization, evaluation or the baseline did.
         artifact: the quantized output folder.

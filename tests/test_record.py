@@ -109,7 +109,7 @@ def test_a_record_that_does_not_match_its_version_is_a_clear_error(tmp_path):
 
 
 def test_statuses_are_enums_that_read_and_write_as_their_words():
-    assert [s.value for s in VariantStatus] == ["pending", "passed", "failed"]
+    assert [s.value for s in VariantStatus] == ["pending", "passed", "failed", "inconclusive"]
     assert [s.value for s in RunStatus] == ["planned", "running", "completed"]
     assert [s.value for s in PublishStatus] == ["published", "unchanged", "failed"]
     entry = VariantRecord.model_validate({"method": "rtn", "status": "failed"})

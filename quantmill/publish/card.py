@@ -23,6 +23,7 @@ from quantmill.gates import Verdict
 from quantmill.metrics import split_task_metric
 from quantmill.plan import variant_setting
 from quantmill.publish.sandbox import render_model_card
+from quantmill.recipe.checks import is_local_model
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 
@@ -75,6 +76,9 @@ def _eval_rows(inputs: CardInputs) -> list[dict[str, str]]:
     return rows
 
 
+_OUTCOME_WORDS = {"passed": "pass", "failed": "FAIL", "inconclusive": "INCONCLUSIVE"}
+
+
 def _gate_rows(verdict: Verdict) -> list[dict[str, str]]:
     return [
         {
@@ -83,7 +87,7 @@ def _gate_rows(verdict: Verdict) -> list[dict[str, str]]:
             "threshold": f"{o.threshold:g}",
             "observed": _fmt(o.observed),
             "baseline": _fmt(o.baseline),
-            "outcome": ("pass" if o.passed else "FAIL") + (f" — {o.note}" if o.note else ""),
+            "outcome": _OUTCOME_WORDS[o.result] + (f" — {o.note}" if o.note else ""),
         }
         for o in verdict.outcomes
     ]
@@ -104,6 +108,15 @@ def _size_rows(inputs: CardInputs) -> list[tuple[str, str]]:
     rows.append(("quantization time (s)", _fmt(inputs.provenance.get("seconds"))))
     rows.append(("peak memory while quantizing (GB)", _fmt(inputs.provenance.get("peak_rss_bytes", 0) / 1e9)))
     return rows
+
+
+def hub_base_model(loaded: LoadedRecipe) -> str | None:
+    """The Hub id the card's ``base_model`` may name: ``model.base_model``, else the model id when it
+    is a Hub id; None for a local folder without one (the Hub rejects a filesystem path there)."""
+    model = loaded.recipe.model
+    if model.base_model:
+        return model.base_model
+    return None if is_local_model(model.id, loaded.base_dir) else model.id
 
 
 def card_metadata(inputs: CardInputs):
@@ -142,9 +155,10 @@ def card_metadata(inputs: CardInputs):
     tags = ["quantmill", variant.method, *spec.output_format.tags]
     if bits is not None:
         tags.append(f"{bits}-bit")
+    base_model = hub_base_model(loaded)
     return ModelCardData(
-        base_model=loaded.recipe.model.id,
-        base_model_relation="quantized",
+        base_model=base_model,
+        base_model_relation="quantized" if base_model else None,
         quantized_by="quantmill",
         library_name=spec.output_format.library_name,
         pipeline_tag="text-generation",

@@ -3,7 +3,7 @@
 :func:`publish_recorded` publishes one variant from what its run recorded (its
 output folder, evaluation and verdict); the pipeline calls it for every passing
 variant, and ``quantmill publish RUN [--force VARIANT]`` (:func:`publish_run`)
-for a finished run's.
+for a finished run's, with the recipe the run saved.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from quantmill.errors import PublishError
 from quantmill.publish.publisher import make_target, publish_variant, publishable, repo_id_for
 from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
-from quantmill.recipe import load_recipe
-from quantmill.recipe.load import LoadedRecipe
+from quantmill.recipe.load import LoadedRecipe, validate_document
 from quantmill.record import PublishOutcome, RunRecord
 from quantmill.runstore import Run
+from quantmill.yamlio import load_yaml_text
 
 
 def related_links(loaded: LoadedRecipe, record: RunRecord, variant_ids: list[str], target: Target) -> list[dict]:
@@ -62,14 +62,35 @@ def publish_recorded(
     )
 
 
+def recipe_of_run(run: Run, record: RunRecord) -> LoadedRecipe:
+    """The recipe exactly as the run ran it: its snapshot ``recipe.yaml`` in the run folder.
+
+    The recipe file may have changed or gone since; the snapshot is validated as if it
+    still stood where the run's recipe did, so its relative paths (data, zoo, card
+    template) resolve as they did and its name and operator grants are the same.
+
+    Raises:
+        PublishError: the run folder has no snapshot.
+        RecipeError: the snapshot no longer validates (e.g. a data file it names is gone).
+    """
+    snapshot = run.path / "recipe.yaml"
+    if not snapshot.is_file():
+        raise PublishError(f"{run.path} has no recipe.yaml: the run's copy of its recipe is missing")
+    text = snapshot.read_text(encoding="utf-8")
+    recipe_path = Path(record.recipe_path)
+    return validate_document(load_yaml_text(text, str(snapshot)), recipe_path.parent, recipe_path, text)
+
+
 def publish_run(run_path: Path, *, force: list[str], target: str | None = None) -> list[PublishOutcome]:
-    """Publish the run's passing variants, plus the ``force``d ones (marked as forced in their cards).
+    """Publish the run's passing variants, plus the ``force``d ones (marked as forced in their cards),
+    with the recipe as the run saved it (:func:`recipe_of_run`), not the file as it is today.
 
     Raises:
         PublishError: a forced variant does not exist or has no output, or a commit failed.
     """
-    record = Run(Path(run_path)).read_record()
-    loaded = load_recipe(record.recipe_path)
+    run = Run(Path(run_path))
+    record = run.read_record()
+    loaded = recipe_of_run(run, record)
     unknown = [v for v in force if v not in record.variants]
     if unknown:
         raise PublishError(f"no variant {', '.join(unknown)} in this run (variants: {', '.join(record.variants)})")

@@ -2,7 +2,9 @@
 
 Idempotence: the card's metadata carries ``quantmill.fingerprint``, a hash of the
 files and the card's own text. Publishing the same thing again finds the same
-fingerprint in the target and makes no commit.
+fingerprint in the target, and no file beside the variant's, and makes no commit.
+A commit replaces the repo's files with exactly the variant's (stale ones are
+deleted in the same commit; see :mod:`quantmill.publish.targets`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from quantmill.errors import PublishError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
 from quantmill.publish.card import CardInputs, render_card
-from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_matter
+from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_matter, stale_files
 from quantmill.recipe.checks import is_local_model, render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
@@ -151,7 +153,11 @@ def publish_variant(
     lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
     with exclusive_lock(get_settings().cache_dir / "publish-locks" / f"{lock_name}.lock"):
         existing = target.read_card(repo_id)
-        if existing is not None and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_:
+        if (
+            existing is not None
+            and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_
+            and not stale_files(target.files(repo_id), [*files, CARD])  # (a quantmill before deletions left some)
+        ):
             log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
             return PublishOutcome(
                 status=PublishStatus.UNCHANGED,

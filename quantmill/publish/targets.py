@@ -4,6 +4,12 @@ Both take one commit per variant, all files at once: the Hub through
 ``HfApi.create_commit`` (``upload_folder`` may split a folder into several
 commits), the local zoo by building the new repo content beside the old and
 swapping it in with renames under a lock.
+
+A commit makes the repo hold exactly the given files: files an earlier version
+had and this one has not (stale weights of a changed file set) are deleted in
+the same commit. Only the target's own housekeeping survives: the Hub's
+``.gitattributes`` (the Hub writes it when it creates a repo; it says which
+files are stored in LFS, and no runtime loads it) and the local zoo's commit log.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +28,7 @@ import yaml
 
 from quantmill.errors import PublishError, QuantmillError
 from quantmill.runstore import atomic_write_text, exclusive_lock
-from quantmill.trust.files import open_no_follow
+from quantmill.trust.files import LinkRefusedError, open_no_follow
 
 CARD = "README.md"
 
@@ -44,6 +51,10 @@ class Target(Protocol):
 
     def read_card(self, repo_id: str) -> str | None: ...
 
+    def files(self, repo_id: str) -> set[str]:
+        """The repo's files (paths in the repo), housekeeping aside; empty when there is no repo."""
+        ...
+
     def commit(
         self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool, create_pr: bool
     ) -> str: ...
@@ -51,8 +62,15 @@ class Target(Protocol):
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str: ...
 
 
+def stale_files(existing: set[str], new: Iterable[str]) -> list[str]:
+    """What a commit of ``new`` deletes from a repo holding ``existing`` (housekeeping already left out)."""
+    return sorted(existing - set(new))
+
+
 class LocalZoo:
     """``<root>/<namespace>/<repo>/…``: the Hub's layout on disk; commits are logged in ``.commits.jsonl``."""
+
+    COMMIT_LOG = ".commits.jsonl"
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -74,6 +92,16 @@ class LocalZoo:
         card = self._repo_dir(repo_id) / CARD
         return card.read_text() if card.is_file() else None
 
+    def files(self, repo_id: str) -> set[str]:
+        repo = self._repo_dir(repo_id)
+        if not repo.is_dir():
+            return set()
+        return {
+            str(p.relative_to(repo))
+            for p in repo.rglob("*")
+            if (p.is_file() or p.is_symlink()) and p.relative_to(repo).as_posix() != self.COMMIT_LOG
+        }
+
     def commit(
         self,
         repo_id: str,
@@ -86,18 +114,23 @@ class LocalZoo:
         repo = self._repo_dir(repo_id)
         commit_id = secrets.token_hex(20)
         with exclusive_lock(self._lock(repo_id)):
+            # The new version is built from nothing but the given files (so files the old
+            # version had and this one has not are gone) plus the commit log, then swapped in.
             staging = repo.parent / f".{repo.name}.staging-{commit_id[:8]}"
             try:
-                if repo.is_dir():  # links stay links: a hard link to a link's target would be written through
-                    shutil.copytree(repo, staging, copy_function=os.link, symlinks=True)
-                staging.mkdir(parents=True, exist_ok=True)
+                deleted = stale_files(self.files(repo_id), files)
+                staging.mkdir(parents=True)
+                old_log = repo / self.COMMIT_LOG
+                if old_log.is_symlink():
+                    raise LinkRefusedError(f"{old_log} is a symbolic link; quantmill does not write through links")
+                if old_log.is_file():
+                    shutil.copyfile(old_log, staging / self.COMMIT_LOG)  # a copy: it is appended to below
                 for path_in_repo, source in files.items():
                     target = staging / path_in_repo
                     target.parent.mkdir(parents=True, exist_ok=True)
                     folder = target.parent.resolve()
                     if folder != staging.resolve() and staging.resolve() not in folder.parents:
-                        raise PublishError(f"{path_in_repo} would be written outside the repo (through a link)")
-                    target.unlink(missing_ok=True)  # never write through a hard link into the old version
+                        raise PublishError(f"{path_in_repo} would be written outside the repo")
                     if isinstance(source, bytes):
                         target.write_bytes(source)
                     else:
@@ -106,11 +139,12 @@ class LocalZoo:
                     "commit": commit_id,
                     "message": message,
                     "files": sorted(files),
+                    "deleted": deleted,
                     "private": private,
                     "pull_request": create_pr,
                     "time": datetime.now(UTC).isoformat(),
                 }
-                with open_no_follow(staging / ".commits.jsonl", "a") as log:
+                with open_no_follow(staging / self.COMMIT_LOG, "a") as log:
                     log.write(json.dumps(entry) + "\n")
                 old = repo.parent / f".{repo.name}.old-{commit_id[:8]}"
                 if repo.is_dir():
@@ -174,6 +208,22 @@ class HubTarget:
     def url(self, repo_id: str) -> str:
         return f"{self.api.endpoint.rstrip('/')}/{repo_id}"
 
+    #: files the Hub keeps in every repo that no commit of quantmill deletes
+    HOUSEKEEPING = frozenset({".gitattributes"})
+
+    def _head(self, repo_id: str) -> tuple[str | None, set[str]]:
+        """The repo's current commit and files (housekeeping aside); (None, empty) when there is no repo."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            info = self.api.model_info(repo_id)
+        except RepositoryNotFoundError:
+            return None, set()
+        return info.sha, {s.rfilename for s in info.siblings or []} - self.HOUSEKEEPING
+
+    def files(self, repo_id: str) -> set[str]:
+        return self._head(repo_id)[1]
+
     def read_card(self, repo_id: str) -> str | None:
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -194,14 +244,20 @@ class HubTarget:
         private: bool = False,
         create_pr: bool = False,
     ) -> str:
-        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         self.api.create_repo(repo_id, private=private, exist_ok=True)
-        operations = [
+        head, existing = self._head(repo_id)
+        operations: list[CommitOperationAdd | CommitOperationDelete] = [
             CommitOperationAdd(path_in_repo=p, path_or_fileobj=s if isinstance(s, bytes) else str(s))
             for p, s in sorted(files.items())
         ]
-        info = self.api.create_commit(repo_id, operations, commit_message=message, create_pr=create_pr)
+        operations += [CommitOperationDelete(path_in_repo=p) for p in stale_files(existing, files)]
+        # parent_commit: the Hub refuses the commit if the repo moved since it was listed, so
+        # a file committed meanwhile by someone else is never deleted unseen.
+        info = self.api.create_commit(
+            repo_id, operations, commit_message=message, create_pr=create_pr, parent_commit=head
+        )
         return info.oid or ""
 
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str:

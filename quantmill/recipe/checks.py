@@ -113,7 +113,16 @@ def _check_dataset(ref: DatasetRef | None, loc: tuple, doc: LocatedDocument, bas
 
 def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[ModelShape | None, list[RecipeProblem]]:
     model_id = recipe.model.id
-    if is_local_model(model_id, base_dir):
+    local = is_local_model(model_id, base_dir)
+    if not local and recipe.model.base_model not in (None, model_id):
+        return None, [
+            doc.problem(
+                ("model", "base_model"),
+                f"'{recipe.model.base_model}' differs from the Hub model '{model_id}' being quantized",
+                "base_model names the Hub id of a local model folder; remove it for a Hub model",
+            )
+        ]
+    if local:
         folder = _resolve(base_dir, model_id)
         if not _is(folder / "config.json", "is_file"):
             return None, [

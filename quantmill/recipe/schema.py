@@ -31,6 +31,26 @@ class ModelRef(Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="load dtype")
     trust_remote_code: bool = Field(False, description="run code shipped with the model; only when you trust it")
     tokenizer: str | None = Field(None, description="tokenizer hub id or folder, if not the model's own")
+    base_model: str | None = Field(
+        None,
+        max_length=200,
+        description="the Hub id (org/name) a local model folder is a copy of: the cards' base_model",
+    )
+
+    @field_validator("base_model")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        from quantmill.recipe.checks import HUB_ID, hub_name_problem  # checks imports this module
+
+        if value is None:
+            return value
+        if not HUB_ID.match(value):
+            raise ValueError(f"must be a Hub model id like 'org/name', got '{value}'")
+        for part in value.split("/"):
+            reason = hub_name_problem(part)
+            if reason:
+                raise ValueError(f"'{value}' is not a valid Hub id: '{part}': {reason}")
+        return value
 
 
 class Calibration(Strict):
@@ -102,7 +122,11 @@ class GateRule(Strict):
     max_increase: float | None = Field(None, ge=0, description="value - baseline, at most (lower-is-better metrics)")
     max_increase_pct: float | None = Field(None, ge=0, description="increase in % of baseline, at most")
     significance: float | None = Field(
-        None, ge=0, le=10, description="fail a relative rule only if the change also exceeds k·stderr"
+        None,
+        ge=0,
+        le=10,
+        description="relative rules: excuse a miss within k·stderr of the threshold value "
+        "(inconclusive when k·stderr is wider than the rule)",
     )
     level: Literal["required", "warn"] = Field("required", description="'warn' reports but never fails a variant")
 

@@ -16,18 +16,17 @@ def find_regressions(before: RunRecord, after: RunRecord) -> list[Regression]:
 
     A metric regresses when it moved in its bad direction by more than its
     combined standard error (by any amount when neither run has a stderr, for
-    exact quantities such as size); a verdict regresses when passed became failed.
+    exact quantities such as size); a verdict regresses when passed became failed or inconclusive.
     """
     found: list[Regression] = []
     for variant, entry in after.variants.items():
         old = before.variants.get(variant)
         if old is None:
             continue
-        if old.status == VariantStatus.PASSED and entry.status == VariantStatus.FAILED:
+        if old.status == VariantStatus.PASSED and entry.status in (VariantStatus.FAILED, VariantStatus.INCONCLUSIVE):
+            why = entry.error or (entry.verdict.describe_unmet() if entry.verdict else "") or "a gate failed"
             found.append(
-                Regression(
-                    variant=variant, what="verdict", before="passed", after="failed", why=entry.error or "a gate failed"
-                )
+                Regression(variant=variant, what="verdict", before="passed", after=entry.status.value, why=why)
             )
         if entry.evaluation is None or old.evaluation is None:
             continue

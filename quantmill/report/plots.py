@@ -7,6 +7,8 @@ from pathlib import Path
 from quantmill.record import RunRecord, VariantStatus
 from quantmill.report.pareto import Point, pareto_frontier
 
+STATUS_COLORS = {VariantStatus.PASSED: "tab:green", VariantStatus.INCONCLUSIVE: "tab:orange"}  # others: red
+
 
 def quality_metric(record: RunRecord) -> str | None:
     """The first task metric the baseline reports, else perplexity."""
@@ -45,7 +47,7 @@ def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
     x = lambda p: 1 / p.cost if speed else p.cost  # noqa: E731
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for p in points:
-        color = "tab:green" if record.variants[p.name].status == VariantStatus.PASSED else "tab:red"
+        color = STATUS_COLORS.get(record.variants[p.name].status, "tab:red")
         ax.scatter(x(p), sign * p.quality, color=color, s=40, zorder=3)
         ax.annotate(p.name, (x(p), sign * p.quality), textcoords="offset points", xytext=(4, 4), fontsize=7)
     frontier = pareto_frontier(points)
@@ -62,7 +64,9 @@ def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
         ax.axhline(baseline.metrics[quality].value, color="gray", linestyle=":", label="baseline")
     ax.set_xlabel("decode tokens/s (higher is better)" if speed else "weights on disk, MB (lower is better)")
     ax.set_ylabel(f"{quality} ({'lower' if quality == 'ppl' else 'higher'} is better)")
-    ax.set_title(f"{record.recipe}: {quality} vs {'speed' if speed else 'size'} (green passed, red failed)")
+    ax.set_title(
+        f"{record.recipe}: {quality} vs {'speed' if speed else 'size'} (green passed, red failed, orange inconclusive)"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

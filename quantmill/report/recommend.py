@@ -71,7 +71,7 @@ def recommend(record: RunRecord) -> list[Recommendation]:
             "accuracy-critical use",
             None,
             "keep the unquantized model; every passing variant lost some measured quality"
-            + (f" ({len(failed)} variant(s) failed their gates)" if failed else ""),
+            + (f" ({len(failed)} variant(s) did not pass their gates)" if failed else ""),
         )
     )
     return out

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
+from collections import Counter
 from pathlib import Path
 
 from quantmill.evaluation.results import MetricValue
-from quantmill.record import PublishStatus, Regression, RunRecord, VariantRecord
+from quantmill.record import PublishStatus, Regression, RunRecord, VariantRecord, VariantStatus
 from quantmill.report.compare import find_regressions
 from quantmill.report.plots import plot, quality_metric
 from quantmill.report.recommend import recommend
@@ -25,7 +26,7 @@ COLUMNS = (
     "ppl",
     "decode tok/s",
     "peak GB",
-    "failed rule / error",
+    "unmet rule / error",
     "published",
 )
 
@@ -52,6 +53,12 @@ def _published(entry: VariantRecord) -> str:
     return publish.url or publish.status.value
 
 
+def status_counts(record: RunRecord) -> str:
+    """``3 passed, 1 failed, 1 inconclusive``: every status that occurs, in the enum's order."""
+    counts = Counter(entry.status for entry in record.variants.values())
+    return ", ".join(f"{counts[s]} {s.value}" for s in VariantStatus if counts[s]) or "no variants"
+
+
 def rows(record: RunRecord) -> list[list[str]]:
     quality = quality_metric(record)
     baseline = _baseline_metrics(record)
@@ -61,7 +68,6 @@ def rows(record: RunRecord) -> list[list[str]]:
         recovery = "-"
         if quality and quality in metrics and quality in baseline and baseline[quality].value:
             recovery = f"{metrics[quality].value / baseline[quality].value:.3f}"
-        failed = [f"{o.metric} {o.rule} {o.threshold:g}" for o in entry.verdict.failed_rules] if entry.verdict else []
         table.append(
             [
                 name,
@@ -75,7 +81,7 @@ def rows(record: RunRecord) -> list[list[str]]:
                 _value(metrics, "ppl"),
                 _value(metrics, "decode_tok_s"),
                 _value(metrics, "peak_rss_gb"),
-                "; ".join(failed) or (entry.error or "-"),
+                (entry.verdict.describe_unmet() if entry.verdict else "") or entry.error or "-",
                 _published(entry),
             ]
         )
@@ -96,6 +102,7 @@ def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str
         f"size {_value(baseline, 'size_mb')} MB.",
         "",
     ]
+    lines += [f"Verdicts: {status_counts(record)}.", ""]
     lines += ["## Variants", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(record)]
     lines += ["", "## Recommendation", ""]
@@ -116,6 +123,7 @@ def _html(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{cell(record.recipe)} report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#eee}.failed{color:#b00}.passed{color:#070}"
+        ".inconclusive{color:#a60}"
         ".regression{background:#fee;padding:1em;border:1px solid #b00}</style></head><body>",
         f"<h1>{cell(record.recipe)} — run {cell(record.run_id)}</h1>",
     ]
@@ -126,6 +134,7 @@ def _html(
             for r in regressions
         )
         parts.append(f"<div class='regression'><h2>Regressions since the previous run</h2><ul>{items}</ul></div>")
+    parts.append(f"<p>Verdicts: {cell(status_counts(record))}.</p>")
     parts.append("<h2>Variants</h2><table id='variants'><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>")
     for row in markdown_rows:
         parts.append(

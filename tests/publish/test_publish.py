@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from quantmill.errors import PublishError
 from quantmill.gates import Verdict
+from quantmill.publish.publish_run import publish_run
 from quantmill.publish.publisher import publish_variant, repo_id_for
 from quantmill.publish.targets import HubTarget, LocalZoo, front_matter
 from quantmill.recipe import load_recipe
 from quantmill.record import BaselineRecord, ModelRef, RunRecord, VariantRecord
+from quantmill.runstore import Run
 from tests.conftest import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 from tests.support.hubserver import HubServer
 from tests.support.sequential import run_stages
@@ -63,7 +66,7 @@ def publish(made, variant_id, target, **kwargs):
     return publish_variant(
         loaded,
         variant,
-        artifact_path=artifact.path,
+        artifact_path=kwargs.pop("artifact_path", artifact.path),
         provenance=artifact.provenance,
         evaluation=result,
         baseline=baseline,
@@ -86,7 +89,7 @@ def test_local_zoo_card_and_idempotence(made, tmp_path):
     assert {"README.md", "model.safetensors", "config.json", "quantmill.json"} <= {p.name for p in repo.iterdir()}
     card = ModelCard((repo / "README.md").read_text())
     meta = card.data.to_dict()
-    assert meta["base_model"] == str(DEMO_MODEL) and meta["base_model_relation"] == "quantized"
+    assert "base_model" not in meta and "base_model_relation" not in meta  # a local folder has no Hub id
     assert meta["license"] == "apache-2.0" and "quantmill" in meta["tags"] and "bitsandbytes" in meta["tags"]
     assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "acc"
     assert meta["quantmill"]["fingerprint"] == first.fingerprint
@@ -220,3 +223,85 @@ def test_concurrent_publishes_of_the_same_variant_make_one_commit(made, tmp_path
     assert outcomes == ["published", "unchanged"]
     log = tmp_path / "zoo" / "zoo-org" / "tiny-llama-bnb-int8" / ".commits.jsonl"
     assert len(log.read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_card_names_the_declared_base_model(made, tmp_path, write_recipe):
+    named = RECIPE.replace("dtype: float32}", "dtype: float32, base_model: demo-org/tiny-llama}")
+    loaded = load_recipe(write_recipe(named))
+    _, resolved, baseline, variants = made
+    variant, artifact, result, verdict = variants["bnb-int8"]
+    outcome = publish_variant(
+        loaded,
+        variant,
+        artifact_path=artifact.path,
+        provenance=artifact.provenance,
+        evaluation=result,
+        baseline=baseline,
+        verdict=verdict,
+        revision=resolved.revision,
+        target=LocalZoo(tmp_path / "zoo"),
+        run_id="r",
+    )
+    meta = front_matter((tmp_path / "zoo" / outcome.repo_id / "README.md").read_text())
+    assert meta["base_model"] == "demo-org/tiny-llama" and meta["base_model_relation"] == "quantized"
+
+
+@pytest.mark.slow
+def test_publish_run_uses_the_runs_recipe_snapshot(made, tmp_path):
+    """The recipe file changed (namespace, zoo path), then vanished: the run still publishes as it ran."""
+    loaded = made[0]
+    (ran,) = (loaded.path.parent / "runs" / loaded.name).glob("*/results.json")
+    run_path = tmp_path / "runs" / loaded.name / ran.parent.name
+    shutil.copytree(ran.parent, run_path)
+    recipe_file = tmp_path / "recipes" / "recipe.yaml"
+    recipe_file.parent.mkdir()
+    record = Run(run_path).read_record()
+    Run(run_path).write_record(record.model_copy(update={"recipe_path": recipe_file}))
+    recipe_file.write_text(loaded.text.replace("namespace: zoo-org", "namespace: changed-org\n  path: elsewhere"))
+
+    passed = sorted(v for v, e in record.variants.items() if e.status == "passed")
+    outcomes = publish_run(run_path, force=[])
+    assert [o.status for o in outcomes] == ["published"] * len(passed) and passed
+    zoo = tmp_path / "recipes" / "zoo"  # publish.path "zoo" of the snapshot, beside the recipe as it was
+    assert sorted(o.repo_id for o in outcomes) == [f"zoo-org/tiny-llama-{v}" for v in passed]
+    assert all((zoo / o.repo_id / "README.md").is_file() for o in outcomes)
+    assert not (tmp_path / "recipes" / "elsewhere").exists()
+
+    recipe_file.unlink()
+    assert [o.status for o in publish_run(run_path, force=[])] == ["unchanged"] * len(passed)
+    (run_path / "recipe.yaml").unlink()
+    with pytest.raises(PublishError, match="has no recipe.yaml"):
+        publish_run(run_path, force=[])
+
+
+def _with_sharded_weights(artifact_path, folder):
+    """A copy of a variant's files whose weights file has another name (a changed file set)."""
+    copy = folder / "changed"
+    shutil.copytree(artifact_path, copy)
+    (copy / "model.safetensors").rename(copy / "model-00001-of-00001.safetensors")
+    return copy
+
+
+@pytest.mark.slow
+@pytest.mark.hub
+def test_hub_republish_of_a_changed_file_set_deletes_the_stale_weights(made, tmp_path, online):
+    with HubServer(token=SENTINEL) as hub:
+        target = HubTarget(endpoint=hub.endpoint)
+        publish(made, "bnb-int8", target)
+        _, artifact, _, _ = made[3]["bnb-int8"]
+        again = publish(made, "bnb-int8", target, artifact_path=_with_sharded_weights(artifact.path, tmp_path))
+        assert again.status == "published"
+        repo = hub.state.repos[again.repo_id]
+        assert "model.safetensors" not in repo.files and "model-00001-of-00001.safetensors" in repo.files
+        assert len(repo.commits) == 2 and repo.commits[1]["deleted"] == ["model.safetensors"]
+
+
+@pytest.mark.slow
+def test_local_republish_removes_files_left_by_an_older_quantmill(made, tmp_path):
+    zoo = LocalZoo(tmp_path / "zoo")
+    first = publish(made, "bnb-int8", zoo)
+    leftover = tmp_path / "zoo" / first.repo_id / "old-model.safetensors"  # an earlier publish never deleted it
+    leftover.write_bytes(b"stale")
+    assert publish(made, "bnb-int8", zoo).status == "published" and not leftover.exists()
+    assert publish(made, "bnb-int8", zoo).status == "unchanged"

@@ -157,3 +157,17 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert dark > 1000  # text and table borders were drawn: not a blank page
     frontier_blue = sum(1 for r, g, b in pixels if abs(r - 31) < 30 and abs(g - 119) < 30 and abs(b - 180) < 30)
     assert frontier_blue > 50  # the plots' Pareto line is on screen: the embedded images loaded
+
+
+@pytest.mark.fast
+def test_inconclusive_is_shown_counted_flagged_and_never_recommended(tmp_path):
+    results = run(**{"gptq-w4": ("inconclusive", 0.95, 0.5, 99.0), "int8-w8": ("passed", 0.9, 2.1, 80.0)})
+    write_report(tmp_path, results, previous=run(**{"gptq-w4": ("passed", 0.95, 0.5, 99.0)}))
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Verdicts: 1 passed, 1 inconclusive." in markdown
+    assert "| gptq-w4 | gptq | - | inconclusive |" in markdown
+    assert "<td class='inconclusive'>inconclusive</td>" in (tmp_path / "report.html").read_text()
+    recs = {r.use_case: r.variant for r in recommend(results)}
+    assert "gptq-w4" not in recs.values()  # smaller and faster, but not passed
+    (flip,) = find_regressions(run(**{"gptq-w4": ("passed", 0.95, 0.5, 99.0)}), results)
+    assert (flip.what, flip.before, flip.after) == ("verdict", "passed", "inconclusive")

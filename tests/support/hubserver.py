@@ -1,8 +1,9 @@
 """A local Hugging Face Hub-compatible HTTP server for tests.
 
 It implements, strictly, the endpoints huggingface_hub calls to create repos,
-commit files (preupload + NDJSON commit, inline files only), read repo info and
-files, validate card YAML, and manage collections. Malformed requests get 400,
+commit files (preupload + NDJSON commit: inline files and file deletions, with the
+parent-commit check), read repo info and files, validate card YAML, and manage
+collections. Malformed requests get 400,
 missing repos 404, writes without the right token 401. Failures can be injected
 per path to test retries. It stores what it receives in memory.
 """
@@ -240,10 +241,21 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "malformed NDJSON")
         if not lines or lines[0].get("key") != "header" or not lines[0]["value"].get("summary"):
             return self._error(400, "the first line must be a header with a summary")
+        parent = lines[0]["value"].get("parentCommit")
+        if parent is not None and parent != found.sha:
+            return self._error(412, f"A commit has happened since {parent}: the branch is at {found.sha}")
         files: dict[str, bytes] = {}
+        deleted: list[str] = []
         for line in lines[1:]:
             value = line.get("value") or {}
-            if line.get("key") != "file" or value.get("encoding") != "base64" or not isinstance(value.get("path"), str):
+            if not isinstance(value.get("path"), str):
+                return self._error(400, f"commit line {line.get('key')!r} without a path")
+            if line.get("key") == "deletedFile":
+                if value["path"] not in found.files:  # the Hub refuses to delete what is not there
+                    return self._error(404, f"cannot delete {value['path']}: no such file", "EntryNotFound")
+                deleted.append(value["path"])
+                continue
+            if line.get("key") != "file" or value.get("encoding") != "base64":
                 return self._error(400, f"unsupported commit line {line.get('key')!r}")
             files[value["path"]] = base64.b64decode(value["content"])
         oid = secrets.token_hex(20)
@@ -251,6 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
             "oid": oid,
             "summary": lines[0]["value"]["summary"],
             "files": sorted(files),
+            "deleted": sorted(deleted),
             "pull_request": "create_pr" in query,
         }
         host = f"http://{self.headers['Host']}"
@@ -266,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                         "pullRequestUrl": f"{host}/{repo}/discussions/{number}",
                     },
                 )
+            for path in deleted:
+                del found.files[path]
             found.files.update(files)
             found.commits.append(commit)
         self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
