@@ -3,8 +3,11 @@
 The backend is registered with lm-eval as ``quantmill-gguf``, so GGUF variants see
 the same requests as transformers ones. Requests are tokenized the way lm-eval's
 HF backend does it (context and continuation split on the whole string's tokens;
-trailing context whitespace moved to the continuation), and rolling
-log-likelihood uses the same windows as quantmill's perplexity.
+trailing context whitespace moved to the continuation; special-token text parsed
+as those tokens; no BOS added before text that starts with it), chat templates
+are the GGUF's own (``tokenizer.chat_template``, written by the converter from the
+HF tokenizer) rendered as transformers renders them, and rolling log-likelihood
+uses the same windows as quantmill's perplexity.
 
 KL divergence is what the GGUF community trusts for comparing quants:
 ``llama-perplexity`` saves the unquantized GGUF's logits over a corpus once
@@ -355,6 +358,9 @@ def add_kl_divergence(folder: Path, weights: Path, setup: EvaluationSetup, resul
         result.details["kld"] = "not measured: needs llama.cpp's llama-perplexity and a perplexity corpus"
         return
     base = folder.parent / ".shared" / details["base"]
+    if not base.is_file():  # a variant folder moved away from the recipe's shared intermediates
+        result.details["kld"] = f"not measured: the unquantized GGUF {details['base']} is not beside the variant"
+        return
     corpus = base.with_name(f"kld-corpus-{base.stem}.txt")
     if not corpus.is_file():
         corpus.write_text("\n".join(load_texts(perplexity.dataset, setup.base_dir)) + "\n")

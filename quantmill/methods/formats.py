@@ -2,8 +2,9 @@
 
 A method's spec names its format object. The format loads the folder for
 evaluation (an :class:`~quantmill.evaluation.backends.EvalModel`), says which
-file or folder holds the weights, whether the folder carries its tokenizer, adds
-any format-specific measurement, and writes the model card's usage snippet,
+file or folder holds the weights, whether the folder carries its tokenizer, gives
+the artifact's own tokenizer (checked against the base model's), adds any
+format-specific measurement, and writes the model card's usage snippet,
 library name, tags and file table. Nothing outside ``quantmill/methods/`` asks
 which format a variant has; it asks the format.
 
