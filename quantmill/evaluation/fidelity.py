@@ -78,7 +78,9 @@ class TokenizerFidelity:
         return 1.0 - self.differing / self.texts if self.texts else 1.0
 
     def record(self, result: EvaluationResult) -> None:
-        result.metrics[METRIC] = MetricValue(round(self.agreement, 6))
+        """The agreement as a metric (only when texts were compared) and the counts in the details."""
+        if self.texts:
+            result.metrics[METRIC] = MetricValue(round(self.agreement, 6))
         result.details["tokenizer_fidelity"] = {
             "texts": self.texts,
             "differing": self.differing,
@@ -118,7 +120,7 @@ def check_tokenizer_fidelity(
     tokenizer = AutoTokenizer.from_pretrained(base_tokenizer, trust_remote_code=trust_remote_code)
     notes: list[str] = []
     fidelity = compare(artifact, hf_tokenize(tokenizer), evaluation_sample(setup, tokenizer, notes))
-    fidelity.notes = notes
+    fidelity.notes = notes if fidelity.texts else [*notes, "the recipe evaluates no texts: nothing compared"]
     if fidelity.differing:
         log.warning("tokenizers differ, first on %r", fidelity.first_difference)
         raise TokenizerDriftError(
