@@ -108,7 +108,13 @@ def quantize_evaluate_publish(
             args = (loaded, variant, resolved, calibration, device, out_dir, slots.task)
             quantized = steps.quantize.submit(*args, cache_key=keys.quantize[variant.id])
             evaluated = steps.evaluate.submit(
-                loaded, variant, quantized, device, slots.task, cache_key=keys.evaluate[variant.id]
+                loaded,
+                variant,
+                quantized,
+                resolved.tokenizer_path,
+                device,
+                slots.task,
+                cache_key=keys.evaluate[variant.id],
             )
             branches[evaluated] = (variant, quantized)
         run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))

@@ -362,7 +362,7 @@ def run_sequential(
         try:
             out_dir = run.artifact_dir(variant, keys)
             artifact = stages.quantize_one(loaded, variant, resolved, calibration, device, out_dir).path
-            evaluation = stages.evaluate_variant(loaded, variant, artifact, device)
+            evaluation = stages.evaluate_variant(loaded, variant, artifact, device, resolved.tokenizer_path)
         except Exception as exc:  # one failing variant never stops the others
             log.exception("variant %s failed", variant.id)
             quantize_error, evaluate_error = (

@@ -15,6 +15,7 @@ from pathlib import Path
 from quantmill.calibration import CalibrationSet, build_calibration_set
 from quantmill.evaluation.backends import EvalModel, load_transformers_model, transformers_eval_model
 from quantmill.evaluation.evaluate import EvaluationSetup, evaluate_model
+from quantmill.evaluation.fidelity import check_tokenizer_fidelity
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict, check_gates
 from quantmill.quantize import QuantizedArtifact, quantize_variant
@@ -88,12 +89,24 @@ def quantize_one(
     )
 
 
-def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path, device: str) -> EvaluationResult:
+def evaluate_variant(
+    loaded: LoadedRecipe, variant: Variant, artifact_path: Path, device: str, base_tokenizer: Path
+) -> EvaluationResult:
     """Measure a quantized variant exactly as the baseline was measured; its output format loads it
-    and adds the measurements only that format can make."""
+    and adds the measurements only that format can make.
+
+    First (failing fast) the artifact's own tokenizer, if it has one, must tokenize the evaluation
+    texts exactly as the base model's tokenizer in ``base_tokenizer`` does (``tokenizer_agreement``)."""
     output_format = variant.spec.output_format
     setup = evaluation_setup(loaded, device)
     batch_size = _batch_size(loaded, device)
+    trust = loaded.trust_remote_code
+    fidelity = check_tokenizer_fidelity(
+        output_format.artifact_tokenizer(artifact_path, trust_remote_code=trust),
+        base_tokenizer,
+        setup,
+        trust_remote_code=trust,
+    )
     result = evaluate_model(
         lambda: output_format.load_for_evaluation(
             artifact_path, device, batch_size, trust_remote_code=loaded.trust_remote_code
@@ -102,6 +115,8 @@ def evaluate_variant(loaded: LoadedRecipe, variant: Variant, artifact_path: Path
         setup,
     )
     output_format.add_metrics(artifact_path, setup, result)
+    if fidelity is not None:
+        fidelity.record(result)
     return result
 
 

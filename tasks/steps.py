@@ -127,10 +127,16 @@ def quantize_task(
 
 @_cached_step("evaluate")
 def evaluate_task(
-    loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], device: str, limit: str | None, cache_key: str
+    loaded: LoadedRecipe,
+    variant: Variant,
+    quantized: dict[str, Any],
+    base_tokenizer: Path,
+    device: str,
+    limit: str | None,
+    cache_key: str,
 ) -> dict[str, Any]:
     path = read_artifact(Path(quantized["path"])).path  # a cached result must still point at a complete folder
-    return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device).to_dict()
+    return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device, base_tokenizer).to_dict()
 
 
 @dataclass(frozen=True)

@@ -106,43 +106,15 @@ def wrap_tokenizer(tok):
 
 
 def write_llama_cpp_tokenizer_files(model_dir: Path) -> None:
-    """Add ``tokenizer.model`` (SentencePiece) and explicit BOS/EOS flags beside ``tokenizer.json``.
+    """Add ``tokenizer.model`` (SentencePiece, rank-scored) and explicit BOS/EOS flags beside ``tokenizer.json``.
 
-    llama.cpp's converter reads a SentencePiece model when there is one; without
-    it, a BPE ``tokenizer.json`` is converted with every score equal, and
-    llama.cpp then segments some words differently from transformers. Scoring
-    each merged token by its merge rank makes llama.cpp's highest-score-first
-    merging reproduce the BPE merges exactly.
+    Without a SentencePiece model llama.cpp's converter scores every token equally and
+    segments some words differently from transformers
+    (see ``quantmill.methods._sentencepiece``).
     """
-    from sentencepiece import sentencepiece_model_pb2 as sp
+    from quantmill.methods._sentencepiece import write_sentencepiece_model
 
-    model = json.loads((model_dir / "tokenizer.json").read_text())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    rank: dict[str, int] = {}
-    for index, (left, right) in enumerate(merges):
-        rank.setdefault(left + right, index)
-    proto = sp.ModelProto()
-    proto.trainer_spec.model_type = sp.TrainerSpec.BPE
-    proto.trainer_spec.vocab_size = len(model["vocab"])
-    proto.trainer_spec.byte_fallback = True
-    proto.trainer_spec.unk_id, proto.trainer_spec.eos_id = 0, 1
-    proto.trainer_spec.bos_id = proto.trainer_spec.pad_id = -1
-    proto.normalizer_spec.name = "identity"
-    proto.normalizer_spec.add_dummy_prefix = True
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    proto.normalizer_spec.escape_whitespaces = True
-    for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1]):
-        piece = proto.pieces.add()
-        piece.piece = token
-        if token == UNK:
-            piece.type = sp.ModelProto.SentencePiece.UNKNOWN
-        elif token == EOS:
-            piece.type = sp.ModelProto.SentencePiece.CONTROL
-        elif token in BYTE_TOKENS:
-            piece.type = sp.ModelProto.SentencePiece.BYTE
-        else:
-            piece.score = -float(rank.get(token, 0))
-    (model_dir / "tokenizer.model").write_bytes(proto.SerializeToString())
+    write_sentencepiece_model(model_dir)
     config_path = model_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config.update(add_bos_token=False, add_eos_token=False)

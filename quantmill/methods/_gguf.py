@@ -13,18 +13,22 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from quantmill.errors import QuantizationError
 from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, run_tool
+from quantmill.methods._sentencepiece import is_llama_style_bpe, write_sentencepiece_model
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.runstore import exclusive_lock
 
 log = logging.getLogger(__name__)
 
 IMATRIX_CONTEXT = 128
+# the vocabulary route for Llama-style BPE tokenizers without tokenizer.model (see vocabulary_route)
+SENTENCEPIECE_FROM_MERGES = "tokenizer.model built from tokenizer.json merge ranks"
 
 
 def _short(*parts: str) -> str:
@@ -35,13 +39,39 @@ def model_name(ctx: QuantizeContext) -> str:
     return ctx.source_dir.resolve().name
 
 
+def vocabulary_route(source_dir: Path) -> str:
+    """How the converter gets the vocabulary: llama.cpp's own reading of the folder, or, for a
+    Llama-style BPE ``tokenizer.json`` without ``tokenizer.model``, a rank-scored SentencePiece model."""
+    return SENTENCEPIECE_FROM_MERGES if is_llama_style_bpe(source_dir) else "llama.cpp"
+
+
+@contextlib.contextmanager
+def _conversion_folder(ctx: QuantizeContext, route: str) -> Iterator[Path]:
+    """The folder the converter reads: the source itself, or a staging copy with the SentencePiece model.
+
+    The staging copy links the source's files (the user's model folder is never written to).
+    """
+    if route != SENTENCEPIECE_FROM_MERGES:
+        yield ctx.source_dir
+        return
+    ctx.shared_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=ctx.shared_dir) as staging:
+        folder = Path(staging)
+        for entry in ctx.source_dir.iterdir():
+            (folder / entry.name).symlink_to(entry.resolve())
+        write_sentencepiece_model(ctx.source_dir, folder / "tokenizer.model")
+        yield folder
+
+
 def base_gguf(llama: LlamaCpp, ctx: QuantizeContext, outtype: str = "f16") -> Path:
-    """The unquantized GGUF of the baseline, converted once per revision."""
-    target = ctx.shared_dir / f"base-{outtype}-{_short(ctx.source_revision)}.gguf"
+    """The unquantized GGUF of the baseline, converted once per revision (and vocabulary route)."""
+    route = vocabulary_route(ctx.source_dir)
+    target = ctx.shared_dir / f"base-{outtype}-{_short(ctx.source_revision, route)}.gguf"
     with exclusive_lock(target.with_suffix(target.suffix + ".lock")):  # parallel variants make it once
         if not target.is_file():
             partial = target.with_suffix(".partial")
-            llama.convert(ctx.source_dir, partial, outtype)
+            with _conversion_folder(ctx, route) as folder:
+                llama.convert(folder, partial, outtype)
             os.replace(partial, target)
     return target
 
@@ -151,6 +181,7 @@ def quantize(params, ctx: QuantizeContext) -> dict:
         return {
             "backend": "llama.cpp",
             "tool": "convert_hf_to_gguf.py",
+            "vocabulary": vocabulary_route(ctx.source_dir),
             "file": out.name,
             "fallbacks": [],
             "imatrix": None,
@@ -181,6 +212,7 @@ def quantize(params, ctx: QuantizeContext) -> dict:
         "llama_cpp_origin": llama.origin,
         "file": out.name,
         "base": base.name,
+        "vocabulary": vocabulary_route(ctx.source_dir),
         "fallbacks": parse_fallbacks(log_text),
         "imatrix": imatrix,
         **describe_file(out),

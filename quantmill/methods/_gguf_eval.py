@@ -3,8 +3,11 @@
 The backend is registered with lm-eval as ``quantmill-gguf``, so GGUF variants see
 the same requests as transformers ones. Requests are tokenized the way lm-eval's
 HF backend does it (context and continuation split on the whole string's tokens;
-trailing context whitespace moved to the continuation), and rolling
-log-likelihood uses the same windows as quantmill's perplexity.
+trailing context whitespace moved to the continuation; special-token text parsed
+as those tokens; no BOS added before text that starts with it), chat templates
+are the GGUF's own (``tokenizer.chat_template``, written by the converter from the
+HF tokenizer) rendered as transformers renders them, and rolling log-likelihood
+uses the same windows as quantmill's perplexity.
 
 KL divergence is what the GGUF community trusts for comparing quants:
 ``llama-perplexity`` saves the unquantized GGUF's logits over a corpus once
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,42 @@ def _log_softmax(rows: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def llama_tokenize(llm, text: str, add_special: bool) -> list[int]:
+    """Token ids of ``text`` as transformers gives them: special-token text (``<s>``, chat markers) is
+    parsed as those tokens, and with ``add_special`` BOS is added when the vocabulary says so, except
+    before text that already starts with it (lm-eval's HF backend skips it there)."""
+    if not text:
+        return []
+    bos = llm.token_bos()
+    if add_special and bos >= 0 and text.startswith(llm.detokenize([bos], special=True).decode("utf-8", "replace")):
+        add_special = False
+    return llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+
+def gguf_tokenizer(path: Path) -> Callable[[str], list[int]]:
+    """The GGUF's own tokenizer (vocabulary only, no weights) as text → token ids, without special tokens."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), vocab_only=True, verbose=False)
+    return lambda text: llama_tokenize(llm, text, add_special=False)
+
+
+def chat_templates(metadata: dict[str, str]) -> dict[str, str]:
+    """The GGUF's chat templates by name (``default`` for ``tokenizer.chat_template``)."""
+    prefix = "tokenizer.chat_template"
+    return {
+        ("default" if key == prefix else key[len(prefix) + 1 :]): value
+        for key, value in metadata.items()
+        if key == prefix or key.startswith(prefix + ".")
+    }
+
+
+def special_token_texts(llm) -> dict[str, str]:
+    """``bos_token``/``eos_token``… as texts, the variables transformers gives a chat template."""
+    ids = {"bos_token": llm.token_bos(), "eos_token": llm.token_eos()}
+    return {name: llm.detokenize([i], special=True).decode("utf-8", "replace") for name, i in ids.items() if i >= 0}
+
+
 @register_model("quantmill-gguf")
 class LlamaCppLM(LM):
     """lm-eval's LM interface over a GGUF file."""
@@ -107,11 +146,58 @@ class LlamaCppLM(LM):
                 seed=0,
             )
         self.prefix_token = self.llm.token_bos() if self.llm.token_bos() >= 0 else self.llm.token_eos()
+        self.model_path = model_path
+        self.templates = chat_templates(self.llm.metadata)
 
     # -- tokens ---------------------------------------------------------------
     def tok(self, text: str, add_special: bool = True) -> list[int]:
-        """llama.cpp adds BOS here only when the model's vocabulary says so, like HF tokenizers."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=False) if text else []
+        """Token ids of ``text`` as lm-eval's HF backend gets them (see :func:`llama_tokenize`)."""
+        return llama_tokenize(self.llm, text, add_special)
+
+    # -- chat templates (lm-eval's HF backend's contract) ------------------------
+    @property
+    def tokenizer_name(self) -> str:
+        return self.model_path.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The chat template lm-eval applies: the GGUF's (``tokenizer.chat_template``), the GGUF's
+        template of that name, or a template given as text (the order of lm-eval's HF backend).
+
+        Raises:
+            ValueError: when the GGUF carries no chat template.
+        """
+        if chat_template is False or chat_template is None:
+            return None
+        if isinstance(chat_template, str):
+            return self.templates.get(chat_template, chat_template)
+        if "default" not in self.templates:
+            raise ValueError(
+                "apply_chat_template needs a chat template, and this GGUF has none (tokenizer.chat_template): "
+                "the model it was converted from had none"
+            )
+        return self.templates["default"]
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render ``chat_history`` with the GGUF's chat template, as transformers renders a tokenizer's."""
+        import jinja2
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        template = self.chat_template(True)
+
+        def render(history: list[dict[str, str]]) -> str:
+            rendered, _ = render_jinja_template(
+                conversations=[history],
+                chat_template=template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+                **special_token_texts(self.llm),
+            )
+            return rendered[0]
+
+        try:
+            return render(chat_history)
+        except jinja2.exceptions.TemplateError:  # HF's backend retries without the system turn, so do we
+            return render([m for m in chat_history if m["role"] != "system"])
 
     def _logprobs(self, tokens: list[int]) -> np.ndarray:
         """Row i: log-probabilities of the token after tokens[i]."""
@@ -272,6 +358,9 @@ def add_kl_divergence(folder: Path, weights: Path, setup: EvaluationSetup, resul
         result.details["kld"] = "not measured: needs llama.cpp's llama-perplexity and a perplexity corpus"
         return
     base = folder.parent / ".shared" / details["base"]
+    if not base.is_file():  # a variant folder moved away from the recipe's shared intermediates
+        result.details["kld"] = f"not measured: the unquantized GGUF {details['base']} is not beside the variant"
+        return
     corpus = base.with_name(f"kld-corpus-{base.stem}.txt")
     if not corpus.is_file():
         corpus.write_text("\n".join(load_texts(perplexity.dataset, setup.base_dir)) + "\n")

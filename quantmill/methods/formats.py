@@ -2,8 +2,9 @@
 
 A method's spec names its format object. The format loads the folder for
 evaluation (an :class:`~quantmill.evaluation.backends.EvalModel`), says which
-file or folder holds the weights, whether the folder carries its tokenizer, adds
-any format-specific measurement, and writes the model card's usage snippet,
+file or folder holds the weights, whether the folder carries its tokenizer, gives
+the artifact's own tokenizer (checked against the base model's), adds any
+format-specific measurement, and writes the model card's usage snippet,
 library name, tags and file table. Nothing outside ``quantmill/methods/`` asks
 which format a variant has; it asks the format.
 
@@ -57,6 +58,12 @@ class OutputFormat(ABC):
 
     def add_metrics(self, folder: Path, setup: EvaluationSetup, result: EvaluationResult) -> None:
         """Measurements only this format can make, added to ``result`` after the shared ones (none by default)."""
+        return None
+
+    def artifact_tokenizer(self, folder: Path, *, trust_remote_code: bool = False) -> Callable[[str], list[int]] | None:
+        """The artifact's own tokenizer as text → token ids, without special tokens; None when the artifact
+        has no tokenizer of its own. Every variant's is compared with the base model's before it is evaluated
+        (``quantmill.evaluation.fidelity``)."""
         return None
 
     @abstractmethod
@@ -114,6 +121,13 @@ class TransformersFormat(OutputFormat):
             model = load_transformers_model(folder, "auto", device, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         return transformers_eval_model(model, tokenizer, batch_size)
+
+    def artifact_tokenizer(self, folder: Path, *, trust_remote_code: bool = False) -> Callable[[str], list[int]] | None:
+        from transformers import AutoTokenizer
+
+        from quantmill.evaluation.fidelity import hf_tokenize
+
+        return hf_tokenize(AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code))
 
     def usage(self, repo_id: str, provenance: dict[str, Any]) -> str:
         snippet = self.usage_text(repo_id)

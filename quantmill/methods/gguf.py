@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -122,6 +123,11 @@ class GGUFFormat(OutputFormat):
         from quantmill.methods._gguf_eval import add_kl_divergence
 
         add_kl_divergence(folder, self.weights(folder), setup, result)
+
+    def artifact_tokenizer(self, folder: Path, *, trust_remote_code: bool = False) -> Callable[[str], list[int]] | None:
+        from quantmill.methods._gguf_eval import gguf_tokenizer
+
+        return gguf_tokenizer(self.weights(folder))
 
     def usage(self, repo_id: str, provenance: dict[str, Any]) -> str:
         file = provenance["details"]["file"]

@@ -186,7 +186,7 @@ def test_a_plugin_method_with_its_own_format_runs_end_to_end(plugin, tmp_path, m
     assert (artifact.path / "tokenizer_config.json").is_file()
 
     # evaluate: the numbers come through the plug-in's loader, and its weights file is what is measured
-    result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu")
+    result = stages.evaluate_variant(loaded, variant, artifact.path, "cpu", resolved.tokenizer_path)
     assert plugin_module.loaded_folders == [str(artifact.path)]
     accuracy, base_accuracy = result.value("tiny_world_mc/acc"), baseline.value("tiny_world_mc/acc")
     assert abs(accuracy - base_accuracy) <= 0.05, (accuracy, base_accuracy)
