@@ -7,6 +7,7 @@
     ├── MissingDependencyError   an optional backend is not installed (names the extra)
     ├── QuantizationError        a method failed on a variant
     ├── EvaluationError          an evaluation could not produce numbers
+    ├── NotServableError         a variant's uploaded files do not load and generate in a fresh process
     ├── GateFailedError          a required gate failed (CLI exit 3)
     ├── RunStoreError            the run store cannot be read or written
     ├── PublishError             a push to a zoo or hub failed (CLI exit 4)
@@ -107,6 +108,10 @@ class QuantizationError(QuantmillError):
 
 class EvaluationError(QuantmillError):
     """An evaluation failed; a variant with this error never passes a gate."""
+
+
+class NotServableError(QuantmillError):
+    """A variant's upload failed the servable check (``not servable: <what failed>``); it is never published."""
 
 
 class GateFailedError(QuantmillError):

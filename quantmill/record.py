@@ -66,6 +66,7 @@ class CachedSteps(_Record):
 
     quantize: bool = False
     evaluate: bool = False
+    servable: bool = False
 
 
 class PublishOutcome(_Record):

@@ -92,10 +92,12 @@ def recorded_loads(monkeypatch) -> list[tuple[str, object]]:
 @pytest.mark.parametrize("trust", [True, False])
 def test_every_run_path_load_is_told_the_recipes_choice(trust, tmp_path, monkeypatch, recorded_loads):
     from quantmill import cachekeys, stages
+    from quantmill.evaluation.results import EvaluationResult
     from quantmill.recipe import load_recipe
     from quantmill.resolve import resolve_model
 
-    monkeypatch.setattr(stages, "evaluate_model", lambda load, weights, setup: load())  # only the loading matters
+    # only the loading matters (the baseline then generates with the model it loaded)
+    monkeypatch.setattr(stages, "evaluate_model", lambda load, weights, setup: (load(), EvaluationResult())[1])
     get_operator.cache_clear()
     (tmp_path / "recipe.yaml").write_text(RECIPE.replace("TRUST", str(trust).lower()))
     loaded = load_recipe(tmp_path / "recipe.yaml")
