@@ -361,15 +361,21 @@ def run_sequential(
     publish: bool = True,
     target: str | None = None,
     baseline: bool = True,
+    servable: bool = True,
 ) -> RecipeRun:
     """The whole run in this thread, without Prefect: what the flow does, step after step.
 
     Same run folder, keys, output folders, error precedence and record as the flow;
     no cache (every step runs) and no retries. ``baseline=False`` skips measuring
     the baseline (recorded as not measured: relative gates then fail, and the servable
-    check measures no ``greedy_agreement``).
+    check measures no ``greedy_agreement``). ``servable=False`` skips the servable check
+    (a process start per variant), for tests and benchmarks that measure something else;
+    such a run publishes nothing.
     """
     from quantmill.resolve import resolve_device, resolve_model
+
+    if not servable and publish:
+        raise ValueError("a run without the servable check cannot publish: pass publish=False")
 
     loaded = load_recipe(recipe_path)
     run = start_run(loaded, only, RunStore(runs_dir) if runs_dir else None)
@@ -397,7 +403,7 @@ def run_sequential(
             quantize_error, evaluate_error = (
                 (describe_error(exc), None) if artifact is None else (None, describe_error(exc))
             )
-        if artifact is not None and evaluation is not None and not run.baseline_failed:
+        if servable and artifact is not None and evaluation is not None and not run.baseline_failed:
             try:
                 evaluation = with_servable(
                     evaluation, stages.check_servable(loaded, variant, artifact, measured, device)

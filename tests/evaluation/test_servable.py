@@ -245,3 +245,11 @@ def test_vllm_serves_a_staged_compressed_tensors_variant(tmp_path):
     artifact = stages.quantize_one(loaded, loaded.variants[0], resolved, None, "cuda", tmp_path / "variant")
     tokens = vllm_generate(upload_files(artifact.path), tmp_path / "staged", PROMPTS, MAX_NEW_TOKENS)
     assert greedy_agreement(baseline.details[BASELINE_DETAILS]["tokens"], tokens) >= 0.9
+
+
+@pytest.mark.fast
+def test_a_sequential_run_without_the_servable_check_cannot_publish(tmp_path):
+    from quantmill.pipeline import run_sequential
+
+    with pytest.raises(ValueError, match="cannot publish"):
+        run_sequential(tmp_path / "recipe.yaml", servable=False)
