@@ -8,6 +8,10 @@ meaningless for accuracy), the tokenizer and texts are the demo's. For each meth
 it prints quantization seconds, evaluation seconds (perplexity + speed), peak GPU
 memory, size, and the ratio of each to the baseline's evaluation. Designed to
 finish in under 8 minutes on one H100.
+
+With ``--vllm`` (vLLM installed), each transformers-format variant is also served by
+vLLM from exactly its upload (``upload_files``), and its greedy tokens for the
+servable check's prompts are compared with the baseline's (``vllm_greedy_agreement``).
 """
 
 from __future__ import annotations
@@ -57,12 +61,48 @@ def build_model(folder: Path, tiny: bool) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def vllm_generate(files: dict[str, Path], folder: Path, prompts, max_new_tokens: int) -> list[list[int]]:
+    """Greedy token ids from vLLM serving exactly ``files`` (a variant's upload, staged into ``folder``),
+    for each prompt, through the chat template when the tokenizer has one (as the servable check does)."""
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from quantmill.evaluation.servable import prompt_ids
+
+    for name, source in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).hardlink_to(source)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    llm = LLM(model=str(folder), enforce_eager=True, gpu_memory_utilization=0.3, seed=0)
+    try:
+        requests = [{"prompt_token_ids": prompt_ids(tokenizer, prompt)} for prompt in prompts]
+        outputs = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+        return [list(output.outputs[0].token_ids) for output in outputs]
+    finally:
+        del llm
+
+
+def vllm_figures(artifact_path: Path, work: Path, baseline) -> dict:
+    """vLLM's greedy agreement with the baseline for one variant folder, or why it could not serve it."""
+    from quantmill.evaluation.servable import BASELINE_DETAILS, MAX_NEW_TOKENS, PROMPTS, greedy_agreement
+    from quantmill.publish.publisher import upload_files
+
+    try:
+        tokens = vllm_generate(
+            upload_files(artifact_path), work / f"vllm-{artifact_path.name}", PROMPTS, MAX_NEW_TOKENS
+        )
+    except Exception as exc:  # noqa: BLE001 -- the figure says why vLLM could not serve it
+        return {"vllm": f"failed: {type(exc).__name__}: {exc}"[:300]}
+    return {"vllm_greedy_agreement": round(greedy_agreement(baseline.details[BASELINE_DETAILS]["tokens"], tokens), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="2 layers, hidden 256: a smoke run")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--methods", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--vllm", action="store_true", help="also serve each transformers-format variant with vLLM")
     args = parser.parse_args()
 
     from quantmill import stages
@@ -109,6 +149,8 @@ variants:
                 "peak_cuda_gb": round((artifact.provenance.get("peak_cuda_bytes") or 0) / 1e9, 3),
                 **{k: v.value for k, v in result.metrics.items()},
             }
+            if args.vllm and variant.spec.output_format.library_name == "transformers":
+                figures[variant.id].update(vllm_figures(artifact.path, work, baseline))
             print(variant.id, json.dumps(figures[variant.id]), flush=True)
         figures["total_seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(figures, indent=2))

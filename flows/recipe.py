@@ -1,4 +1,4 @@
-"""The recipe flow: resolve → baseline once → per variant quantize → evaluate → gate → publish.
+"""The recipe flow: resolve → baseline once → per variant quantize → evaluate → servable check → gate → publish.
 
 Thin by design: the flow only wires tasks (``tasks/steps.py``) around a
 ``quantmill.pipeline.RecipeRun``, which holds every decision (keys, cache repair,
@@ -21,7 +21,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from quantmill.errors import QuantmillError
 from quantmill.evaluation.results import EvaluationResult
-from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys
+from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys, with_servable
 from quantmill.recipe import load_recipe
 from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
 from quantmill.redact import redact
@@ -102,7 +102,7 @@ def quantize_evaluate_publish(
     slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
     with hold_slot(slots.run):
         baseline = steps.baseline.submit(loaded, resolved, device, slots.task, cache_key=keys.baseline)
-        branches = {}
+        evaluations = []
         for variant in run.variants:
             out_dir = run.artifact_dir(variant, keys)
             args = (loaded, variant, resolved, calibration, device, out_dir, slots.task)
@@ -116,22 +116,42 @@ def quantize_evaluate_publish(
                 slots.task,
                 cache_key=keys.evaluate[variant.id],
             )
-            branches[evaluated] = (variant, quantized)
+            evaluations.append((variant, quantized, evaluated))
         run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
-        for evaluated in as_completed(list(branches)):
-            _record_variant(run, *branches[evaluated], evaluated)
+        branches = {}
+        for variant, quantized, evaluated in evaluations:
+            # the check compares with the baseline's greedy tokens; a failed baseline fails every variant anyway
+            checked = None
+            if not run.baseline_failed:
+                checked = steps.servable.submit(
+                    loaded,
+                    variant,
+                    quantized,
+                    run.record.baseline_evaluation(),
+                    device,
+                    slots.task,
+                    cache_key=keys.servable[variant.id],
+                    wait_for=[evaluated],
+                )
+            branches[checked or evaluated] = (variant, quantized, evaluated, checked)
+        for last in as_completed(list(branches)):
+            _record_variant(run, *branches[last])
     _publish_passed(run, publish, target)
     run.finish()
     _publish_artifacts(run)
     return run.record.to_json() | {"run_path": str(run.path)}
 
 
-def _record_variant(run: RecipeRun, variant, quantized: PrefectFuture, evaluated: PrefectFuture) -> None:
-    error = run.variant_error(_error(quantized), _error(evaluated))
-    evaluation = _evaluation(evaluated)
+def _record_variant(
+    run: RecipeRun, variant, quantized: PrefectFuture, evaluated: PrefectFuture, checked: PrefectFuture | None
+) -> None:
+    error = run.variant_error(_error(quantized), _error(evaluated), _error(checked) if checked else None)
+    evaluation = with_servable(_evaluation(evaluated), _evaluation(checked) if checked else None)
     verdict = gate_task(variant, evaluation, run.record.baseline_evaluation(), error)
     artifact = Path(quantized.result()["path"]) if _error(quantized) is None else None
-    cached = CachedSteps(quantize=_cached(quantized), evaluate=_cached(evaluated))
+    cached = CachedSteps(
+        quantize=_cached(quantized), evaluate=_cached(evaluated), servable=checked is not None and _cached(checked)
+    )
     run.record_variant(variant, error=error, artifact=artifact, evaluation=evaluation, verdict=verdict, cached=cached)
 
 

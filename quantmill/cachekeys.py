@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from quantmill import __version__
+from quantmill.evaluation.servable import greedy_spec
 from quantmill.methods.base import COMMON_PACKAGES, package_version
 from quantmill.recipe.matrix import Variant
 from quantmill.recipe.schema import Evaluation
@@ -80,6 +81,7 @@ def baseline_key(
         "dtype": dtype,
         "device": device_kind(device),
         "versions": versions(_EVAL_PACKAGES),
+        "greedy": greedy_spec(),  # the servable check's prompts: the baseline keeps its generations for them
     }
     return _digest(_with_remote_code(parts, remote_code))
 
@@ -97,6 +99,12 @@ def evaluation_key(quantized: str, variant: Variant, evaluation: Evaluation, dev
     )
 
 
+def servable_key(evaluation: str, baseline: str, repo_id: str) -> str:
+    """The servable check: the variant's evaluation (its files, the runtime's versions), the baseline (its greedy
+    tokens) and the repo id the card's snippet names."""
+    return _digest({"step": "servable", "evaluation": evaluation, "baseline": baseline, "repo_id": repo_id})
+
+
 def evaluation_data_fingerprint(loaded) -> str:
     """Hash of the local evaluation inputs: task folders and the perplexity corpus."""
     from quantmill.resolve import content_hash
@@ -111,11 +119,12 @@ def evaluation_data_fingerprint(loaded) -> str:
 
 
 def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
-    """Per variant: ``cached`` (quantize and evaluate results stored for today's keys), ``stale``
+    """Per variant: ``cached`` (quantize, evaluate and servable results stored for today's keys), ``stale``
     (stored for other inputs), or ``not run``. Reads only local files; a hub model that is not in
     the local cache cannot be pinned offline, so its variants are ``unknown``."""
     from pathlib import Path
 
+    from quantmill.publish.publisher import repo_id_for
     from quantmill.recipe.checks import is_local_model
     from quantmill.resolve import content_hash
 
@@ -137,12 +146,15 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
         )
         fingerprint = build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir).fingerprint
     data = evaluation_data_fingerprint(loaded)
+    remote_code = loaded.trust_remote_code
+    b_key = baseline_key(revision, loaded.recipe.evaluation, model.dtype, device, data, remote_code=remote_code)
     artifacts = Path(cache_dir).parent / "artifacts"
     status = {}
     for variant in loaded.variants:
-        q_key = quantize_key(revision, variant, fingerprint, model.dtype, device, remote_code=loaded.trust_remote_code)
+        q_key = quantize_key(revision, variant, fingerprint, model.dtype, device, remote_code=remote_code)
         e_key = evaluation_key(q_key, variant, loaded.recipe.evaluation, device, data)
-        if (keys / q_key).is_file() and (keys / e_key).is_file():
+        s_key = servable_key(e_key, b_key, repo_id_for(loaded, variant))
+        if all((keys / key).is_file() for key in (q_key, e_key, s_key)):
             status[variant.id] = "cached"
         elif any(artifacts.glob(f"{variant.id}-*")):
             status[variant.id] = "stale"

@@ -8,6 +8,7 @@
     ├── QuantizationError        a method failed on a variant
     ├── EvaluationError          an evaluation could not produce numbers
     │   └── TokenizerDriftError  the artifact's tokenizer splits the evaluation texts differently
+    ├── NotServableError         a variant's uploaded files do not load and generate in a fresh process
     ├── GateFailedError          a required gate failed (CLI exit 3)
     ├── RunStoreError            the run store cannot be read or written
     ├── PublishError             a push to a zoo or hub failed (CLI exit 4)
@@ -112,6 +113,10 @@ class EvaluationError(QuantmillError):
 
 class TokenizerDriftError(EvaluationError):
     """The variant's own tokenizer tokenizes evaluation texts differently from the base model's."""
+
+
+class NotServableError(QuantmillError):
+    """A variant's upload failed the servable check (``not servable: <what failed>``); it is never published."""
 
 
 class GateFailedError(QuantmillError):

@@ -17,7 +17,7 @@ ExtraMetricGroup = Literal["size", "speed", "memory"]
 @dataclass(frozen=True)
 class BuiltinMetric:
     direction: Direction
-    produced_by: str  # an evaluation.metrics group, or "perplexity"
+    produced_by: str  # an evaluation.metrics group, "perplexity", or "servable" (every variant's servable check)
     unit: str
     description: str
 
@@ -31,6 +31,9 @@ BUILTIN_METRICS: dict[str, BuiltinMetric] = {
     "prefill_tok_s": BuiltinMetric("higher", "speed", "tok/s", "prompt tokens processed per second"),
     "decode_tok_s": BuiltinMetric("higher", "speed", "tok/s", "tokens generated per second"),
     "peak_rss_gb": BuiltinMetric("lower", "memory", "GB", "peak resident memory while evaluating"),
+    "greedy_agreement": BuiltinMetric(
+        "higher", "servable", "", "fraction of greedy-generated tokens identical to the baseline's (fresh process)"
+    ),
 }
 
 EXTRA_METRIC_GROUPS: tuple[ExtraMetricGroup, ...] = ("size", "speed", "memory")

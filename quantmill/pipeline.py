@@ -8,7 +8,8 @@ the *run* around them, whoever executes the steps:
 - the cache key of every step (:func:`step_keys`) and the repair of unreadable
   cache entries (:func:`discard_unreadable_cache_entry`);
 - whether the run or each task holds a heavy slot (:func:`slot_policy`);
-- which error a failed variant reports (:meth:`RecipeRun.variant_error`);
+- which error a failed variant reports (:meth:`RecipeRun.variant_error`), and the
+  servable check's result merged into its evaluation (:func:`with_servable`);
 - recording every outcome in the run record, the links between the repos published
   together, and the earlier run that regressions are measured against (:class:`RecipeRun`).
 
@@ -87,9 +88,10 @@ class StepKeys:
     baseline: str
     quantize: dict[str, str]  # variant id → key
     evaluate: dict[str, str]
+    servable: dict[str, str]
 
     def every(self) -> list[str]:
-        return [self.baseline, *self.quantize.values(), *self.evaluate.values()]
+        return [self.baseline, *self.quantize.values(), *self.evaluate.values(), *self.servable.values()]
 
 
 def step_keys(
@@ -107,10 +109,15 @@ def step_keys(
         v.id: cachekeys.quantize_key(resolved.revision, v, fingerprint, dtype, device, remote_code=remote_code)
         for v in variants
     }
+    from quantmill.publish.publisher import repo_id_for
+
+    baseline = cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data, remote_code=remote_code)
+    evaluate = {v.id: cachekeys.evaluation_key(quantize[v.id], v, evaluation, device, data) for v in variants}
     return StepKeys(
-        baseline=cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data, remote_code=remote_code),
+        baseline=baseline,
         quantize=quantize,
-        evaluate={v.id: cachekeys.evaluation_key(quantize[v.id], v, evaluation, device, data) for v in variants},
+        evaluate=evaluate,
+        servable={v.id: cachekeys.servable_key(evaluate[v.id], baseline, repo_id_for(loaded, v)) for v in variants},
     )
 
 
@@ -135,6 +142,14 @@ def discard_unreadable_cache_entry(cache: Path, key: str) -> bool:
         log.warning("discarding unreadable cache entry %s; the step will run again", key[:12])
         record.unlink(missing_ok=True)
         return True
+
+
+def with_servable(evaluation: EvaluationResult | None, servable: EvaluationResult | None) -> EvaluationResult | None:
+    """The variant's evaluation with the servable check's metric (``greedy_agreement``) and details merged in:
+    what its gates and its card see."""
+    if evaluation is None or servable is None:
+        return evaluation
+    return EvaluationResult({**evaluation.metrics, **servable.metrics}, {**evaluation.details, **servable.details})
 
 
 @dataclass(frozen=True)
@@ -215,14 +230,27 @@ class RecipeRun:
         self.record.baseline = BaselineRecord(evaluation=evaluation, error=error, cached=cached)
         self._save()
 
-    def variant_error(self, quantize_error: str | None, evaluate_error: str | None) -> str | None:
+    def variant_error(
+        self, quantize_error: str | None, evaluate_error: str | None, servable_error: str | None = None
+    ) -> str | None:
         """What a variant reports as its failure: the first step that failed, else the baseline's failure.
 
-        Quantization comes first (evaluation fails too when it had nothing to
-        evaluate); a failed baseline fails every variant, which cannot be gated without it.
+        Quantization comes first (evaluation and the servable check fail too when they had
+        nothing to run), then evaluation, then the servable check (``not servable: …``); a failed
+        baseline fails every variant, which cannot be gated without it.
         """
         baseline_error = self.record.baseline.error if self.record.baseline else None
-        return quantize_error or evaluate_error or (f"baseline failed: {baseline_error}" if baseline_error else None)
+        return (
+            quantize_error
+            or evaluate_error
+            or servable_error
+            or (f"baseline failed: {baseline_error}" if baseline_error else None)
+        )
+
+    @property
+    def baseline_failed(self) -> bool:
+        """The baseline step failed: every variant fails, and none is worth a servable check."""
+        return self.record.baseline is not None and self.record.baseline.error is not None
 
     def record_variant(
         self,
@@ -333,14 +361,21 @@ def run_sequential(
     publish: bool = True,
     target: str | None = None,
     baseline: bool = True,
+    servable: bool = True,
 ) -> RecipeRun:
     """The whole run in this thread, without Prefect: what the flow does, step after step.
 
     Same run folder, keys, output folders, error precedence and record as the flow;
     no cache (every step runs) and no retries. ``baseline=False`` skips measuring
-    the baseline (recorded as not measured: relative gates then fail).
+    the baseline (recorded as not measured: relative gates then fail, and the servable
+    check measures no ``greedy_agreement``). ``servable=False`` skips the servable check
+    (a process start per variant), for tests and benchmarks that measure something else;
+    such a run publishes nothing.
     """
     from quantmill.resolve import resolve_device, resolve_model
+
+    if not servable and publish:
+        raise ValueError("a run without the servable check cannot publish: pass publish=False")
 
     loaded = load_recipe(recipe_path)
     run = start_run(loaded, only, RunStore(runs_dir) if runs_dir else None)
@@ -358,7 +393,7 @@ def run_sequential(
             error = describe_error(exc)
     run.record_baseline(measured, error)
     for variant in run.variants:
-        artifact, evaluation, quantize_error, evaluate_error = None, None, None, None
+        artifact, evaluation, quantize_error, evaluate_error, servable_error = None, None, None, None, None
         try:
             out_dir = run.artifact_dir(variant, keys)
             artifact = stages.quantize_one(loaded, variant, resolved, calibration, device, out_dir).path
@@ -368,7 +403,14 @@ def run_sequential(
             quantize_error, evaluate_error = (
                 (describe_error(exc), None) if artifact is None else (None, describe_error(exc))
             )
-        failure = run.variant_error(quantize_error, evaluate_error)
+        if servable and artifact is not None and evaluation is not None and not run.baseline_failed:
+            try:
+                evaluation = with_servable(
+                    evaluation, stages.check_servable(loaded, variant, artifact, measured, device)
+                )
+            except Exception as exc:  # noqa: BLE001 -- recorded as the variant's failure, as the flow records it
+                servable_error = describe_error(exc)
+        failure = run.variant_error(quantize_error, evaluate_error, servable_error)
         verdict = stages.gate_variant(variant, evaluation, measured, failure)
         run.record_variant(
             variant, error=failure, artifact=artifact, evaluation=evaluation, verdict=verdict, cached=CachedSteps()

@@ -67,6 +67,7 @@ class CachedSteps(_Record):
 
     quantize: bool = False
     evaluate: bool = False
+    servable: bool = False
 
 
 class PublishOutcome(_Record):

@@ -1,7 +1,7 @@
 """The pipeline's steps as plain functions: what each Prefect task wraps, one call each.
 
     prepare_calibration → evaluate_baseline → for each variant:
-        quantize_one → evaluate_variant → gate_variant → (publish)
+        quantize_one → evaluate_variant → check_servable → gate_variant → (publish)
 
 Each takes paths, ids and validated objects (never a loaded model), so a step can
 run in another process or on another machine, and its result can be cached.
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from quantmill.calibration import CalibrationSet, build_calibration_set
-from quantmill.evaluation.backends import EvalModel, load_transformers_model, transformers_eval_model
+from quantmill.errors import EvaluationError
+from quantmill.evaluation import servable
+from quantmill.evaluation.backends import EvalModel, free_memory, load_transformers_model, transformers_eval_model
 from quantmill.evaluation.evaluate import EvaluationSetup, evaluate_model
 from quantmill.evaluation.fidelity import check_tokenizer_fidelity
 from quantmill.evaluation.results import EvaluationResult
@@ -54,7 +57,12 @@ def _batch_size(loaded: LoadedRecipe, device: str) -> int | str:
 
 
 def evaluate_baseline(loaded: LoadedRecipe, resolved: ResolvedModel, device: str) -> EvaluationResult:
-    """Measure the unquantized model once; every variant is compared with this."""
+    """Measure the unquantized model once; every variant is compared with this.
+
+    Then, with the same loaded model, its greedy generations for the servable check's
+    prompts (``quantmill.evaluation.servable``), kept in the result's details.
+    """
+    loaded_model: dict[str, Any] = {}
 
     def load() -> EvalModel:
         from transformers import AutoTokenizer
@@ -62,9 +70,20 @@ def evaluate_baseline(loaded: LoadedRecipe, resolved: ResolvedModel, device: str
         trust = loaded.trust_remote_code
         model = load_transformers_model(resolved.path, loaded.recipe.model.dtype, device, trust_remote_code=trust)
         tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path, trust_remote_code=trust)
+        loaded_model.update(model=model, tokenizer=tokenizer)  # generated with after the timed measurements
         return transformers_eval_model(model, tokenizer, _batch_size(loaded, device))
 
-    return evaluate_model(load, resolved.path, evaluation_setup(loaded, device))
+    result = evaluate_model(load, resolved.path, evaluation_setup(loaded, device))
+    try:
+        result.details[servable.BASELINE_DETAILS] = servable.baseline_generations(
+            loaded_model["model"], loaded_model["tokenizer"]
+        )
+    except Exception as exc:
+        raise EvaluationError(f"greedy generation failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        loaded_model.clear()
+        free_memory()
+    return result
 
 
 def quantize_one(
@@ -118,6 +137,33 @@ def evaluate_variant(
     if fidelity is not None:
         fidelity.record(result)
     return result
+
+
+def check_servable(
+    loaded: LoadedRecipe, variant: Variant, artifact_path: Path, baseline: EvaluationResult | None, device: str
+) -> EvaluationResult:
+    """Prove the variant servable before it may pass: a fresh process loads exactly the files that publishing
+    uploads, as the card's snippet says, and greedy-generates (``quantmill.evaluation.servable``).
+
+    Returns ``greedy_agreement`` with the baseline (when the baseline has greedy tokens) and the probe's details,
+    to merge into the variant's evaluation.
+
+    Raises:
+        NotServableError: ``not servable: <what failed>``.
+    """
+    from quantmill.publish.publisher import repo_id_for, upload_files
+    from quantmill.quantize import read_artifact
+
+    return servable.probe_servable(
+        variant.method,
+        upload_files(artifact_path),
+        repo_id_for(loaded, variant),
+        read_artifact(artifact_path).provenance,
+        baseline,
+        device,
+        trust_remote_code=loaded.trust_remote_code,
+        scratch=artifact_path.parent,  # the artifact's file system: its files are hard-linked, not copied
+    )
 
 
 def gate_variant(

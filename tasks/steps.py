@@ -139,11 +139,27 @@ def evaluate_task(
     return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device, base_tokenizer).to_dict()
 
 
+@_cached_step("servable")
+def servable_task(
+    loaded: LoadedRecipe,
+    variant: Variant,
+    quantized: dict[str, Any],
+    baseline: EvaluationResult | None,
+    device: str,
+    limit: str | None,
+    cache_key: str,
+) -> dict[str, Any]:
+    """The servable check (a fresh process loads the variant's upload); its metric is merged into the evaluation."""
+    path = read_artifact(Path(quantized["path"])).path
+    return run_heavy(limit, stages.check_servable, loaded, variant, path, baseline, device).to_dict()
+
+
 @dataclass(frozen=True)
 class CachedTasks:
     baseline: Task
     quantize: Task
     evaluate: Task
+    servable: Task
 
 
 def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
@@ -156,7 +172,7 @@ def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
             cache_policy=step.cache_policy.configure(key_storage=cache / "keys"), result_storage=storage
         )
 
-    return CachedTasks(stored(baseline_task), stored(quantize_task), stored(evaluate_task))
+    return CachedTasks(stored(baseline_task), stored(quantize_task), stored(evaluate_task), stored(servable_task))
 
 
 def _result_storage(recipe_name: str, folder: Path) -> str:

@@ -15,7 +15,7 @@ This module imports no backend: loading happens inside the methods, so
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,28 @@ class OutputFormat(ABC):
     def card_files(self, provenance: dict[str, Any]) -> list[dict[str, str]]:
         """Rows of the card's file table (column → text); none by default."""
         return []
+
+    def greedy_generate(
+        self,
+        repo_id: str,
+        provenance: dict[str, Any],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        device: str,
+        *,
+        trust_remote_code: bool = False,
+    ) -> list[list[int]]:
+        """Load the variant as the card's :meth:`usage` snippet says and greedy-generate from each prompt.
+
+        Runs in the servable probe's fresh process (``quantmill.evaluation.servable``), where
+        the Hub cache holds exactly the variant's upload as ``repo_id``, offline. Returns the
+        generated token ids per prompt (through the chat template when the model has one, up to
+        ``max_new_tokens``, the end token included); raises when the variant cannot be served.
+        A format without this is never proven servable, so its variants are never published.
+        """
+        raise NotImplementedError(
+            f"output format '{self.name}' has no serving check (OutputFormat.greedy_generate), so it is never published"
+        )
 
 
 def transformers_usage(repo_id: str) -> str:
@@ -134,3 +156,29 @@ class TransformersFormat(OutputFormat):
         if self.serve_note:
             snippet += "\n\n" + self.serve_note.format(repo=repo_id)
         return snippet
+
+    def greedy_generate(
+        self,
+        repo_id: str,
+        provenance: dict[str, Any],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        device: str,
+        *,
+        trust_remote_code: bool = False,
+    ) -> list[list[int]]:
+        """Run the card's snippet (it leaves ``model``, and ``tokenizer`` or the repo's tokenizer is loaded), then
+        generate; a ``from_pretrained`` that leaves weights missing or unused fails."""
+        from transformers import AutoTokenizer
+
+        from quantmill.errors import NotServableError
+        from quantmill.evaluation.servable import complete_transformers_loads, run_usage_snippet, transformers_greedy
+
+        with complete_transformers_loads():
+            namespace = run_usage_snippet(self.usage(repo_id, provenance))
+        if "model" not in namespace:
+            raise NotServableError("not servable: the card's usage snippet loads no `model`")
+        tokenizer = namespace.get("tokenizer") or AutoTokenizer.from_pretrained(
+            repo_id, trust_remote_code=trust_remote_code
+        )
+        return transformers_greedy(namespace["model"], tokenizer, prompts, max_new_tokens, device)

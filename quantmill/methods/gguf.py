@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -150,6 +150,21 @@ class GGUFFormat(OutputFormat):
                 "imatrix": f"{imatrix['samples']} samples of `{Path(imatrix['dataset']).name}`" if imatrix else "none",
             }
         ]
+
+    def greedy_generate(
+        self,
+        repo_id: str,
+        provenance: dict[str, Any],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        device: str,
+        *,
+        trust_remote_code: bool = False,
+    ) -> list[list[int]]:
+        """llama.cpp (``llama_cpp.Llama``) loads the GGUF as the card's Python snippet says, and generates."""
+        from quantmill.methods._gguf_serve import gguf_greedy_generate
+
+        return gguf_greedy_generate(self.usage(repo_id, provenance), prompts, max_new_tokens)
 
 
 SPEC = MethodSpec(

@@ -53,8 +53,11 @@ def load(path: Path, device: str):
 def usage(repo_id: str) -> str:
     return (
         "transformers 5 cannot load HQQ checkpoints; use hqq's loader:\n\n```python\n"
+        "import torch\n"
         "from hqq.models.hf.base import AutoHQQHFModel\n"
-        f'model = AutoHQQHFModel.from_quantized("{repo_id}")\n```'
+        "from transformers import AutoTokenizer\n"
+        f'model = AutoHQQHFModel.from_quantized("{repo_id}", device="cuda" if torch.cuda.is_available() else "cpu")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n```'
     )
 
 

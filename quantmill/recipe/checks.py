@@ -187,7 +187,8 @@ def check_gates(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, b
     produced = [
         m
         for m, info in BUILTIN_METRICS.items()
-        if info.produced_by in evaluation.metrics or (info.produced_by == "perplexity" and evaluation.perplexity)
+        if info.produced_by in (*evaluation.metrics, "servable")
+        or (info.produced_by == "perplexity" and evaluation.perplexity)
     ]
     for task in evaluation.tasks:
         produced += [f"{task}/{metric}" for metric in local.get(task, {})]

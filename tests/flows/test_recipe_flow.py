@@ -38,7 +38,9 @@ def test_baseline_once_then_a_rerun_does_nothing(tmp_path, write_recipe, calls):
     second = run_flow(recipe, tmp_path / "runs")
     assert calls.log == []  # no quantize or evaluate body ran
     assert second["baseline"]["cached"] is True
-    assert all(v["cached"] == {"quantize": True, "evaluate": True} for v in second["variants"].values())
+    assert all(
+        v["cached"] == {"quantize": True, "evaluate": True, "servable": True} for v in second["variants"].values()
+    )
     assert second["variants"]["rtn-w4-g128"]["evaluation"] == first["variants"]["rtn-w4-g128"]["evaluation"]
     assert second["run_id"] != first["run_id"]
 
@@ -251,7 +253,9 @@ def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached
         "quantmill.tasks.limits.concurrency", lambda *a, **k: held.append(a) or contextlib.nullcontext()
     )
     again = run_flow(recipe, tmp_path / "runs")
-    assert held == [] and all(v["cached"] == {"quantize": True, "evaluate": True} for v in again["variants"].values())
+    assert held == [] and all(
+        v["cached"] == {"quantize": True, "evaluate": True, "servable": True} for v in again["variants"].values()
+    )
 
 
 def test_heavy_calls_run_one_at_a_time_on_one_thread():

@@ -96,7 +96,7 @@ def test_every_run_path_load_is_told_the_recipes_choice(trust, tmp_path, monkeyp
     from quantmill.recipe import load_recipe
     from quantmill.resolve import resolve_model
 
-    # only the loading matters
+    # only the loading matters (the baseline then generates with the model it loaded)
     monkeypatch.setattr(stages, "evaluate_model", lambda load, weights, setup: (load(), EvaluationResult())[1])
     get_operator.cache_clear()
     (tmp_path / "recipe.yaml").write_text(RECIPE.replace("TRUST", str(trust).lower()))

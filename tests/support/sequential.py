@@ -31,8 +31,9 @@ class Staged:
     variants: dict[str, Made]
 
 
-def run_stages(recipe_text: str, folder: Path, *, baseline: bool = True) -> Staged:
-    """Write the recipe into ``folder`` and run it with ``run_sequential`` (no publishing), runs under ``folder/runs``.
+def run_stages(recipe_text: str, folder: Path, *, baseline: bool = True, servable: bool = False) -> Staged:
+    """Write the recipe into ``folder`` and run it with ``run_sequential`` (no publishing; no servable check unless
+    asked: its process start per variant is CI time that tests of other things need not spend), runs under ``folder/runs``.
 
     Raises AssertionError when a step failed, with the error the run recorded.
     """
@@ -40,7 +41,9 @@ def run_stages(recipe_text: str, folder: Path, *, baseline: bool = True) -> Stag
     from quantmill.resolve import resolve_model
 
     (folder / "recipe.yaml").write_text(recipe_text)
-    run = run_sequential(folder / "recipe.yaml", runs_dir=folder / "runs", publish=False, baseline=baseline)
+    run = run_sequential(
+        folder / "recipe.yaml", runs_dir=folder / "runs", publish=False, baseline=baseline, servable=servable
+    )
     record = run.record
     assert record.baseline is not None and record.baseline.error is None, record.baseline
     made = {}
