@@ -76,14 +76,20 @@ def _human_bytes(count: int | None) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from quantmill.cachekeys import cache_status
-    from quantmill.plan import build_plan
+    from quantmill.pipeline import latest_completed
+    from quantmill.plan import BUILT_IN_CHECKS, build_plan, last_outcomes
     from quantmill.recipe import load_recipe
     from quantmill.resolve import resolve_device
     from quantmill.runstore import RunStore
 
     loaded = load_recipe(args.recipe)
-    cache = RunStore(get_settings().runs_dir).recipe_dir(loaded.name) / ".cache"
-    plan = build_plan(loaded, cache_status(loaded, cache, resolve_device(loaded.recipe.device)))
+    store = RunStore(get_settings().runs_dir)
+    cache = store.recipe_dir(loaded.name) / ".cache"
+    plan = build_plan(
+        loaded,
+        cache_status(loaded, cache, resolve_device(loaded.recipe.device)),
+        last_outcomes(latest_completed(store, loaded.name)),
+    )
     if args.json:
         sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
         for line in capability_lines(loaded.capabilities):  # on stderr: the JSON is the Plan's
@@ -91,7 +97,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{plan.recipe}: {plan.model} (baseline ≈ {_human_bytes(plan.baseline_bytes)} at 16-bit)")
     table.add_column("variant", no_wrap=True)
-    for column in ("method", "setting", "bits/w", "≈ size", "gates", "publish as", "cache"):
+    last_run = any(row.last_run for row in plan.variants)
+    for column in ("method", "setting", "bits/w", "≈ size", "gates", "publish as", "cache") + (
+        ("last run",) if last_run else ()
+    ):
         table.add_column(column, overflow="fold")
     shared = (
         plan.variants[0].gates
@@ -110,8 +119,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             gates,
             repo,
             row.cache,
+            *(((row.last_run or "-").split(":", 1)[0],) if last_run else ()),
         )
     console.print(table)
+    for row in plan.variants:
+        if row.last_run and ":" in row.last_run:  # why it failed last time, in full
+            console.print(f"last run: {row.id} {escape(row.last_run)}", highlight=False, soft_wrap=True)
+    console.print("built-in checks for every variant: " + "; ".join(BUILT_IN_CHECKS), highlight=False)
     if shared:
         console.print("gates for every variant: " + "; ".join(shared), highlight=False)
     targets = {v.publish_to.rsplit("/", 1)[0] for v in plan.variants if v.publish_to}

@@ -12,6 +12,7 @@ from typing import Any
 from quantmill.recipe.checks import render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
+from quantmill.record import RunRecord
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -31,6 +32,8 @@ class PlannedVariant:
         publish_to: where an accepted variant would go, or None.
         cache: ``cached``, ``stale`` or ``not run``.
         gpu: how the method uses a GPU (``none``, ``optional``, ``required``).
+        last_run: the variant's outcome in the recipe's latest completed run (``failed: tokenizer
+            drift: …``), so a rerun's plan says what went wrong last time; None when it has not run.
     """
 
     id: str
@@ -43,6 +46,7 @@ class PlannedVariant:
     publish_to: str | None
     cache: str = "not run"
     gpu: str = "optional"
+    last_run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,28 @@ def method_notes(loaded: LoadedRecipe) -> list[str]:
     return notes
 
 
-def build_plan(loaded: LoadedRecipe, cache_status: dict[str, str] | None = None) -> Plan:
-    """The plan for ``loaded``; ``cache_status`` maps variant ids to their cache state."""
+#: what every variant must prove, whatever its recipe says (``quantmill.evaluation``)
+BUILT_IN_CHECKS = (
+    "tokenizer fidelity (the variant's tokenizer splits the evaluation texts as the base model's)",
+    "servable (a fresh process loads the upload as the card says and generates; greedy_agreement)",
+)
+
+
+def last_outcomes(record: RunRecord | None) -> dict[str, str]:
+    """Each variant's outcome in ``record`` as one line: its status, and its error when it has one."""
+    if record is None:
+        return {}
+    return {
+        variant_id: f"{entry.status.value}: {entry.error}" if entry.error else entry.status.value
+        for variant_id, entry in record.variants.items()
+    }
+
+
+def build_plan(
+    loaded: LoadedRecipe, cache_status: dict[str, str] | None = None, last_run: dict[str, str] | None = None
+) -> Plan:
+    """The plan for ``loaded``; ``cache_status`` maps variant ids to their cache state, ``last_run`` to
+    their outcome in the latest completed run (:func:`last_outcomes`)."""
     shape = loaded.shape
     rows = [
         PlannedVariant(
@@ -132,6 +156,7 @@ def build_plan(loaded: LoadedRecipe, cache_status: dict[str, str] | None = None)
             publish_to=publish_destination(loaded, v),
             cache=(cache_status or {}).get(v.id, "not run"),
             gpu=v.spec.gpu,
+            last_run=(last_run or {}).get(v.id),
         )
         for v in loaded.variants
     ]

@@ -123,3 +123,34 @@ def test_help_does_not_import_heavy_libraries():
 def test_cli_help_exits_zero():
     result = subprocess.run([sys.executable, "-m", "quantmill.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "validate" in result.stdout and "Exit codes" in result.stdout
+
+
+def test_plan_of_a_rerun_says_what_failed_last_time_and_the_built_in_checks(tmp_path, monkeypatch, capsys):
+    from quantmill.pipeline import start_run
+    from quantmill.record import RunStatus, VariantStatus
+    from quantmill.runstore import RunStore
+    from quantmill.settings import get_settings
+
+    monkeypatch.setenv("QUANTMILL_RUNS_DIR", str(tmp_path / "runs"))
+    get_settings.cache_clear()
+    try:
+        recipe = REPO / "recipes" / "demo.yaml"
+        run = start_run(load_recipe(recipe), only=["gguf-q8_0", "bnb-int8"], store=RunStore(tmp_path / "runs"))
+        run.record.variants["gguf-q8_0"].status = VariantStatus.FAILED
+        run.record.variants[
+            "gguf-q8_0"
+        ].error = "TokenizerDriftError: tokenizer drift: 6 of 6 texts tokenize differently"
+        run.record.variants["bnb-int8"].status = VariantStatus.PASSED
+        run.record.status = RunStatus.COMPLETED
+        run.run.write_record(run.record)
+        assert main(["plan", str(recipe), "--json"]) == 0
+        rows = {v["id"]: v["last_run"] for v in json.loads(capsys.readouterr().out)["variants"]}
+        assert rows["gguf-q8_0"] == "failed: TokenizerDriftError: tokenizer drift: 6 of 6 texts tokenize differently"
+        assert rows["bnb-int8"] == "passed" and rows["gptq-w4-g128"] is None  # not in that run
+        assert main(["plan", str(recipe)]) == 0
+        out = capsys.readouterr().out
+        assert "last run" in out
+        assert "last run: gguf-q8_0 failed: TokenizerDriftError: tokenizer drift: 6 of 6 texts" in out
+        assert "built-in checks for every variant: tokenizer fidelity" in out and "servable" in out
+    finally:
+        get_settings.cache_clear()
