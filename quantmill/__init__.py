@@ -7,6 +7,6 @@ get masked logs without going through the CLI.
 
 from quantmill.redact import install_log_redaction
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 install_log_redaction()
