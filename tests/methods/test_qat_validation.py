@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from quantmill.errors import QuantizationError
-from quantmill.methods._qat import MAX_PASSES, ValidationCurve, small_data_warning, split_validation
+from quantmill.methods._qat_validation import MAX_PASSES, ValidationCurve, small_data_warning, split_validation
 from quantmill.methods.qat import QATParams, TrainingSpec, training_cost
 
 TEXTS = [f"text number {i}" for i in range(40)]
