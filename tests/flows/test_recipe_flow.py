@@ -357,7 +357,9 @@ def test_a_recipe_mixing_ptq_and_qat_is_gated_and_published(tmp_path, write_reci
     publish = f"publish: {{target: local, path: {tmp_path / 'zoo'}, namespace: org, license: mit}}\n"
     results = run_flow(write_recipe(fast_recipe(rows, publish=publish)), tmp_path / "runs")
     qat = results["variants"]["qat-w4-g32"]
-    assert qat["setting"] == "w4 · QAT 20 steps, 5,120 tokens"
+    assert qat["setting"] == (
+        "w4 · QAT 20 steps, 5,120 tokens, validated every 10 steps (patience 3; no improvement: keep start)"
+    )
     assert qat["verdict"]["outcomes"][0]["metric"] == "tiny_world_mc/acc"
     assert qat["status"] == "passed" and qat["publish"]["status"] == "published"
     card = (tmp_path / "zoo" / "org" / "tiny-llama-qat-w4-g32" / "README.md").read_text()
