@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.methods.formats import TransformersFormat
 
-if TYPE_CHECKING:  # the servable probe imports this module and needs no recipe or calibration code
+if TYPE_CHECKING:  # the servable probe imports the methods and needs no recipe or calibration code
     from quantmill.calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
