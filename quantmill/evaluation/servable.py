@@ -13,8 +13,11 @@ Python process (``python -m quantmill.evaluation.serve_probe``) with
   loaded (``OutputFormat.greedy_generate``).
 
 Nothing of the pipeline's process helps: no loaded module, no registered class,
-no other file of the artifact folder. Any failure (load, snippet, generation, a
-crash, a timeout) raises :class:`~quantmill.errors.NotServableError`
+no other file of the artifact folder. The probe's process leaves out the optional
+packages that transformers imports whenever they are installed, unless the method
+lists them (``serve_probe.OPTIONAL_PACKAGES``): seconds of every probe, for features
+a served model does not use. Any failure (load, snippet, generation, a crash, a
+timeout) raises :class:`~quantmill.errors.NotServableError`
 (``not servable: <what failed>``), which fails the variant, so it is never published.
 
 ``greedy_agreement`` compares the tokens with the baseline's greedy tokens for

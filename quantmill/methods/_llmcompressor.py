@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quantmill.calibration import CalibrationSet
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.methods.formats import TransformersFormat
+
+if TYPE_CHECKING:  # the servable probe imports the methods and needs no recipe or calibration code
+    from quantmill.calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,12 @@ import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quantmill.calibration import CalibrationSet
 from quantmill.errors import QuantizationError
+
+if TYPE_CHECKING:  # the servable probe imports the methods and needs no recipe or calibration code
+    from quantmill.calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ def servable_run(tmp_path_factory):
             drop_quantization_config(artifact.path)
         return artifact
 
-    def evaluate_then_truncate(loaded, variant, path, device):
-        result = evaluate(loaded, variant, path, device)
+    def evaluate_then_truncate(loaded, variant, path, *args):
+        result = evaluate(loaded, variant, path, *args)
         if variant.method == "gguf":
             weights = variant.spec.output_format.weights(path)
             with weights.open("r+b") as file:
