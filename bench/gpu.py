@@ -140,7 +140,7 @@ variants:
         for variant in loaded.variants:
             artifact = stages.quantize_one(loaded, variant, resolved, calibration, args.device, work / variant.id)
             evaluate_start = time.perf_counter()
-            result = stages.evaluate_variant(loaded, variant, artifact.path, args.device)
+            result = stages.evaluate_variant(loaded, variant, artifact.path, args.device, resolved.tokenizer_path)
             evaluate_seconds = time.perf_counter() - evaluate_start
             figures[variant.id] = {
                 "quantize_seconds": round(artifact.seconds, 2),

@@ -51,7 +51,9 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def _eval_rows(inputs: CardInputs) -> list[dict[str, str]]:
     rows = []
-    for metric, measured in inputs.evaluation.metrics.items():
+    # sorted: the record on disk keeps metrics sorted, and a card rebuilt from it (``publish RUN``)
+    # must be byte-identical to the one the run built, or republishing is not a no-op
+    for metric, measured in sorted(inputs.evaluation.metrics.items()):
         if metric in (
             "size_mb",
             "size_gb",
@@ -125,7 +127,7 @@ def card_metadata(inputs: CardInputs):
     variant, loaded = inputs.variant, inputs.loaded
     spec = variant.spec
     results = []
-    for metric, measured in inputs.evaluation.metrics.items():
+    for metric, measured in sorted(inputs.evaluation.metrics.items()):
         split = split_task_metric(metric)
         if split is None:
             continue
