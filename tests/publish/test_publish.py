@@ -60,11 +60,12 @@ def online(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
 
 
-def publish(made, variant_id, target, **kwargs):
-    loaded, resolved, baseline, variants = made
+def publish(made, variant_id, target, loaded=None, **kwargs):
+    """Publish a variant of ``made`` (with ``loaded``, a recipe of its own, when given)."""
+    made_loaded, resolved, baseline, variants = made
     variant, artifact, result, verdict = variants[variant_id]
     return publish_variant(
-        loaded,
+        loaded or made_loaded,
         variant,
         artifact_path=kwargs.pop("artifact_path", artifact.path),
         provenance=artifact.provenance,
@@ -121,21 +122,8 @@ def test_failed_variant_is_refused_unless_forced(made, tmp_path):
 @pytest.mark.slow
 def test_license_must_be_known(made, tmp_path, write_recipe):
     loaded = load_recipe(write_recipe(RECIPE.replace("  license: apache-2.0\n", "")))
-    _, resolved, baseline, variants = made
-    variant, artifact, result, verdict = variants["bnb-int8"]
     with pytest.raises(PublishError, match="license .* is unknown"):
-        publish_variant(
-            loaded,
-            variant,
-            artifact_path=artifact.path,
-            provenance=artifact.provenance,
-            evaluation=result,
-            baseline=baseline,
-            verdict=verdict,
-            revision=resolved.revision,
-            target=LocalZoo(tmp_path),
-            run_id="r",
-        )
+        publish(made, "bnb-int8", LocalZoo(tmp_path), loaded=loaded)
 
 
 @pytest.mark.slow
@@ -228,21 +216,7 @@ def test_concurrent_publishes_of_the_same_variant_make_one_commit(made, tmp_path
 @pytest.mark.slow
 def test_card_names_the_declared_base_model(made, tmp_path, write_recipe):
     named = RECIPE.replace("dtype: float32}", "dtype: float32, base_model: demo-org/tiny-llama}")
-    loaded = load_recipe(write_recipe(named))
-    _, resolved, baseline, variants = made
-    variant, artifact, result, verdict = variants["bnb-int8"]
-    outcome = publish_variant(
-        loaded,
-        variant,
-        artifact_path=artifact.path,
-        provenance=artifact.provenance,
-        evaluation=result,
-        baseline=baseline,
-        verdict=verdict,
-        revision=resolved.revision,
-        target=LocalZoo(tmp_path / "zoo"),
-        run_id="r",
-    )
+    outcome = publish(made, "bnb-int8", LocalZoo(tmp_path / "zoo"), loaded=load_recipe(write_recipe(named)))
     meta = front_matter((tmp_path / "zoo" / outcome.repo_id / "README.md").read_text())
     assert meta["base_model"] == "demo-org/tiny-llama" and meta["base_model_relation"] == "quantized"
 
