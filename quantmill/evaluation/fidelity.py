@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantmill.errors import TokenizerDriftError
+from quantmill.evaluation.harness import task_manager
 from quantmill.evaluation.results import EvaluationResult, MetricValue
 from quantmill.textdata import load_texts
 
@@ -161,13 +162,9 @@ def evaluation_sample(setup: EvaluationSetup, tokenizer: Any, notes: list[str]) 
 def _tasks(names: list[str], include_paths: list[Path]) -> Iterator[tuple[str, Any]]:
     """The recipe's lm-eval tasks (groups flattened), read from its task folders alone when they suffice."""
     from lm_eval.api.task import Task
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
-    manager = None
-    if include_paths:
-        local = TaskManager(include_path=[str(p) for p in include_paths], include_defaults=False)
-        manager = local if all(n in local.all_tasks for n in names) else None
-    manager = manager or TaskManager(include_path=[str(p) for p in include_paths] or None)
+    manager = task_manager(names, include_paths)
 
     def flatten(tasks: dict) -> Iterator[tuple[str, Any]]:
         for key, value in tasks.items():
