@@ -13,7 +13,10 @@ Python process (``python -m quantmill.evaluation.serve_probe``) with
   loaded (``OutputFormat.greedy_generate``).
 
 Nothing of the pipeline's process helps: no loaded module, no registered class,
-no other file of the artifact folder. The probe's process leaves out the optional
+no other file of the artifact folder. To save the ~5 s that importing torch and
+transformers takes, the probe process is forked from a clean interpreter that has
+imported just those (``quantmill.evaluation.serve_zygote``), when the method needs
+none of the left-out packages; otherwise it is started afresh. The probe's process leaves out the optional
 packages that transformers imports whenever they are installed, unless the method
 lists them (``serve_probe.OPTIONAL_PACKAGES``): seconds of every probe, for features
 a served model does not use. Any failure (load, snippet, generation, a crash, a
@@ -46,6 +49,7 @@ from typing import Any
 
 from quantmill.errors import NotServableError
 from quantmill.evaluation.results import EvaluationResult, MetricValue
+from quantmill.evaluation.serve_zygote import Zygote, ZygoteGone, zygote_for
 
 #: fixed prompts: short, plain English, so any tokenizer can take them
 PROMPTS = (
@@ -259,9 +263,8 @@ def probe_servable(
     greedy = (baseline.details.get(BASELINE_DETAILS) if baseline else None) or None
     spec = {k: greedy[k] for k in greedy_spec()} if greedy else greedy_spec()
     work = Path(tempfile.mkdtemp(prefix=".servable-", dir=scratch))
+    zygote = _zygote_for(method, work.parent)
     try:
-        hub = work / "hub"
-        stage_snapshot(files, repo_id, hub)
         request = work / "request.json"
         answer = work / "answer.json"
         request.write_text(
@@ -277,7 +280,17 @@ def probe_servable(
             )
         )
         start = time.perf_counter()
-        stderr = _run_probe(request, answer, hub, timeout_s)
+        stderr = None
+        if zygote:
+            with zygote.lock:
+                staged = stage_snapshot(files, repo_id, zygote.hub)
+                try:
+                    stderr = _run_forked(zygote, request, answer, work / "probe.log", timeout_s)
+                finally:
+                    shutil.rmtree(staged.parents[1], ignore_errors=True)
+        if stderr is None:
+            stage_snapshot(files, repo_id, work / "hub")
+            stderr = _run_probe(request, answer, work / "hub", timeout_s)
         seconds = time.perf_counter() - start
         if not answer.is_file():
             raise NotServableError(f"not servable: the probe process ended without an answer: {_last_line(stderr)}")
@@ -305,8 +318,8 @@ def probe_servable(
     return result
 
 
-def _run_probe(request: Path, answer: Path, hub: Path, timeout_s: float) -> str:
-    """Start the probe process on ``request``; returns its stderr."""
+def _probe_env(hub: Path) -> dict[str, str]:
+    """The probe's environment: offline, with ``hub`` as its only Hub cache."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -318,6 +331,34 @@ def _run_probe(request: Path, answer: Path, hub: Path, timeout_s: float) -> str:
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
     }
     env.pop("HF_HUB_DOWNLOAD_TIMEOUT", None)
+    return env
+
+
+def _zygote_for(method: str, scratch: Path) -> Zygote | None:
+    """The process's probe zygote, for a method that needs none of the packages the zygote leaves out."""
+    from quantmill.evaluation.serve_probe import OPTIONAL_PACKAGES
+    from quantmill.registry import get_method
+
+    if set(get_method(method).packages) & set(OPTIONAL_PACKAGES.values()):
+        return None
+    return zygote_for(scratch, _probe_env(scratch / "hub"))  # its Hub cache folder is set by the zygote
+
+
+def _run_forked(zygote: Zygote, request: Path, answer: Path, log: Path, timeout_s: float) -> str | None:
+    """Run the probe in a child of ``zygote``; returns its output, or None when the zygote is gone
+    (the caller runs a fresh process instead)."""
+    try:
+        zygote.run(request, answer, log, timeout_s)
+    except TimeoutError as exc:
+        raise NotServableError(f"not servable: the probe did not finish within {timeout_s:g} s") from exc
+    except ZygoteGone:
+        return None
+    return log.read_text(errors="replace") if log.is_file() else ""
+
+
+def _run_probe(request: Path, answer: Path, hub: Path, timeout_s: float) -> str:
+    """Start a fresh probe process on ``request``; returns its stderr."""
+    env = _probe_env(hub)
     command = [sys.executable, "-m", "quantmill.evaluation.serve_probe", str(request), str(answer)]
     try:
         # the Hub cache is the working folder: hqq resolves a repo id against it (its cache_dir="")

@@ -253,3 +253,37 @@ def test_a_sequential_run_without_the_servable_check_cannot_publish(tmp_path):
 
     with pytest.raises(ValueError, match="cannot publish"):
         run_sequential(tmp_path / "recipe.yaml", servable=False)
+
+
+@pytest.mark.slow
+def test_a_probe_forked_from_the_zygote_generates_what_a_fresh_process_generates(servable_run, tmp_path, monkeypatch):
+    """The zygote only saves the import time: same tokens; a zygote that died is replaced, never trusted."""
+    from quantmill.evaluation import serve_zygote, servable
+    from quantmill.publish.publisher import upload_files
+    from quantmill.quantize import read_artifact
+
+    record, _ = servable_run
+    good = record.variants[GOOD]
+
+    def probe():
+        return servable.probe_servable(
+            "rtn",
+            upload_files(good.artifact),
+            "org/name",
+            read_artifact(good.artifact).provenance,
+            record.baseline_evaluation(),
+            "cpu",
+            scratch=tmp_path,
+        ).details["servable"]["tokens"]
+
+    forked = probe()
+    zygote = serve_zygote._zygote
+    assert zygote is not None and zygote.process.poll() is None  # the probe went through a live zygote
+    assert not any(zygote.hub.iterdir())  # the staged snapshot is gone after the probe
+    zygote.process.kill()
+    zygote.process.wait()
+    assert probe() == forked  # a dead zygote is replaced
+    assert serve_zygote._zygote is not zygote
+    with monkeypatch.context() as patch:
+        patch.setattr(servable, "_zygote_for", lambda method, scratch: None)
+        assert probe() == forked  # a fresh process generates the same tokens
