@@ -258,7 +258,7 @@ def test_a_sequential_run_without_the_servable_check_cannot_publish(tmp_path):
 @pytest.mark.slow
 def test_a_probe_forked_from_the_zygote_generates_what_a_fresh_process_generates(servable_run, tmp_path, monkeypatch):
     """The zygote only saves the import time: same tokens; a zygote that died is replaced, never trusted."""
-    from quantmill.evaluation import serve_zygote, servable
+    from quantmill.evaluation import servable, serve_zygote
     from quantmill.publish.publisher import upload_files
     from quantmill.quantize import read_artifact
 
