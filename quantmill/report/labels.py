@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 RING_STEP_PT = 6.0  # distance between rings, in points
 MAX_RINGS = 60
 DIRECTIONS = 16  # spots tried per ring
-MARKER_RADIUS_PT = 4.0
+MARKER_RADIUS_PT = 6.0  # the marker and the frontier's ring around it
 LEADER_FROM_PT = 10.0  # labels further than this from their point get a leader line
 
 
@@ -81,7 +81,7 @@ def place_labels(
         probe = annotate(text, x, y, (0, 0))
         size = probe.get_window_extent(renderer)  # where the text's box sits relative to its anchor
         probe.remove()
-        box = _free_spot(cx, cy, size.width, size.height, RING_STEP_PT * px_per_pt, area, taken)
+        box = _free_spot(cx, cy, size.width, size.height, (r + px_per_pt, RING_STEP_PT * px_per_pt), area, taken)
         offset = ((box.x0 - size.x0) / px_per_pt, (box.y0 - size.y0) / px_per_pt)
         far = math.hypot(box.x0 + box.width / 2 - cx, box.y0 + box.height / 2 - cy) > LEADER_FROM_PT * px_per_pt
         leader = {"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 1, "shrinkB": 3} if far else None
@@ -91,15 +91,22 @@ def place_labels(
 
 
 def _free_spot(
-    cx: float, cy: float, width: float, height: float, step: float, area: Bbox, taken: Sequence[Bbox]
+    cx: float,
+    cy: float,
+    width: float,
+    height: float,
+    rings: tuple[float, float],
+    area: Bbox,
+    taken: Sequence[Bbox],
 ) -> Bbox:
-    """The first box of the given size around (cx, cy) on rings ``step`` apart (display units), inside
-    ``area`` and clear of ``taken``; the last one tried when none is."""
+    """The first box of the given size around (cx, cy) on rings ``rings = (first radius, step)`` (display
+    units), inside ``area`` and clear of ``taken``; the last one tried when none is."""
     from matplotlib.transforms import Bbox
 
     box = Bbox.from_bounds(cx, cy, width, height)
-    for ring in range(1, MAX_RINGS + 1):
-        gap = ring * step
+    first, step = rings
+    for ring in range(MAX_RINGS):
+        gap = first + ring * step
         for dx, dy in _directions():
             # the label's nearest edge faces the point: left of it when the spot is to the left, …
             box = Bbox.from_bounds(

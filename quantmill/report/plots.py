@@ -27,7 +27,7 @@ def _points(record: RunRecord, quality: str, cost: str) -> list[Point]:
     return points
 
 
-def figure(record: RunRecord, cost: str) -> Figure | None:
+def quality_figure(record: RunRecord, cost: str) -> Figure | None:
     """Quality against ``cost`` ('size_mb' or 'decode_tok_s'), every variant labelled without overlaps and the
     Pareto frontier drawn through the passing variants only; None without data. Its layout is final: save it
     with its own dpi and no ``bbox_inches``, or the labels' placement no longer holds."""
@@ -58,6 +58,9 @@ def figure(record: RunRecord, cost: str) -> Figure | None:
             [sign * p.quality for p in frontier],
             "--",
             color="tab:blue",
+            marker="o",  # a ring around each frontier point: visible even when the frontier is one variant
+            markersize=11,
+            markerfacecolor="none",
             label="Pareto frontier (passing variants)",
             zorder=2,
         )
@@ -83,7 +86,7 @@ def figure(record: RunRecord, cost: str) -> Figure | None:
 
 def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
     """Write ``quality_vs_size.png`` (``cost='size_mb'``) or ``quality_vs_speed.png``; None without data."""
-    fig = figure(record, cost)
+    fig = quality_figure(record, cost)
     if fig is None:
         return None
     import matplotlib.pyplot as plt

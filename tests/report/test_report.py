@@ -184,7 +184,7 @@ def _frontier(fig):
 
 @pytest.mark.fast
 def test_the_pareto_frontier_runs_through_passing_variants_only():
-    from quantmill.report.plots import figure
+    from quantmill.report.plots import quality_figure
 
     results = run(
         **{
@@ -195,10 +195,10 @@ def test_the_pareto_frontier_runs_through_passing_variants_only():
             "hqq-w3": ("inconclusive", 0.92, 1.0, 70.0),
         }
     )
-    assert _frontier(figure(results, "size_mb")) == [(1.2, 0.89), (2.1, 0.9)]
-    assert _frontier(figure(results, "decode_tok_s")) == [(80.0, 0.9)]  # int8-w8 is faster and better
+    assert _frontier(quality_figure(results, "size_mb")) == [(1.2, 0.89), (2.1, 0.9)]
+    assert _frontier(quality_figure(results, "decode_tok_s")) == [(80.0, 0.9)]  # int8-w8 is faster and better
     nothing_passed = run(**{"rtn-w2": ("failed", 0.5, 0.7, 90.0), "hqq-w3": ("inconclusive", 0.9, 1.0, 70.0)})
-    assert _frontier(figure(nothing_passed, "size_mb")) == []
+    assert _frontier(quality_figure(nothing_passed, "size_mb")) == []
 
 
 @pytest.mark.fast
@@ -208,7 +208,7 @@ def test_labels_never_overlap_even_when_points_crowd(cost):
     (labels, legend, title, axis labels) has a bounding box that intersects no other."""
     from matplotlib.text import Text
 
-    from quantmill.report.plots import figure
+    from quantmill.report.plots import quality_figure
 
     crowd = {
         f"gptq-w4-g{i:03d}": (
@@ -220,7 +220,7 @@ def test_labels_never_overlap_even_when_points_crowd(cost):
         for i in range(12)
     }
     results = run(**crowd, **{"int8-w8": ("passed", 0.9, 3.0, 10.0)})
-    fig = figure(results, cost)
+    fig = quality_figure(results, cost)
     fig.canvas.draw()  # as savefig does: positions are those of the written file
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
