@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantmill.record import RunRecord, VariantStatus
+from quantmill.report.labels import place_labels
 from quantmill.report.pareto import Point, pareto_frontier
+from quantmill.report.quality import quality_metric
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STATUS_COLORS = {VariantStatus.PASSED: "tab:green", VariantStatus.INCONCLUSIVE: "tab:orange"}  # others: red
-
-
-def quality_metric(record: RunRecord) -> str | None:
-    """The first task metric the baseline reports, else perplexity."""
-    baseline = record.baseline_evaluation()
-    metrics = baseline.metrics if baseline else {}
-    tasks = [m for m in metrics if "/" in m]
-    return tasks[0] if tasks else ("ppl" if "ppl" in metrics else None)
 
 
 def _points(record: RunRecord, quality: str, cost: str) -> list[Point]:
@@ -29,8 +27,10 @@ def _points(record: RunRecord, quality: str, cost: str) -> list[Point]:
     return points
 
 
-def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
-    """Write ``quality_vs_size.png`` (``cost='size_mb'``) or ``quality_vs_speed.png``; None without data."""
+def quality_figure(record: RunRecord, cost: str) -> Figure | None:
+    """Quality against ``cost`` ('size_mb' or 'decode_tok_s'), every variant labelled without overlaps and the
+    Pareto frontier drawn through the passing variants only; None without data. Its layout is final: save it
+    with its own dpi and no ``bbox_inches``, or the labels' placement no longer holds."""
     quality = quality_metric(record)
     if quality is None:
         return None
@@ -49,28 +49,49 @@ def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
     for p in points:
         color = STATUS_COLORS.get(record.variants[p.name].status, "tab:red")
         ax.scatter(x(p), sign * p.quality, color=color, s=40, zorder=3)
-        ax.annotate(p.name, (x(p), sign * p.quality), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    frontier = pareto_frontier(points)
-    ax.plot(
-        [x(p) for p in frontier],
-        [sign * p.quality for p in frontier],
-        "--",
-        color="tab:blue",
-        label="Pareto frontier",
-        zorder=2,
-    )
+    # a failed variant may be smaller and better, but it is no choice: the frontier is among passing ones
+    passing = [p for p in points if record.variants[p.name].status == VariantStatus.PASSED]
+    frontier = pareto_frontier(passing)
+    if frontier:
+        ax.plot(
+            [x(p) for p in frontier],
+            [sign * p.quality for p in frontier],
+            "--",
+            color="tab:blue",
+            marker="o",  # a ring around each frontier point: visible even when the frontier is one variant
+            markersize=11,
+            markerfacecolor="none",
+            label="Pareto frontier (passing variants)",
+            zorder=2,
+        )
     baseline = record.baseline_evaluation()
     if baseline is not None and quality in baseline.metrics:
         ax.axhline(baseline.metrics[quality].value, color="gray", linestyle=":", label="baseline")
     ax.set_xlabel("decode tokens/s (higher is better)" if speed else "weights on disk, MB (lower is better)")
     ax.set_ylabel(f"{quality} ({'lower' if quality == 'ppl' else 'higher'} is better)")
     ax.set_title(
-        f"{record.recipe}: {quality} vs {'speed' if speed else 'size'} (green passed, red failed, orange inconclusive)"
+        f"{record.recipe}: {quality} vs {'speed' if speed else 'size'} (green passed, red failed, orange inconclusive)",
+        fontsize=10,
     )
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    ax.margins(0.15)  # room around the outermost points for their labels
+    legend = ax.legend(fontsize=8) if ax.get_legend_handles_labels()[0] else None
     fig.tight_layout()
-    path = out / ("quality_vs_speed.png" if speed else "quality_vs_size.png")
+    fig.canvas.draw()  # fixes the layout and where "best" put the legend, before labels are placed around it
+    if legend is not None:
+        legend.set_loc(tuple(legend.get_window_extent().transformed(ax.transAxes.inverted()).p0))
+    place_labels(fig, ax, [(p.name, x(p), sign * p.quality) for p in points], obstacles=[legend] if legend else [])
+    return fig
+
+
+def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
+    """Write ``quality_vs_size.png`` (``cost='size_mb'``) or ``quality_vs_speed.png``; None without data."""
+    fig = quality_figure(record, cost)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    path = out / ("quality_vs_speed.png" if cost == "decode_tok_s" else "quality_vs_size.png")
     fig.savefig(path)
     plt.close(fig)
     return path

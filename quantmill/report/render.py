@@ -1,4 +1,8 @@
-"""``report.md`` and a self-contained ``report.html`` (plots embedded) for one run."""
+"""``report.md`` and a self-contained ``report.html`` (plots embedded) for one run.
+
+Both link the per-step logs that exist (``logs/<variant>.log``, ``logs/baseline.log``) by
+relative paths, so the links work wherever the run folder is copied.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,14 @@ import base64
 import html
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 from quantmill.evaluation.results import MetricValue
+from quantmill.progress import BASELINE, logs_dir
 from quantmill.record import PublishStatus, Regression, RunRecord, VariantRecord, VariantStatus
 from quantmill.report.compare import find_regressions
-from quantmill.report.plots import plot, quality_metric
+from quantmill.report.plots import plot
+from quantmill.report.quality import quality_metric, recovery
 from quantmill.report.recommend import recommend
 from quantmill.runstore import atomic_write_text
 
@@ -65,9 +72,9 @@ def rows(record: RunRecord) -> list[list[str]]:
     table = []
     for name, entry in record.variants.items():
         metrics = entry.evaluation.metrics if entry.evaluation else {}
-        recovery = "-"
-        if quality and quality in metrics and quality in baseline and baseline[quality].value:
-            recovery = f"{metrics[quality].value / baseline[quality].value:.3f}"
+        recovered = None
+        if quality and quality in metrics and quality in baseline:
+            recovered = recovery(metrics[quality], baseline[quality])
         table.append(
             [
                 name,
@@ -77,7 +84,7 @@ def rows(record: RunRecord) -> list[list[str]]:
                 _value(metrics, "size_mb"),
                 _value(metrics, "bits_per_weight"),
                 _value(metrics, quality) if quality else "-",
-                recovery,
+                "-" if recovered is None else f"{recovered:.3f}",
                 _value(metrics, "ppl"),
                 _value(metrics, "decode_tok_s"),
                 _value(metrics, "peak_rss_gb"),
@@ -88,7 +95,18 @@ def rows(record: RunRecord) -> list[list[str]]:
     return table
 
 
-def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str, Path]) -> str:
+def log_links(run_path: Path, record: RunRecord) -> dict[str, str]:
+    """The baseline's and each variant's log, as paths relative to the run folder, for those that exist."""
+    folder = logs_dir(run_path)
+    relative = folder.relative_to(run_path).as_posix()
+    return {
+        name: f"{relative}/{quote(name)}.log"
+        for name in (BASELINE, *record.variants)
+        if (folder / f"{name}.log").is_file()
+    }
+
+
+def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str, Path], logs: dict[str, str]) -> str:
     quality = quality_metric(record) or "n/a"
     lines = [f"# {record.recipe} — run {record.run_id}", ""]
     if regressions:
@@ -99,12 +117,15 @@ def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str
     lines += [
         f"Model `{model.id if model else None}` at `{model.revision if model else None}` on {record.device or '?'}. "
         f"Quality metric: `{quality}`; baseline {_value(baseline, quality)}, perplexity {_value(baseline, 'ppl')}, "
-        f"size {_value(baseline, 'size_mb')} MB.",
+        f"size {_value(baseline, 'size_mb')} MB." + (f" [Baseline log]({logs[BASELINE]})." if BASELINE in logs else ""),
         "",
     ]
     lines += [f"Verdicts: {status_counts(record)}.", ""]
-    lines += ["## Variants", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(record)]
+    header = (*COLUMNS, "log")
+    lines += ["## Variants", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows(record):
+        log = f"[log]({logs[row[0]]})" if row[0] in logs else "-"
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + f" | {log} |")
     lines += ["", "## Recommendation", ""]
     for rec in recommend(record):
         lines.append(f"- **{rec.use_case}**: " + (f"`{rec.variant}` — " if rec.variant else "") + rec.reason)
@@ -114,7 +135,11 @@ def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str
 
 
 def _html(
-    markdown_rows: list[list[str]], record: RunRecord, regressions: list[Regression], images: dict[str, Path]
+    markdown_rows: list[list[str]],
+    record: RunRecord,
+    regressions: list[Regression],
+    images: dict[str, Path],
+    logs: dict[str, str],
 ) -> str:
     def cell(text: str) -> str:
         return html.escape(text)
@@ -134,13 +159,20 @@ def _html(
             for r in regressions
         )
         parts.append(f"<div class='regression'><h2>Regressions since the previous run</h2><ul>{items}</ul></div>")
+
+    def log_link(name: str, text: str) -> str:
+        return f"<a href='{cell(logs[name])}'>{cell(text)}</a>" if name in logs else "-"
+
     parts.append(f"<p>Verdicts: {cell(status_counts(record))}.</p>")
-    parts.append("<h2>Variants</h2><table id='variants'><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>")
+    if BASELINE in logs:
+        parts.append(f"<p>Baseline: {log_link(BASELINE, 'log')}.</p>")
+    header = (*COLUMNS, "log")
+    parts.append("<h2>Variants</h2><table id='variants'><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr>")
     for row in markdown_rows:
         parts.append(
             "<tr>"
             + "".join(f"<td class='{cell(row[3]) if i == 3 else ''}'>{cell(v)}</td>" for i, v in enumerate(row))
-            + "</tr>"
+            + f"<td>{log_link(row[0], 'log')}</td></tr>"
         )
     parts.append("</table><h2>Recommendation</h2><ul>")
     parts += [
@@ -162,6 +194,7 @@ def write_report(run_path: Path, record: RunRecord, previous: RunRecord | None =
         path = plot(record, run_path, cost)
         if path is not None:
             images[title] = path
-    atomic_write_text(run_path / "report.md", _markdown(record, regressions, images))
-    atomic_write_text(run_path / "report.html", _html(rows(record), record, regressions, images))
+    logs = log_links(run_path, record)
+    atomic_write_text(run_path / "report.md", _markdown(record, regressions, images, logs))
+    atomic_write_text(run_path / "report.html", _html(rows(record), record, regressions, images, logs))
     return regressions

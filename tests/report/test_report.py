@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import shutil
 import subprocess
 
@@ -12,6 +14,7 @@ from quantmill.report.compare import find_regressions
 from quantmill.report.pareto import Point, pareto_frontier
 from quantmill.report.recommend import recommend
 from quantmill.report.render import write_report
+from tests.report.records import metric, run, run_json
 
 
 @pytest.mark.fast
@@ -35,46 +38,6 @@ def test_pareto_of_one_and_none():
     assert [p.name for p in pareto_frontier([Point("x", 1, 1)])] == ["x"]
 
 
-def metric(value, stderr=None):
-    return {"value": value, "stderr": stderr}
-
-
-def run(**variants) -> RunRecord:
-    return RunRecord.model_validate(run_json(**variants))
-
-
-def run_json(**variants):
-    return {
-        "recipe": "r",
-        "recipe_path": "/recipes/r.yaml",
-        "recipe_sha256": "abc",
-        "quantmill_version": "1.0",
-        "run_id": "run",
-        "device": "cpu",
-        "model": {"id": "m", "revision": "sha"},
-        "baseline": {
-            "evaluation": {"metrics": {"t/acc": metric(0.9, 0.02), "ppl": metric(2.0), "size_mb": metric(4.0)}}
-        },
-        "variants": {
-            name: {
-                "method": name.split("-")[0],
-                "setting": "-",
-                "status": status,
-                "evaluation": {
-                    "metrics": {
-                        "t/acc": metric(acc, 0.02),
-                        "size_mb": metric(size),
-                        "decode_tok_s": metric(speed),
-                        "ppl": metric(2.1),
-                    }
-                },
-                "verdict": {"variant": name, "status": status, "outcomes": []},
-            }
-            for name, (status, acc, size, speed) in variants.items()
-        },
-    }
-
-
 @pytest.mark.fast
 def test_recommendation_follows_the_measurements():
     results = run(
@@ -87,7 +50,7 @@ def test_recommendation_follows_the_measurements():
     recs = {r.use_case: r for r in recommend(results)}
     assert recs["memory-bound hosts"].variant == "gptq-w4"
     assert recs["latency-bound serving"].variant == "int8-w8"
-    assert "unquantized" in recs["accuracy-critical use"].reason
+    assert recs["accuracy-critical use"].variant == "int8-w8"  # 0.9 against the baseline's 0.9: no loss
 
 
 @pytest.mark.fast
@@ -171,3 +134,124 @@ def test_inconclusive_is_shown_counted_flagged_and_never_recommended(tmp_path):
     assert "gptq-w4" not in recs.values()  # smaller and faster, but not passed
     (flip,) = find_regressions(run(**{"gptq-w4": ("passed", 0.95, 0.5, 99.0)}), results)
     assert (flip.what, flip.before, flip.after) == ("verdict", "passed", "inconclusive")
+
+
+def _accuracy_critical(results: RunRecord):
+    (found,) = [r for r in recommend(results) if r.use_case == "accuracy-critical use"]
+    return found
+
+
+@pytest.mark.fast
+def test_recovery_within_noise_of_one_is_no_measurable_loss():
+    # baseline t/acc 0.9 ± 0.02; each variant ± 0.02, so the noise is their combined stderr ≈ 0.028
+    results = run(
+        **{
+            "gptq-w4": ("passed", 0.92, 1.2, 50.0),  # recovery 1.022
+            "awq-w4": ("passed", 0.90, 1.1, 50.0),  # recovery 1.000
+            "int8-w8": ("passed", 0.88, 2.1, 80.0),  # recovery 0.978, 0.02 short: within noise
+            "rtn-w4": ("passed", 0.85, 1.0, 60.0),  # 0.05 short: a loss beyond noise
+            "rtn-w2": ("failed", 0.95, 0.7, 90.0),  # best of all, but failed a gate: never recommended
+        }
+    )
+    found = _accuracy_critical(results)
+    assert found.variant == "gptq-w4"  # the best quality among the passing variants without a measurable loss
+    assert found.reason.startswith("no measurable loss in t/acc (recovery 1.022")
+    assert "also without measurable loss: awq-w4, int8-w8" in found.reason
+    assert "rtn-w4" not in found.reason and "rtn-w2" not in found.reason
+    assert "lost" not in found.reason
+
+
+@pytest.mark.fast
+def test_a_loss_beyond_noise_keeps_the_unquantized_model():
+    results = run(
+        **{
+            "gptq-w4": ("passed", 0.86, 1.2, 50.0),  # 0.04 short of 0.9, beyond the noise ≈ 0.028
+            "rtn-w4": ("passed", 0.80, 1.0, 60.0),
+            "rtn-w2": ("failed", 0.5, 0.7, 90.0),
+        }
+    )
+    found = _accuracy_critical(results)
+    assert found.variant is None
+    assert found.reason.startswith("keep the unquantized model; every passing variant lost t/acc beyond noise")
+    assert "(the closest, gptq-w4: recovery 0.956, t/acc 0.86 vs 0.9 ± 0.028)" in found.reason
+    assert found.reason.endswith("(1 variant(s) did not pass their gates)")
+
+
+def _frontier(fig):
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("Pareto frontier")]
+    return [tuple(xy) for line in lines for xy in line.get_xydata()]
+
+
+@pytest.mark.fast
+def test_the_pareto_frontier_runs_through_passing_variants_only():
+    from quantmill.report.plots import quality_figure
+
+    results = run(
+        **{
+            "rtn-w2": ("failed", 0.95, 0.7, 90.0),  # smaller and better than every other: dominates them all
+            "gptq-w4": ("passed", 0.89, 1.2, 50.0),
+            "int8-w8": ("passed", 0.9, 2.1, 80.0),
+            "awq-w4": ("passed", 0.85, 1.3, 50.0),  # dominated by gptq-w4
+            "hqq-w3": ("inconclusive", 0.92, 1.0, 70.0),
+        }
+    )
+    assert _frontier(quality_figure(results, "size_mb")) == [(1.2, 0.89), (2.1, 0.9)]
+    assert _frontier(quality_figure(results, "decode_tok_s")) == [(80.0, 0.9)]  # int8-w8 is faster and better
+    nothing_passed = run(**{"rtn-w2": ("failed", 0.5, 0.7, 90.0), "hqq-w3": ("inconclusive", 0.9, 1.0, 70.0)})
+    assert _frontier(quality_figure(nothing_passed, "size_mb")) == []
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("cost", ["size_mb", "decode_tok_s"])
+def test_labels_never_overlap_even_when_points_crowd(cost):
+    """Twelve variants of nearly the same size and quality, plus one far away: every text of the plot
+    (labels, legend, title, axis labels) has a bounding box that intersects no other."""
+    from matplotlib.text import Text
+
+    from quantmill.report.plots import quality_figure
+
+    crowd = {
+        f"gptq-w4-g{i:03d}": (
+            "passed" if i % 3 else "failed",
+            0.88 + (i * 7 % 12) * 0.0002,
+            1.2 + i * 1e-5,
+            50 + i * 0.01,
+        )
+        for i in range(12)
+    }
+    results = run(**crowd, **{"int8-w8": ("passed", 0.9, 3.0, 10.0)})
+    fig = quality_figure(results, cost)
+    fig.canvas.draw()  # as savefig does: positions are those of the written file
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(results.variants)  # every variant labelled
+    texts = [*ax.texts, ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_legend().get_texts()]
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in texts}  # the text alone, not its leader
+    overlapping = [(a, b) for a, b in itertools.combinations(boxes, 2) if boxes[a].overlaps(boxes[b])]
+    assert overlapping == []
+    inside = ax.get_window_extent(renderer)
+    assert all(
+        inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+        for box in (Text.get_window_extent(t, renderer) for t in ax.texts)
+    )
+
+
+@pytest.mark.fast
+def test_report_links_each_existing_log(tmp_path):
+    results = run(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0), "rtn-w2": ("failed", 0.5, 0.7, 90.0)})
+    (tmp_path / "logs").mkdir()
+    for name in ("baseline", "gptq-w4"):  # rtn-w2 has no log (say, it never started)
+        (tmp_path / "logs" / f"{name}.log").write_text("...")
+    write_report(tmp_path, results)
+    page = (tmp_path / "report.html").read_text()
+    assert "<p>Baseline: <a href='logs/baseline.log'>log</a>.</p>" in page
+    (gptq_row,) = [line for line in page.splitlines() if ">gptq-w4</td>" in line]
+    assert gptq_row.endswith("<td><a href='logs/gptq-w4.log'>log</a></td></tr>")
+    (rtn_row,) = [line for line in page.splitlines() if ">rtn-w2</td>" in line]
+    assert rtn_row.endswith("<td>-</td></tr>")
+    markdown = (tmp_path / "report.md").read_text()
+    assert "[Baseline log](logs/baseline.log)" in markdown
+    (gptq_row,) = [line for line in markdown.splitlines() if line.startswith("| gptq-w4 |")]
+    assert gptq_row.endswith("| [log](logs/gptq-w4.log) |")
+    for href in re.findall(r"href='([^']+)'", page):
+        assert (tmp_path / href).is_file()  # relative to the report: the links work wherever the run is copied
