@@ -101,6 +101,7 @@ def run_message(record: RunRecord, run_path: Path, events: list[NotifyEvent]) ->
                 "recovery": v.recovery,
                 "ppl": v.ppl,
                 "size_mb": v.size_mb,
+                "reason": v.reason,
             }
             for v in numbers.variants
         ],

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from quantmill.errors import GateFailedError, PublishError, QuantmillError, RegressionError
-from quantmill.record import PublishStatus, Regression, RunRecord, VariantStatus
+from quantmill.record import PublishStatus, Regression, RunRecord, VariantRecord, VariantStatus
 from quantmill.report.plots import quality_metric
 from quantmill.report.render import status_counts
 
@@ -94,7 +94,8 @@ def run_outcome(record: RunRecord) -> RunOutcome:
 class VariantNumbers:
     """A variant's headline numbers (None where not measured).
 
-    ``recovery`` is the quality metric relative to the baseline's, as in the report.
+    ``recovery`` is the quality metric relative to the baseline's, as in the report;
+    ``reason`` says why it did not pass, or why its publish failed.
     """
 
     variant: str
@@ -103,6 +104,7 @@ class VariantNumbers:
     recovery: float | None
     ppl: float | None
     size_mb: float | None
+    reason: str | None = None
 
     def describe(self, quality_metric: str | None) -> str:
         """``rtn-w4 passed: tiny_world_mc/acc 0.9 (recovery 0.973), ppl 2.4, 1.2 MB``."""
@@ -114,7 +116,8 @@ class VariantNumbers:
             parts.append(f"ppl {self.ppl:.4g}")
         if self.size_mb is not None:
             parts.append(f"{self.size_mb:.4g} MB")
-        return f"{self.variant} {self.status.value}" + (": " + ", ".join(parts) if parts else "")
+        text = f"{self.variant} {self.status.value}" + (": " + ", ".join(parts) if parts else "")
+        return text + (f" — {self.reason}" if self.reason else "")
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,14 @@ class Headline:
         """The passing variant with the highest recovery (the smaller one on a tie)."""
         passing = [v for v in self.variants if v.status == VariantStatus.PASSED and v.recovery is not None]
         return max(passing, key=lambda v: (v.recovery, -(v.size_mb or 0.0)), default=None)
+
+
+def _reason(entry: VariantRecord) -> str | None:
+    if entry.status != VariantStatus.PASSED:
+        return entry.error or (entry.verdict.describe_unmet() if entry.verdict else None) or None
+    if entry.publish and entry.publish.status == PublishStatus.FAILED:
+        return f"publish failed: {entry.publish.error}"
+    return None
 
 
 def headline(record: RunRecord) -> Headline:
@@ -148,6 +159,7 @@ def headline(record: RunRecord) -> Headline:
                 recovery=value / baseline_quality if value is not None and baseline_quality else None,
                 ppl=evaluation.value("ppl") if evaluation else None,
                 size_mb=evaluation.value("size_mb") if evaluation else None,
+                reason=_reason(entry),
             )
         )
     return Headline(status_counts(record), quality, baseline_quality, numbers)
