@@ -317,6 +317,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from quantmill.history import show_runs
+
+    return show_runs(console, args.recipe, get_settings().runs_dir, args.last)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from quantmill.history import show
+
+    return show(console, args.run, args.variant, get_settings().runs_dir, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantmill",
@@ -411,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = add("report", cmd_report, "write and show a run's report (report.md, report.html, plots)")
     report.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
     report.add_argument("--compare", type=Path, metavar="RUN", help="flag regressions against this earlier run")
+
+    runs = add("runs", cmd_runs, "list past runs in the run store: outcome, variants passed/failed, headline numbers")
+    runs.add_argument("recipe", nargs="?", metavar="RECIPE", help="only this recipe's runs (a name or a recipe file)")
+    runs.add_argument("--last", type=int, default=20, metavar="N", help="show the newest N runs (default 20)")
+
+    show = add("show", cmd_show, "show a past run, or one variant's whole record (gates, artifact, card, log)")
+    show.add_argument("run", metavar="RUN", help="a run folder, a run id, or the start of one")
+    show.add_argument("variant", nargs="?", metavar="VARIANT", help="one of the run's variants")
+    show.add_argument("--json", action="store_true", help="print the record (or the variant's) as JSON")
     return parser
 
 
