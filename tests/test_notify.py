@@ -168,3 +168,21 @@ def test_a_recipe_cannot_set_where_notifications_go(write_recipe):
         recipe = write_recipe(fast_recipe("    - {method: rtn, bits: 4}\n") + f"{key}: [http://attacker.example]\n")
         with pytest.raises(RecipeError, match=key):
             load_recipe(recipe)
+
+
+def test_a_run_that_errored_is_announced_once(operator, receiver):
+    """The flow's failure hook announces an exception; a run that ended Failed by its outcome was announced already."""
+    from types import SimpleNamespace
+
+    from prefect.states import Failed
+
+    from quantmill.flows.recipe import _notify_errored
+
+    operator(notify_urls=[receiver.url])
+    flow_run = SimpleNamespace(parameters={"recipe_path": "/recipes/demo.yaml"})
+    _notify_errored(None, flow_run, Failed(data={"run_id": "x"}, message="1 variant(s) did not pass: a (failed)"))
+    assert receiver.received == []
+    _notify_errored(None, flow_run, Failed(data=ValueError("boom"), message="Flow run encountered an exception: boom"))
+    [message] = [r["json"] for r in receiver.received]
+    assert message["text"] == "*quantmill demo.yaml* run errored: Failed: Flow run encountered an exception: boom"
+    assert message["quantmill"]["events"] == ["failure"] and message["quantmill"]["outcome"] == "errored"
