@@ -3,6 +3,12 @@
 Thin by design: the flow only wires tasks (``tasks/steps.py``) around a
 ``quantmill.pipeline.RecipeRun``, which holds every decision (keys, cache repair,
 slot policy, error precedence, the record, publish links, regressions).
+
+The flow run ends in the state its outcome calls for (:mod:`quantmill.outcome`), so
+Prefect automations can tell runs apart: Failed when a required gate or a publish
+failed, Completed named ``Regressed`` after a regression, else Completed; the record
+is the state's data either way (:func:`record_of`). The run is announced to the
+operator's webhooks (:mod:`quantmill.notify`), a run that errored too.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from quantmill.errors import QuantmillError
 from quantmill.evaluation.results import EvaluationResult
+from quantmill.notify import notify_error, notify_run
+from quantmill.outcome import Outcome, run_outcome
 from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys, with_servable
 from quantmill.recipe import load_recipe
 from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
@@ -61,9 +70,29 @@ def _cached(future: PrefectFuture) -> bool:
 
 # The runner of deployments; run_recipe() passes its own (``--workers``, ``--processes``).
 _THREADS: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=get_settings().workers)
+#: the name of the Completed state a run with regressions ends in (its event: ``prefect.flow-run.Regressed``)
+REGRESSED = "Regressed"
 
 
-@flow(name="quantize-evaluate-publish", task_runner=_THREADS, log_prints=False)
+def _notify_errored(flow, flow_run, state: State) -> None:
+    """Announce a run that ended Failed or Crashed without an outcome (an exception, a crash).
+
+    A run that ended Failed because of its outcome carries its record and was announced by :func:`_final_state`.
+    """
+    with contextlib.suppress(Exception):
+        if isinstance(state.result(raise_on_failure=False), dict):
+            return
+    recipe = Path(str(flow_run.parameters.get("recipe_path", "?"))).name
+    notify_error(recipe, redact(f"{state.name}: {state.message or 'no message'}"))
+
+
+@flow(
+    name="quantize-evaluate-publish",
+    task_runner=_THREADS,
+    log_prints=False,
+    on_failure=[_notify_errored],
+    on_crashed=[_notify_errored],
+)
 def quantize_evaluate_publish(
     recipe_path: str,
     only: list[str] | None = None,
@@ -72,8 +101,9 @@ def quantize_evaluate_publish(
     publish: bool = True,
     target: str | None = None,
     inputs_fingerprint: str | None = None,
-) -> dict[str, Any]:
-    """Run one recipe end to end; returns its record as ``results.json`` holds it, plus ``run_path``.
+) -> State:
+    """Run one recipe end to end; ends in the state its outcome calls for, whose data is its record as
+    ``results.json`` holds it, plus ``run_path`` (:func:`record_of` reads it).
 
     Args:
         recipe_path: the recipe file.
@@ -139,7 +169,7 @@ def quantize_evaluate_publish(
     _publish_passed(run, publish, target)
     run.finish()
     _publish_artifacts(run)
-    return run.record.to_json() | {"run_path": str(run.path)}
+    return _final_state(run)
 
 
 def _record_variant(
@@ -183,6 +213,27 @@ def _publish_artifacts(run: RecipeRun) -> None:
     create_markdown_artifact((run.path / "report.md").read_text(), key=f"{key}-report", description=description)
 
 
+def _final_state(run: RecipeRun) -> State:
+    """Announce the finished run, and the state it ends in (see the module docstring), its record as data."""
+    notify_run(run.record, run.path, run.logger)
+    outcome = run_outcome(run.record)
+    data = run.record.to_json() | {"run_path": str(run.path)}
+    if outcome.failed:
+        return Failed(message=outcome.summary, data=data)
+    if outcome.kind == Outcome.REGRESSED:
+        return Completed(name=REGRESSED, message=outcome.summary, data=data)
+    return Completed(message=outcome.summary, data=data)
+
+
+def record_of(state: State) -> dict[str, Any]:
+    """The record a finished run of :func:`quantize_evaluate_publish` holds, whatever its outcome;
+    raises the run's error when it errored instead."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, dict):
+        return result
+    return state.result()  # raises what the run raised
+
+
 def run_recipe(
     recipe_path: str,
     *,
@@ -195,7 +246,7 @@ def run_recipe(
     target: str | None = None,
     task_runner=None,
 ) -> dict[str, Any]:
-    """Run the recipe flow; returns what the flow returns.
+    """Run the recipe flow; returns its record (:func:`record_of`), whatever the outcome.
 
     Tasks run in ``workers`` threads of this process (default: ``QUANTMILL_WORKERS``), where heavy steps take turns;
     ``processes`` runs them in that many Dask worker processes instead, so heavy
@@ -214,9 +265,16 @@ def run_recipe(
                 task_runner=process_task_runner(processes),
             )
     runner: TaskRunner[Any] = task_runner or ThreadPoolTaskRunner(max_workers=workers or get_settings().workers)
-    return quantize_evaluate_publish.with_options(task_runner=runner)(
-        recipe_path, only=only, runs_dir=runs_dir, heavy_slots=heavy_slots, publish=publish, target=target
+    state = quantize_evaluate_publish.with_options(task_runner=runner)(
+        recipe_path,
+        only=only,
+        runs_dir=runs_dir,
+        heavy_slots=heavy_slots,
+        publish=publish,
+        target=target,
+        return_state=True,
     )
+    return record_of(state)
 
 
 def process_task_runner(processes: int):

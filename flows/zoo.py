@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from quantmill import cachekeys
 from quantmill.errors import QuantmillError
-from quantmill.flows.recipe import quantize_evaluate_publish
+from quantmill.flows.recipe import quantize_evaluate_publish, record_of
 from quantmill.pipeline import latest_completed
 from quantmill.recipe import load_recipe
 from quantmill.record import VariantStatus
@@ -68,8 +68,10 @@ def zoo(
             logger.info("%s: unchanged since its last run", path.name)
             outcomes[path.name] = {"status": "unchanged"}
             continue
-        ran = quantize_evaluate_publish(
-            str(path), runs_dir=str(store.root), publish=publish, inputs_fingerprint=fingerprint
+        ran = record_of(  # a recipe whose run failed (its flow run is Failed) does not stop the others
+            quantize_evaluate_publish(
+                str(path), runs_dir=str(store.root), publish=publish, inputs_fingerprint=fingerprint, return_state=True
+            )
         )
         record = Run(Path(ran["run_path"])).read_record()
         failed = sorted(v for v, e in record.variants.items() if e.status != VariantStatus.PASSED)

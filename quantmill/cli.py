@@ -3,7 +3,7 @@
 Heavy libraries (torch, transformers, Prefect) are imported inside commands, so
 ``quantmill --help`` and ``quantmill validate`` stay fast. Known errors become one
 message and an exit code (2: invalid recipe, 3: a required gate failed, 4: a passing
-variant failed to publish, 1: other);
+variant failed to publish, 5: a regression against the previous run, 1: other, 130: interrupted);
 ``QUANTMILL_DEBUG=1`` shows tracebacks.
 """
 
@@ -214,17 +214,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def raise_unless_all_passed(record: RunRecord) -> None:
-    """The run's exit code as an error: a passing variant that did not publish (4), else a variant
-    that did not pass (3): failed, inconclusive or never judged."""
-    from quantmill.errors import GateFailedError, PublishError
-    from quantmill.record import PublishStatus, VariantStatus
+    """The run's outcome as an error whose exit code is the run's (:mod:`quantmill.outcome`):
+    a publish failure (4), else a variant that did not pass (3), else a regression (5)."""
+    from quantmill.outcome import run_outcome
 
-    unpublished = [v for v, e in record.variants.items() if e.publish and e.publish.status == PublishStatus.FAILED]
-    if unpublished:
-        raise PublishError(f"{len(unpublished)} passing variant(s) failed to publish: {', '.join(unpublished)}")
-    failed = [f"{v} ({e.status.value})" for v, e in record.variants.items() if e.status != VariantStatus.PASSED]
-    if failed:
-        raise GateFailedError(f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
+    error = run_outcome(record).error()
+    if error is not None:
+        raise error
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -321,12 +317,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from quantmill.history import show_runs
+
+    return show_runs(console, args.recipe, get_settings().runs_dir, args.last)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from quantmill.history import show
+
+    return show(console, args.run, args.variant, get_settings().runs_dir, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantmill",
         description="Declarative quantize → evaluate → gate → publish pipelines for Hugging Face causal LMs.",
         epilog="Exit codes: 0 ok, 1 error, 2 invalid or refused recipe, 3 a required gate failed, "
-        "4 a passing variant failed to publish. "
+        "4 a passing variant failed to publish, 5 a regression against the previous run, 130 interrupted. "
         "Set QUANTMILL_DEBUG=1 for tracebacks.",
     )
     parser.add_argument("--version", action="version", version=f"quantmill {__version__}")
@@ -415,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = add("report", cmd_report, "write and show a run's report (report.md, report.html, plots)")
     report.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")
     report.add_argument("--compare", type=Path, metavar="RUN", help="flag regressions against this earlier run")
+
+    runs = add("runs", cmd_runs, "list past runs in the run store: outcome, variants passed/failed, headline numbers")
+    runs.add_argument("recipe", nargs="?", metavar="RECIPE", help="only this recipe's runs (a name or a recipe file)")
+    runs.add_argument("--last", type=int, default=20, metavar="N", help="show the newest N runs (default 20)")
+
+    show = add("show", cmd_show, "show a past run, or one variant's whole record (gates, artifact, card, log)")
+    show.add_argument("run", metavar="RUN", help="a run folder, a run id, or the start of one")
+    show.add_argument("variant", nargs="?", metavar="VARIANT", help="one of the run's variants")
+    show.add_argument("--json", action="store_true", help="print the record (or the variant's) as JSON")
     return parser
 
 

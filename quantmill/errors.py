@@ -12,6 +12,7 @@
     ├── GateFailedError          a required gate failed (CLI exit 3)
     ├── RunStoreError            the run store cannot be read or written
     ├── PublishError             a push to a zoo or hub failed (CLI exit 4)
+    ├── RegressionError          a run got worse than the recipe's previous run (CLI exit 5)
     ├── LlamaCppError            llama.cpp's tree or tools are missing or failed
     └── LinkRefusedError         a lock or temporary file path is a symbolic link
 
@@ -133,3 +134,9 @@ class PublishError(QuantmillError):
     """Publishing a variant failed; a run whose passing variant was not published exits 4."""
 
     exit_code = 4
+
+
+class RegressionError(QuantmillError):
+    """A run regressed against the recipe's previous completed run, and nothing worse happened (exit 5)."""
+
+    exit_code = 5

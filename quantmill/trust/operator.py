@@ -4,7 +4,8 @@ They come from ``QUANTMILL_*`` environment variables and an operator settings fi
 (YAML or TOML) named by ``QUANTMILL_OPERATOR_FILE``; the environment wins over the
 file. A recipe can ask for capabilities and name paths; these settings decide what
 it gets: the policy, per-recipe grants, the Hub endpoint, the namespaces it may
-publish to, the local zoo root, folders its files may come from, and resource caps.
+publish to, the local zoo root, folders its files may come from, resource caps, and
+where run notifications go.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +32,8 @@ CAPABILITIES: dict[str, str] = {
     "card_template": "renders the recipe's own Jinja model card template (sandboxed)",
 }
 Policy = Literal["trusted", "untrusted"]
+NotifyEvent = Literal["failure", "regression", "publish"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failure", "regression", "publish")
 OPERATOR_FILE_ENV = "QUANTMILL_OPERATOR_FILE"
 POLICY_ENV = "QUANTMILL_POLICY"
 
@@ -56,6 +59,13 @@ class OperatorSettings(BaseSettings):
         max_include_files: files under all ``include_paths`` together.
         max_include_bytes: bytes under all ``include_paths`` together.
         max_data_file_bytes: bytes read from one data file (calibration, perplexity, training texts).
+        notify_urls: webhook URLs (Slack-compatible incoming webhooks) a finished run is announced to
+            (``quantmill.notify``); secrets, never shown.
+        notify_on: the events that are announced: ``failure`` (a variant did not pass, a publish
+            failed or the run errored), ``regression``, ``publish`` (a variant was published).
+        notify_timeout: seconds one webhook call may take before it is given up.
+        report_url_base: where the run store is served; a notification links
+            ``<report_url_base>/<recipe>/<run-id>/report.html`` instead of the report's ``file://`` URL.
     """
 
     model_config = SettingsConfigDict(env_prefix="QUANTMILL_", extra="ignore")
@@ -74,12 +84,23 @@ class OperatorSettings(BaseSettings):
     max_include_files: int = Field(2_000, gt=0)
     max_include_bytes: int = Field(64 * 1024 * 1024, gt=0)
     max_data_file_bytes: int = Field(1 << 30, gt=0)
+    notify_urls: list[SecretStr] = Field(default_factory=list)
+    notify_on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    notify_timeout: float = Field(10.0, gt=0)
+    report_url_base: str | None = None
 
     @field_validator("hub_endpoint")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("hub_endpoint must be an http(s) URL")
+        return value
+
+    @field_validator("notify_urls")
+    @classmethod
+    def _webhooks(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not url.get_secret_value().startswith(("https://", "http://")) for url in value):
+            raise ValueError("notify_urls must be http(s) webhook URLs")
         return value
 
     @classmethod

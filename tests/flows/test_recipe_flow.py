@@ -79,23 +79,51 @@ def test_a_failing_variant_does_not_stop_the_others(tmp_path, write_recipe, monk
     assert published == ["tiny-llama-bnb-int8", "tiny-llama-rtn-w4-g128"]  # the others were published
 
 
+def flow_run_of(recipe):
+    """The final state of the recipe flow run that ran this recipe file, read from the test's Prefect server."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("recipe_path") == str(recipe)]
+    assert len(runs) == 1, runs
+    return runs[0].state
+
+
 def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
+    """A required gate fails: exit 3, the flow run ends Failed naming the variant, the webhook hears of it."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.support.webhook import webhook_receiver
+
     recipe = write_recipe(
         fast_recipe(
             "    - {method: rtn, bits: 2, group_size: 128}\n",
             gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n",
         )
     )
-    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
-    result = subprocess.run(
-        [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    with webhook_receiver() as receiver:
+        env = {
+            **os.environ,
+            "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
+            "PREFECT_API_URL": PREFECT_API_URL.value(),  # the test's server, where the flow run's state is read
+            "QUANTMILL_NOTIFY_URLS": json.dumps([receiver.url + "/hook"]),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "did not pass: rtn-w2-g128" in result.stderr
+    state = flow_run_of(recipe)
+    assert state.type.name == "FAILED" and state.message == "1 variant(s) did not pass: rtn-w2-g128 (failed)"
+    [message] = [r["json"] for r in receiver.received]
+    run_path = next((tmp_path / "runs" / "flowtest").glob("2*"))
+    assert message["quantmill"]["events"] == ["failure"] and message["quantmill"]["exit_code"] == 3
+    assert message["quantmill"]["report_url"] == (run_path / "report.html").as_uri()
+    assert "• rtn-w2-g128 failed: tiny_world_mc/acc" in message["text"]  # with its numbers
 
 
 def test_killed_run_resumes_without_redoing_finished_variants(tmp_path, write_recipe, calls):
@@ -282,9 +310,35 @@ def test_heavy_calls_run_one_at_a_time_on_one_thread():
         run_heavy(None, lambda: 1 / 0)
 
 
-def test_cli_run_renders_a_table(tmp_path, write_recipe):
+def test_cli_run_renders_a_table_and_a_regression_exits_5(tmp_path, write_recipe):
+    """Every gate holds, but the variant is larger than in the previous run: exit 5, flow run Completed 'Regressed'."""
+    from prefect.settings import PREFECT_API_URL
+
+    from quantmill.evaluation.results import EvaluationResult, MetricValue
+    from quantmill.record import RunRecord, RunStatus, VariantRecord, VariantStatus
+    from quantmill.runstore import Run
+
     recipe = write_recipe(fast_recipe("    - {method: bnb, type: int8}\n"))
-    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
+    previous = RunRecord(  # an earlier completed run in which bnb-int8 was 1 kB
+        recipe="flowtest",
+        recipe_path=recipe,
+        recipe_sha256="0",
+        run_id="20000101T000000Z-000000",
+        quantmill_version="0",
+        status=RunStatus.COMPLETED,
+        variants={
+            "bnb-int8": VariantRecord(
+                method="bnb", status=VariantStatus.PASSED, evaluation=EvaluationResult({"size_mb": MetricValue(0.001)})
+            )
+        },
+    )
+    Run(tmp_path / "runs" / "flowtest" / previous.run_id).write_record(previous)
+    env = {
+        **os.environ,
+        "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "COLUMNS": "250",  # the error line unwrapped
+    }
     result = subprocess.run(
         [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
         capture_output=True,
@@ -293,8 +347,12 @@ def test_cli_run_renders_a_table(tmp_path, write_recipe):
         timeout=600,
         cwd=REPO,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 5, result.stdout[-2000:] + result.stderr[-2000:]
     assert "bnb-int8" in result.stdout and "passed" in result.stdout
+    assert "1 regression(s) since the previous run: bnb-int8 size_mb 0.001 →" in result.stderr
+    state = flow_run_of(recipe)
+    assert (state.type.name, state.name) == ("COMPLETED", "Regressed")
+    assert state.message.startswith("1 regression(s) since the previous run: bnb-int8 size_mb 0.001 →")
 
 
 def test_plan_shows_cached_and_stale_variants(tmp_path, write_recipe):
