@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from quantmill.errors import GateFailedError, PublishError, QuantmillError, RegressionError
 from quantmill.record import PublishStatus, Regression, RunRecord, VariantRecord, VariantStatus
-from quantmill.report.plots import quality_metric
+from quantmill.report.quality import quality_metric, recovery
 from quantmill.report.render import status_counts
 
 
@@ -151,12 +151,15 @@ def headline(record: RunRecord) -> Headline:
     for variant, entry in record.variants.items():
         evaluation = entry.evaluation
         value = evaluation.value(quality) if evaluation and quality else None
+        recovered = None
+        if evaluation and baseline and quality in evaluation.metrics and quality in baseline.metrics:
+            recovered = recovery(evaluation.metrics[quality], baseline.metrics[quality])
         numbers.append(
             VariantNumbers(
                 variant=variant,
                 status=entry.status,
                 quality=value,
-                recovery=value / baseline_quality if value is not None and baseline_quality else None,
+                recovery=recovered,
                 ppl=evaluation.value("ppl") if evaluation else None,
                 size_mb=evaluation.value("size_mb") if evaluation else None,
                 reason=_reason(entry),
