@@ -279,3 +279,22 @@ def test_local_republish_removes_files_left_by_an_older_quantmill(made, tmp_path
     leftover.write_bytes(b"stale")
     assert publish(made, "bnb-int8", zoo).status == "published" and not leftover.exists()
     assert publish(made, "bnb-int8", zoo).status == "unchanged"
+
+
+@pytest.mark.slow
+@pytest.mark.hub
+def test_every_card_passes_the_hubs_metadata_validation(made, tmp_path, online, write_recipe):
+    """Each variant's card, with and without a Hub base model, as the Hub's validate-yaml judges it."""
+    from huggingface_hub import HfApi
+
+    named = load_recipe(
+        write_recipe(RECIPE.replace("dtype: float32}", "dtype: float32, base_model: demo-org/tiny-llama}"))
+    )
+    zoo = LocalZoo(tmp_path / "zoo")
+    with HubServer() as hub:
+        api = HfApi(endpoint=hub.endpoint, token=False)
+        for loaded in (made[0], named):
+            for variant_id in made[3]:
+                outcome = publish(made, variant_id, zoo, loaded=loaded)
+                api._validate_yaml((tmp_path / "zoo" / outcome.repo_id / "README.md").read_text())
+        assert len([r for r in hub.state.requests if r == ("POST", "/api/validate-yaml")]) == 2 * len(made[3])
