@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantmill.errors import PublishError
-from quantmill.publish.publisher import make_target, publish_variant, publishable, repo_id_for
+from quantmill.publish.publisher import is_grouped, make_target, publish_variant, publishable, repo_id_for
 from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe, validate_document
-from quantmill.record import PublishOutcome, RunRecord
+from quantmill.record import PublishOutcome, RunRecord, VariantStatus
 from quantmill.runstore import Run
 from quantmill.yamlio import load_yaml_text
 
@@ -37,13 +37,20 @@ def publish_recorded(
     *,
     force: bool = False,
 ) -> PublishOutcome:
-    """Publish one variant of ``record`` (see :func:`~quantmill.publish.publisher.publish_variant`).
+    """Publish one variant of ``record`` (see :func:`~quantmill.publish.publisher.publish_variant`); a GGUF
+    variant bound for the grouped ``{model}-GGUF`` repo publishes that repo (:mod:`quantmill.publish.gguf_repo`).
 
     Raises:
         PublishError: the variant has no output or evaluation, did not pass (unless
             ``force``), or the target refused the commit.
     """
     entry = record.variants[variant_id]
+    if is_grouped(loaded, loaded.variant(variant_id)) and entry.artifact and entry.evaluation and record.model:
+        from quantmill.publish.gguf_repo import publish_group
+
+        if entry.status != VariantStatus.PASSED and not force:
+            raise PublishError(f"{variant_id} is '{entry.status}': only variants that pass their gates are published")
+        return publish_group(loaded, record, variant_id, target, force=force)
     if entry.artifact is None or entry.evaluation is None or entry.verdict is None or record.model is None:
         raise PublishError(f"{variant_id} has no quantized output or evaluation to publish ({entry.error})")
     return publish_variant(
