@@ -16,6 +16,7 @@ from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe, validate_document
 from quantmill.record import PublishOutcome, RunRecord, VariantStatus
+from quantmill.report.plots import quality_metric
 from quantmill.runstore import Run
 from quantmill.yamlio import load_yaml_text
 
@@ -25,6 +26,43 @@ def related_links(loaded: LoadedRecipe, record: RunRecord, variant_ids: list[str
     return [
         {"name": v, "url": target.url(repo_id_for(loaded, loaded.variant(v))), "note": record.variants[v].method}
         for v in variant_ids
+    ]
+
+
+def prefer_when(record: RunRecord, this: str, other: str) -> str:
+    """When to take variant ``other`` instead of ``this``, in the words of their measured numbers:
+    less memory (smaller), lower latency (faster decoding), more accuracy (better quality metric)."""
+    mine, theirs = record.variants[this].evaluation, record.variants[other].evaluation
+    if mine is None or theirs is None:
+        return "not measured"
+    reasons = []
+    size, other_size = mine.value("size_mb"), theirs.value("size_mb")
+    if size is not None and other_size is not None and other_size < size:
+        reasons.append(f"less memory ({other_size:.4g} MB against {size:.4g})")
+    speed, other_speed = mine.value("decode_tok_s"), theirs.value("decode_tok_s")
+    if speed is not None and other_speed is not None and other_speed > speed:
+        reasons.append(f"lower latency ({other_speed:.4g} decode tokens/s against {speed:.4g})")
+    quality = quality_metric(record)
+    value, other_value = (mine.value(quality), theirs.value(quality)) if quality else (None, None)
+    if (
+        value is not None
+        and other_value is not None
+        and (other_value < value if quality == "ppl" else other_value > value)
+    ):
+        reasons.append(f"more accuracy ({quality} {other_value:.4g} against {value:.4g})")
+    if not reasons:
+        return "this variant is at least as small, fast and accurate as measured here"
+    return "prefer it for " + ", ".join(reasons)
+
+
+def _with_advice(record: RunRecord, variant_id: str, related: list[dict]) -> list[dict]:
+    """The links for ``variant_id``'s card (itself left out), each saying when to prefer that sibling."""
+    return [
+        {**link, "note": f"{link['note']}; {prefer_when(record, variant_id, link['name'])}"}
+        if link["name"] in record.variants
+        else link
+        for link in related
+        if link["name"] != variant_id
     ]
 
 
@@ -65,7 +103,7 @@ def publish_recorded(
         target=target,
         run_id=record.run_id,
         force=force,
-        related=[link for link in related if link["name"] != variant_id],
+        related=_with_advice(record, variant_id, related),
     )
 
 

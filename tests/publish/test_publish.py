@@ -9,7 +9,7 @@ import pytest
 
 from quantmill.errors import PublishError
 from quantmill.gates import Verdict
-from quantmill.publish.publish_run import publish_run
+from quantmill.publish.publish_run import prefer_when, publish_run
 from quantmill.publish.publisher import publish_variant, repo_id_for
 from quantmill.publish.targets import HubTarget, LocalZoo, front_matter
 from quantmill.recipe import load_recipe
@@ -240,6 +240,12 @@ def test_publish_run_uses_the_runs_recipe_snapshot(made, tmp_path):
     zoo = tmp_path / "recipes" / "zoo"  # publish.path "zoo" of the snapshot, beside the recipe as it was
     assert sorted(o.repo_id for o in outcomes) == [f"zoo-org/tiny-llama-{v}" for v in passed]
     assert all((zoo / o.repo_id / "README.md").is_file() for o in outcomes)
+    for this in outcomes:  # each card links its siblings of the run, saying when to prefer each
+        card = (zoo / this.repo_id / "README.md").read_text()
+        for other in outcomes:
+            if other.variant != this.variant:
+                advice = prefer_when(record, this.variant, other.variant)
+                assert f"- [{other.variant}]({other.url}): bnb; {advice}\n" in card
     assert not (tmp_path / "recipes" / "elsewhere").exists()
 
     recipe_file.unlink()
