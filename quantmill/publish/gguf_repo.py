@@ -15,6 +15,7 @@ whole group; its siblings then find exactly that content and report the same com
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -175,6 +176,18 @@ def _imatrix_text(rows: dict[str, dict]) -> str:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _hash_of(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def _hashed(path: Path) -> str:
+    """A file's sha256, hashed once per process while it is unchanged: every GGUF variant of a run
+    publishes the whole group, and the files may be tens of GB."""
+    stat = path.stat()
+    return _hash_of(path, stat.st_size, stat.st_mtime_ns)
+
+
 def _group_files(record: RunRecord, members: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     """Each member's files (the imatrix once; no provenance file) and which member each GGUF file is."""
     files: dict[str, Path] = {}
@@ -185,7 +198,7 @@ def _group_files(record: RunRecord, members: list[str]) -> tuple[dict[str, Path]
         for name, path in upload_files(artifact).items():
             if name == PROVENANCE_FILE:
                 continue
-            if name in files and file_sha256(files[name]) != file_sha256(path):
+            if name in files and _hashed(files[name]) != _hashed(path):
                 raise PublishError(f"{name} differs between GGUF variants of this run; they cannot share one repo")
             files[name] = path
             if name.endswith(".gguf") and name != "imatrix.gguf":
@@ -212,7 +225,7 @@ def publish_group(
     ]
     files, owners = _group_files(record, in_repo)
     quality = quality_metric(record)
-    rows = {f: measured_row(record, v, quality, f, file_sha256(files[f])) for f, v in owners.items()}
+    rows = {f: measured_row(record, v, quality, f, _hashed(files[f])) for f, v in owners.items()}
     previous = front_matter(target.read_card(repo_id) or "").get("quantmill") or {}
     present = target.files(repo_id)
     # types this run did not measure keep their file and row; measured ones are this run's
