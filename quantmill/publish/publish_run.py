@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantmill.errors import PublishError
-from quantmill.publish.publisher import make_target, publish_variant, publishable, repo_id_for
+from quantmill.publish.publisher import is_grouped, make_target, publish_variant, publishable, repo_id_for
 from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe, validate_document
-from quantmill.record import PublishOutcome, RunRecord
+from quantmill.record import PublishOutcome, RunRecord, VariantStatus
+from quantmill.report.plots import quality_metric
 from quantmill.runstore import Run
 from quantmill.yamlio import load_yaml_text
 
@@ -28,6 +29,43 @@ def related_links(loaded: LoadedRecipe, record: RunRecord, variant_ids: list[str
     ]
 
 
+def prefer_when(record: RunRecord, this: str, other: str) -> str:
+    """When to take variant ``other`` instead of ``this``, in the words of their measured numbers:
+    less memory (smaller), lower latency (faster decoding), more accuracy (better quality metric)."""
+    mine, theirs = record.variants[this].evaluation, record.variants[other].evaluation
+    if mine is None or theirs is None:
+        return "not measured"
+    reasons = []
+    size, other_size = mine.value("size_mb"), theirs.value("size_mb")
+    if size is not None and other_size is not None and other_size < size:
+        reasons.append(f"less memory ({other_size:.4g} MB against {size:.4g})")
+    speed, other_speed = mine.value("decode_tok_s"), theirs.value("decode_tok_s")
+    if speed is not None and other_speed is not None and other_speed > speed:
+        reasons.append(f"lower latency ({other_speed:.4g} decode tokens/s against {speed:.4g})")
+    quality = quality_metric(record)
+    value, other_value = (mine.value(quality), theirs.value(quality)) if quality else (None, None)
+    if (
+        value is not None
+        and other_value is not None
+        and (other_value < value if quality == "ppl" else other_value > value)
+    ):
+        reasons.append(f"more accuracy ({quality} {other_value:.4g} against {value:.4g})")
+    if not reasons:
+        return "this variant is at least as small, fast and accurate as measured here"
+    return "prefer it for " + ", ".join(reasons)
+
+
+def _with_advice(record: RunRecord, variant_id: str, related: list[dict]) -> list[dict]:
+    """The links for ``variant_id``'s card (itself left out), each saying when to prefer that sibling."""
+    return [
+        {**link, "note": f"{link['note']}; {prefer_when(record, variant_id, link['name'])}"}
+        if link["name"] in record.variants
+        else link
+        for link in related
+        if link["name"] != variant_id
+    ]
+
+
 def publish_recorded(
     loaded: LoadedRecipe,
     record: RunRecord,
@@ -37,13 +75,20 @@ def publish_recorded(
     *,
     force: bool = False,
 ) -> PublishOutcome:
-    """Publish one variant of ``record`` (see :func:`~quantmill.publish.publisher.publish_variant`).
+    """Publish one variant of ``record`` (see :func:`~quantmill.publish.publisher.publish_variant`); a GGUF
+    variant bound for the grouped ``{model}-GGUF`` repo publishes that repo (:mod:`quantmill.publish.gguf_repo`).
 
     Raises:
         PublishError: the variant has no output or evaluation, did not pass (unless
             ``force``), or the target refused the commit.
     """
     entry = record.variants[variant_id]
+    if is_grouped(loaded, loaded.variant(variant_id)) and entry.artifact and entry.evaluation and record.model:
+        from quantmill.publish.gguf_repo import publish_group
+
+        if entry.status != VariantStatus.PASSED and not force:
+            raise PublishError(f"{variant_id} is '{entry.status}': only variants that pass their gates are published")
+        return publish_group(loaded, record, variant_id, target, force=force)
     if entry.artifact is None or entry.evaluation is None or entry.verdict is None or record.model is None:
         raise PublishError(f"{variant_id} has no quantized output or evaluation to publish ({entry.error})")
     return publish_variant(
@@ -58,7 +103,7 @@ def publish_recorded(
         target=target,
         run_id=record.run_id,
         force=force,
-        related=[link for link in related if link["name"] != variant_id],
+        related=_with_advice(record, variant_id, related),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_m
 from quantmill.recipe.checks import is_local_model, render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
+from quantmill.recipe.schema import Publish
 from quantmill.record import PublishOutcome, PublishStatus, VariantRecord, VariantStatus
 from quantmill.runstore import COMPLETE_MARKER, exclusive_lock
 from quantmill.settings import get_settings
@@ -49,9 +50,20 @@ def make_target(loaded: LoadedRecipe, target: str | None = None) -> Target:
     raise PublishError("publishing is off for this recipe (publish.target: none)")
 
 
+#: where a recipe's GGUF variants go when its ``publish.repo_name`` is not set: one repo for every type
+GGUF_REPO_NAME = "{model}-GGUF"
+
+
+def is_grouped(loaded: LoadedRecipe, variant: Variant) -> bool:
+    """A GGUF variant of a recipe that leaves ``publish.repo_name`` unset: it shares ``{model}-GGUF``
+    with the recipe's other GGUF types (a ``repo_name`` of the recipe's own keeps one repo per type)."""
+    return variant.method == "gguf" and "repo_name" not in loaded.recipe.publish.model_fields_set
+
+
 def repo_id_for(loaded: LoadedRecipe, variant: Variant) -> str:
     publish = loaded.recipe.publish
-    return f"{publish.namespace}/{render_repo_name(publish.repo_name, loaded.recipe, variant, loaded.name)}"
+    template = GGUF_REPO_NAME if is_grouped(loaded, variant) else publish.repo_name
+    return f"{publish.namespace}/{render_repo_name(template, loaded.recipe, variant, loaded.name)}"
 
 
 def base_model_license(loaded: LoadedRecipe) -> str | None:
@@ -72,6 +84,18 @@ def base_model_license(loaded: LoadedRecipe) -> str | None:
     return info.card_data.get("license") if info.card_data else None
 
 
+def card_license(loaded: LoadedRecipe) -> str:
+    """The license a card declares: the recipe's, else the base model's.
+
+    Raises:
+        PublishError: neither says.
+    """
+    license_id = loaded.recipe.publish.license or base_model_license(loaded)
+    if not license_id:
+        raise PublishError(f"the license of {loaded.recipe.model.id} is unknown: set publish.license in the recipe")
+    return license_id
+
+
 def upload_files(artifact_path: Path) -> dict[str, Path]:
     """The variant's files as they will be uploaded (path in the repo → file), the card aside.
 
@@ -84,7 +108,7 @@ def upload_files(artifact_path: Path) -> dict[str, Path]:
     }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -95,8 +119,45 @@ def _sha256(path: Path) -> str:
 def fingerprint(files: dict[str, Path], card_text: str) -> str:
     digest = hashlib.sha256(card_text.encode())
     for name, path in sorted(files.items()):
-        digest.update(f"{name}\0{_sha256(path)}\n".encode())
+        digest.update(f"{name}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
+
+
+def commit_unless_present(
+    target: Target,
+    repo_id: str,
+    files: dict[str, Path],
+    card_text: str,
+    print_: str,
+    message: str,
+    publish: Publish,
+    keep: Iterable[str] = (),
+) -> str | None:
+    """Commit ``files`` and the card (keeping ``keep`` as they are) as one commit; the commit id, or None
+    when the target already holds exactly this: a card with fingerprint ``print_`` and no other file.
+
+    Check and commit happen under one lock, so two runs on this machine publishing the same
+    content at once make one commit between them.
+    """
+    lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
+    with exclusive_lock(get_settings().cache_dir / "publish-locks" / f"{lock_name}.lock"):
+        existing = target.read_card(repo_id)
+        if (
+            existing is not None
+            and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_
+            and not stale_files(
+                target.files(repo_id), [*files, *keep, CARD]
+            )  # (a quantmill before deletions left some)
+        ):
+            return None
+        return target.commit(
+            repo_id,
+            {**files, CARD: card_text.encode()},
+            message,
+            private=publish.private,
+            create_pr=publish.create_pr,
+            keep=keep,
+        )
 
 
 def publish_variant(
@@ -122,9 +183,7 @@ def publish_variant(
     """
     if verdict.status != "passed" and not force:
         raise PublishError(f"{variant.id} is '{verdict.status}': only variants that pass their gates are published")
-    license_id = loaded.recipe.publish.license or base_model_license(loaded)
-    if not license_id:
-        raise PublishError(f"the license of {loaded.recipe.model.id} is unknown: set publish.license in the recipe")
+    license_id = card_license(loaded)
     repo_id = repo_id_for(loaded, variant)
     inputs = CardInputs(
         loaded,
@@ -148,26 +207,15 @@ def publish_variant(
     message = f"quantmill: {variant.id} from recipe {loaded.name} (run {run_id})" + (
         " [forced]" if inputs.forced else ""
     )
-    # Check and commit under one lock, so two runs on this machine publishing the same
-    # content at once make one commit between them.
-    lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
-    with exclusive_lock(get_settings().cache_dir / "publish-locks" / f"{lock_name}.lock"):
-        existing = target.read_card(repo_id)
-        if (
-            existing is not None
-            and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_
-            and not stale_files(target.files(repo_id), [*files, CARD])  # (a quantmill before deletions left some)
-        ):
-            log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
-            return PublishOutcome(
-                status=PublishStatus.UNCHANGED,
-                variant=variant.id,
-                repo_id=repo_id,
-                url=target.url(repo_id),
-                fingerprint=print_,
-            )
-        commit = target.commit(
-            repo_id, {**files, CARD: text.encode()}, message, private=publish.private, create_pr=publish.create_pr
+    commit = commit_unless_present(target, repo_id, files, text, print_, message, publish)
+    if commit is None:
+        log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
+        return PublishOutcome(
+            status=PublishStatus.UNCHANGED,
+            variant=variant.id,
+            repo_id=repo_id,
+            url=target.url(repo_id),
+            fingerprint=print_,
         )
     collection = None
     if publish.collection:

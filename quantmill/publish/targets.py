@@ -5,9 +5,10 @@ Both take one commit per variant, all files at once: the Hub through
 commits), the local zoo by building the new repo content beside the old and
 swapping it in with renames under a lock.
 
-A commit makes the repo hold exactly the given files: files an earlier version
-had and this one has not (stale weights of a changed file set) are deleted in
-the same commit. Only the target's own housekeeping survives: the Hub's
+A commit makes the repo hold exactly the given files (and those it is told to
+keep as they are: the grouped GGUF repo keeps the files of types a run did not
+measure): files an earlier version had and this one has not (stale weights of a
+changed file set) are deleted in the same commit. Only the target's own housekeeping survives: the Hub's
 ``.gitattributes`` (the Hub writes it when it creates a repo; it says which
 files are stored in LFS, and no runtime loads it) and the local zoo's commit log.
 """
@@ -56,8 +57,17 @@ class Target(Protocol):
         ...
 
     def commit(
-        self, repo_id: str, files: dict[str, Path | bytes], message: str, *, private: bool, create_pr: bool
-    ) -> str: ...
+        self,
+        repo_id: str,
+        files: dict[str, Path | bytes],
+        message: str,
+        *,
+        private: bool,
+        create_pr: bool,
+        keep: Iterable[str] = (),
+    ) -> str:
+        """Make the repo hold exactly ``files`` plus the paths in ``keep`` (already there, left as they are)."""
+        ...
 
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str: ...
 
@@ -110,15 +120,17 @@ class LocalZoo:
         *,
         private: bool = False,
         create_pr: bool = False,
+        keep: Iterable[str] = (),
     ) -> str:
         repo = self._repo_dir(repo_id)
+        kept = set(keep)
         commit_id = secrets.token_hex(20)
         with exclusive_lock(self._lock(repo_id)):
             # The new version is built from nothing but the given files (so files the old
             # version had and this one has not are gone) plus the commit log, then swapped in.
             staging = repo.parent / f".{repo.name}.staging-{commit_id[:8]}"
             try:
-                deleted = stale_files(self.files(repo_id), files)
+                deleted = stale_files(self.files(repo_id), [*files, *kept])
                 staging.mkdir(parents=True)
                 old_log = repo / self.COMMIT_LOG
                 if old_log.is_symlink():
@@ -135,6 +147,9 @@ class LocalZoo:
                         target.write_bytes(source)
                     else:
                         shutil.copyfile(source, target)
+                for path_in_repo in sorted(kept - set(files)):
+                    (staging / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(self._repo_dir(repo_id) / path_in_repo, staging / path_in_repo)  # same disk: no copy
                 entry = {
                     "commit": commit_id,
                     "message": message,
@@ -243,6 +258,7 @@ class HubTarget:
         *,
         private: bool = False,
         create_pr: bool = False,
+        keep: Iterable[str] = (),
     ) -> str:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -252,7 +268,7 @@ class HubTarget:
             CommitOperationAdd(path_in_repo=p, path_or_fileobj=s if isinstance(s, bytes) else str(s))
             for p, s in sorted(files.items())
         ]
-        operations += [CommitOperationDelete(path_in_repo=p) for p in stale_files(existing, files)]
+        operations += [CommitOperationDelete(path_in_repo=p) for p in stale_files(existing, [*files, *keep])]
         # parent_commit: the Hub refuses the commit if the repo moved since it was listed, so
         # a file committed meanwhile by someone else is never deleted unseen.
         info = self.api.create_commit(

@@ -9,7 +9,7 @@ import pytest
 
 from quantmill.errors import PublishError
 from quantmill.gates import Verdict
-from quantmill.publish.publish_run import publish_run
+from quantmill.publish.publish_run import prefer_when, publish_run
 from quantmill.publish.publisher import publish_variant, repo_id_for
 from quantmill.publish.targets import HubTarget, LocalZoo, front_matter
 from quantmill.recipe import load_recipe
@@ -240,6 +240,12 @@ def test_publish_run_uses_the_runs_recipe_snapshot(made, tmp_path):
     zoo = tmp_path / "recipes" / "zoo"  # publish.path "zoo" of the snapshot, beside the recipe as it was
     assert sorted(o.repo_id for o in outcomes) == [f"zoo-org/tiny-llama-{v}" for v in passed]
     assert all((zoo / o.repo_id / "README.md").is_file() for o in outcomes)
+    for this in outcomes:  # each card links its siblings of the run, saying when to prefer each
+        card = (zoo / this.repo_id / "README.md").read_text()
+        for other in outcomes:
+            if other.variant != this.variant:
+                advice = prefer_when(record, this.variant, other.variant)
+                assert f"- [{other.variant}]({other.url}): bnb; {advice}\n" in card
     assert not (tmp_path / "recipes" / "elsewhere").exists()
 
     recipe_file.unlink()
@@ -279,3 +285,22 @@ def test_local_republish_removes_files_left_by_an_older_quantmill(made, tmp_path
     leftover.write_bytes(b"stale")
     assert publish(made, "bnb-int8", zoo).status == "published" and not leftover.exists()
     assert publish(made, "bnb-int8", zoo).status == "unchanged"
+
+
+@pytest.mark.slow
+@pytest.mark.hub
+def test_every_card_passes_the_hubs_metadata_validation(made, tmp_path, online, write_recipe):
+    """Each variant's card, with and without a Hub base model, as the Hub's validate-yaml judges it."""
+    from huggingface_hub import HfApi
+
+    named = load_recipe(
+        write_recipe(RECIPE.replace("dtype: float32}", "dtype: float32, base_model: demo-org/tiny-llama}"))
+    )
+    zoo = LocalZoo(tmp_path / "zoo")
+    with HubServer() as hub:
+        api = HfApi(endpoint=hub.endpoint, token=False)
+        for loaded in (made[0], named):
+            for variant_id in made[3]:
+                outcome = publish(made, variant_id, zoo, loaded=loaded)
+                api._validate_yaml((tmp_path / "zoo" / outcome.repo_id / "README.md").read_text())
+        assert len([r for r in hub.state.requests if r == ("POST", "/api/validate-yaml")]) == 2 * len(made[3])

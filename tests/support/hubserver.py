@@ -2,8 +2,9 @@
 
 It implements, strictly, the endpoints huggingface_hub calls to create repos,
 commit files (preupload + NDJSON commit: inline files and file deletions, with the
-parent-commit check), read repo info and files, validate card YAML, and manage
-collections. Malformed requests get 400,
+parent-commit check), read repo info and files, validate card metadata by the Hub's
+rules (``validate-yaml``, and on every commit that writes a README.md, as the Hub
+does), and manage collections. Malformed requests get 400,
 missing repos 404, writes without the right token 401. Failures can be injected
 per path to test retries. It stores what it receives in memory.
 """
@@ -59,6 +60,169 @@ class HubState:
 
     def commits(self) -> list[dict]:
         return [c for repo in self.repos.values() for c in repo.commits]
+
+
+# The Hub's license identifiers (hub-docs, repositories-licenses.md, plus the Llama 3/4 licenses the Hub
+# added since); anything else must be ``other`` with a ``license_name``.
+HUB_LICENSES = frozenset(
+    [
+        "apache-2.0",
+        "mit",
+        "openrail",
+        "bigscience-openrail-m",
+        "creativeml-openrail-m",
+        "bigscience-bloom-rail-1.0",
+        "bigcode-openrail-m",
+        "afl-3.0",
+        "artistic-2.0",
+        "bsl-1.0",
+        "bsd",
+        "bsd-2-clause",
+        "bsd-3-clause",
+        "bsd-3-clause-clear",
+        "c-uda",
+        "cc",
+        "cc0-1.0",
+        "cc-by-2.0",
+        "cc-by-2.5",
+        "cc-by-3.0",
+        "cc-by-4.0",
+        "cc-by-sa-3.0",
+        "cc-by-sa-4.0",
+        "cc-by-nc-2.0",
+        "cc-by-nc-3.0",
+        "cc-by-nc-4.0",
+        "cc-by-nd-4.0",
+        "cc-by-nc-nd-3.0",
+        "cc-by-nc-nd-4.0",
+        "cc-by-nc-sa-2.0",
+        "cc-by-nc-sa-3.0",
+        "cc-by-nc-sa-4.0",
+        "cdla-sharing-1.0",
+        "cdla-permissive-1.0",
+        "cdla-permissive-2.0",
+        "wtfpl",
+        "ecl-2.0",
+        "epl-1.0",
+        "epl-2.0",
+        "etalab-2.0",
+        "eupl-1.1",
+        "agpl-3.0",
+        "gfdl",
+        "gpl",
+        "gpl-2.0",
+        "gpl-3.0",
+        "lgpl",
+        "lgpl-2.1",
+        "lgpl-3.0",
+        "isc",
+        "lppl-1.3c",
+        "ms-pl",
+        "mpl-2.0",
+        "odc-by",
+        "odbl",
+        "openrail++",
+        "osl-3.0",
+        "postgresql",
+        "ofl-1.1",
+        "ncsa",
+        "unlicense",
+        "zlib",
+        "pddl",
+        "lgpl-lr",
+        "deepfloyd-if-license",
+        "llama2",
+        "llama3",
+        "llama3.1",
+        "llama3.2",
+        "llama3.3",
+        "llama4",
+        "gemma",
+        "unknown",
+        "other",
+    ]
+)
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+# a Hub repo id: ``name`` (legacy, no namespace) or ``namespace/name``; never a path or a URL
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+def _model_index_errors(index: object) -> list[str]:
+    """``model-index`` as the Hub requires it: named models, each result with a task type, a dataset
+    type and name, and metrics with a type and a value."""
+    if not isinstance(index, list) or not index:
+        return ["model-index must be a non-empty list"]
+    errors = []
+    for i, model in enumerate(index):
+        where = f"model-index[{i}]"
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not model["name"]:
+            errors.append(f"{where}.name must be a non-empty string")
+            continue
+        results = model.get("results")
+        if not isinstance(results, list):
+            errors.append(f"{where}.results must be a list")
+            continue
+        for j, result in enumerate(results):
+            at = f"{where}.results[{j}]"
+            if not isinstance(result, dict):
+                errors.append(f"{at} must be a mapping")
+                continue
+            task, dataset, metrics = result.get("task"), result.get("dataset"), result.get("metrics")
+            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+                errors.append(f"{at}.task.type is required")
+            if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), str) for k in ("type", "name")):
+                errors.append(f"{at}.dataset needs a type and a name")
+            if not isinstance(metrics, list) or not metrics:
+                errors.append(f"{at}.metrics must be a non-empty list")
+                continue
+            for k, metric in enumerate(metrics):
+                if not isinstance(metric, dict) or not isinstance(metric.get("type"), str) or "value" not in metric:
+                    errors.append(f"{at}.metrics[{k}] needs a type and a value")
+    return errors
+
+
+def metadata_errors(meta: dict) -> list[str]:
+    """What the Hub refuses in a model card's metadata (the rules quantmill's cards can touch)."""
+    errors = []
+    license_id = meta.get("license")
+    for one in license_id if isinstance(license_id, list) else [license_id] if license_id is not None else []:
+        if one not in HUB_LICENSES:
+            errors.append(f"license {one!r} is not one of the Hub's license identifiers (use 'other')")
+    if license_id == "other" and not isinstance(meta.get("license_name"), str):
+        errors.append("license 'other' needs a license_name")
+    base = meta.get("base_model")
+    for one in base if isinstance(base, list) else [base] if base is not None else []:
+        if not isinstance(one, str) or not REPO_ID.match(one):
+            errors.append(f"base_model {one!r} is not a Hub repo id")
+    relation = meta.get("base_model_relation")
+    if relation is not None and (relation not in BASE_MODEL_RELATIONS or base is None):
+        errors.append(f"base_model_relation {relation!r} needs a base_model and one of {BASE_MODEL_RELATIONS}")
+    for key in ("tags", "language", "datasets"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            errors.append(f"{key} must be a list of strings")
+    for key in ("pipeline_tag", "library_name"):
+        if key in meta and not isinstance(meta[key], str):
+            errors.append(f"{key} must be a string")
+    if "model-index" in meta:
+        errors += _model_index_errors(meta["model-index"])
+    return errors
+
+
+def card_errors(text: str) -> list[str]:
+    """The Hub's verdict on a README's YAML block: unparsable YAML, a non-mapping, or :func:`metadata_errors`."""
+    match = re.match(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))", text)
+    if match is None:
+        return []  # no metadata block: nothing to refuse
+    try:
+        meta = yaml.safe_load(match.group(2))
+    except yaml.YAMLError as exc:
+        return [f"invalid YAML: {exc}"]
+    if meta is None:
+        return []
+    if not isinstance(meta, dict):
+        return ["the metadata must be a mapping"]
+    return metadata_errors(meta)
 
 
 def _hub_time() -> str:
@@ -182,13 +346,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._json()
         if not isinstance(body, dict) or not isinstance(body.get("content"), str):
             return self._error(400, "'content' is required")
-        text = body["content"]
-        if text.startswith("---"):
-            try:
-                yaml.safe_load(text[3 : text.index("\n---", 3)])
-            except (ValueError, yaml.YAMLError) as exc:
-                return self._error(400, f"invalid YAML metadata: {exc}")
-        self._send(200, {"warnings": []})
+        errors = card_errors(body["content"])
+        if errors:  # the shape huggingface_hub's HfApi._validate_yaml reads
+            return self._send(400, {"errors": [{"message": e} for e in errors], "warnings": []})
+        self._send(200, {"errors": [], "warnings": []})
 
     def model_info(self, query, repo, rev=None):
         found = self._repo(repo)
@@ -258,6 +419,9 @@ class _Handler(BaseHTTPRequestHandler):
             if line.get("key") != "file" or value.get("encoding") != "base64":
                 return self._error(400, f"unsupported commit line {line.get('key')!r}")
             files[value["path"]] = base64.b64decode(value["content"])
+        errors = card_errors(files["README.md"].decode()) if "README.md" in files else []
+        if errors:  # the Hub rejects a commit whose card metadata does not validate
+            return self._error(400, "invalid metadata in README.md: " + "; ".join(errors))
         oid = secrets.token_hex(20)
         commit = {
             "oid": oid,
