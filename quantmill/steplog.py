@@ -64,7 +64,7 @@ class StepLog:
             self._repeats[key] += 1
             return
         self._first_lines[key] = text.strip().splitlines()[0] if text.strip() else str(key)
-        self.write(text if text.endswith("\n") else text + "\n")
+        self._write_lines(text)
 
     def record(self, record: logging.LogRecord) -> None:
         """A log record, formatted; WARNING and worse are warnings (counted when repeated)."""
@@ -75,7 +75,11 @@ class StepLog:
         if record.levelno >= logging.WARNING:
             self.warning((record.name, record.levelno, record.getMessage()), text)
         else:
-            self.write(text)
+            self._write_lines(text)
+
+    def _write_lines(self, text: str) -> None:
+        """Whole lines of their own, even when they come in the middle of a progress bar's line."""
+        self.write(("\n" if self._partial else "") + text + ("" if text.endswith("\n") else "\n"))
 
     def close(self) -> None:
         """End a pending line and write how often each repeated warning came again."""
@@ -201,7 +205,7 @@ def _install() -> None:
         consoles = _console_streams()
         for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
             for handler in getattr(logger, "handlers", ()):  # placeholders have none
-                if isinstance(handler, logging.StreamHandler) and id(handler.stream) in consoles:
+                if isinstance(handler, logging.StreamHandler) and _is_console(handler.stream, consoles):
                     handler.addFilter(_DIVERT)  # a no-op when it is there already
 
 
@@ -210,6 +214,16 @@ def _console_streams() -> set[int]:
     streams: list[Any] = [sys.__stdout__, sys.__stderr__, sys.stdout, sys.stderr]
     streams += [s.console for s in (sys.stdout, sys.stderr) if isinstance(s, _ThreadRoutedStream)]
     return {id(s) for s in streams if s is not None}
+
+
+def _is_console(stream: Any, consoles: set[int]) -> bool:
+    """One of the console streams, a proxy, or any stream on file descriptor 1 or 2."""
+    if id(stream) in consoles or isinstance(stream, _ThreadRoutedStream):
+        return True
+    try:
+        return stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError):  # no descriptor (a StringIO), or closed
+        return False
 
 
 def _console() -> TextIO:

@@ -33,16 +33,24 @@ def in_thread(work) -> None:
 
 @pytest.fixture
 def library():
-    """A library's logger with a console handler made before any capture, as Prefect's and transformers' are."""
+    """A library's logger with a console handler made before any capture, as Prefect's and transformers' are.
+
+    Calling it makes the handler: pytest swaps ``sys.stderr`` between a fixture's setup and the test.
+    """
     logger = logging.getLogger("quantmill.test.library")
-    handler = logging.StreamHandler(sys.stderr)
-    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    yield logger
-    logger.removeHandler(handler)
+
+    def with_console_handler() -> logging.Logger:
+        logger.addHandler(logging.StreamHandler(sys.stderr))
+        return logger
+
+    yield with_console_handler
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
 
 
 def test_a_warning_repeated_100_times_is_written_once_with_its_count(tmp_path, library):
+    library = library()
     log = tmp_path / "logs" / "v.log"
     cast = "MatMul8bitLt: inputs will be cast"
 
@@ -71,6 +79,7 @@ def test_only_the_capturing_threads_output_lands_in_its_log(tmp_path, capsys, li
     from loguru import logger as loguru_logger
     from tqdm import tqdm
 
+    library = library()
     log = tmp_path / "v.log"
     entered, main_wrote = threading.Event(), threading.Event()
     sink: list[int] = []
@@ -85,6 +94,9 @@ def test_only_the_capturing_threads_output_lands_in_its_log(tmp_path, capsys, li
             loguru_logger.info("step loguru")
             for _ in tqdm(range(50), desc="step bar", mininterval=0):
                 pass
+            for i in tqdm(range(3), desc="other bar", mininterval=0):
+                if i == 1:
+                    library.warning("mid-bar warning")
 
     try:
         worker = threading.Thread(target=step)
@@ -106,6 +118,8 @@ def test_only_the_capturing_threads_output_lands_in_its_log(tmp_path, capsys, li
         assert line not in text and line in console.out + console.err, line
     bars = [line for line in text.splitlines() if "step bar" in line]
     assert len(bars) == 1 and "100%" in bars[0], bars  # a progress bar keeps its last state only
+    warned = [line for line in text.splitlines() if "mid-bar warning" in line]
+    assert warned[0].endswith("library: mid-bar warning")  # a line of its own, not glued to the bar's
 
 
 def test_verbose_also_streams_to_the_console_and_a_failure_leaves_its_traceback(tmp_path, capsys):
