@@ -3,15 +3,16 @@
 Steps run on their own thread while the console belongs to the main thread, so capture
 is per thread. Inside :func:`capture`, the capturing thread's
 
-- writes to ``sys.stdout`` and ``sys.stderr`` (``print``, tqdm, loguru's sinks, ``logging``'s
-  last-resort handler): both are replaced, once, by proxies that route by thread;
+- writes to ``sys.stdout`` and ``sys.stderr`` (``print``, tqdm, ``logging``'s last-resort
+  handler, loguru sinks added once the proxies are in place, as llm-compressor's is when a
+  step first imports it): both are replaced, at the first capture, by proxies that route by thread;
 - ``logging`` records that would reach a console handler made before the proxies existed
   (Prefect's on the root logger, transformers' own): a filter on those handlers diverts them;
 - Python warnings (``warnings.showwarning`` routes by thread);
 
 go to the step's file, and to the console only with ``verbose``. A warning (a Python warning
-or a WARNING-or-worse record) is written the first time; repeats are counted, and the log ends
-with the counts. Progress bars keep only their last state, as a terminal shows them. Output
+or a WARNING-or-worse record) is written the first time; repeats are counted, and the step ends
+its part of the log with the counts. Progress bars keep only their last state, as a terminal shows them. Output
 of subprocesses and of llama.cpp's in-process log joins the file through :func:`append`.
 
 Other threads are untouched, and file descriptors 1 and 2 are never redirected: the
