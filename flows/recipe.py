@@ -26,6 +26,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from quantmill import progress
 from quantmill.errors import QuantmillError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.notify import notify_error, notify_run
@@ -118,6 +119,9 @@ def quantize_evaluate_publish(
     loaded = load_recipe(recipe_path)
     run = start_run(loaded, only, RunStore(Path(runs_dir)) if runs_dir else None, inputs_fingerprint=inputs_fingerprint)
     run.logger = get_run_logger()
+    run_path = run.path.resolve()  # steps in other processes and folders write the logs and events there too
+    for name in (progress.BASELINE, *(v.id for v in run.variants)):
+        progress.emit(run_path, name, "queued")
     device = resolve_device(loaded.recipe.device)
     limit = limit_name(device)
     ensure_limit(limit, heavy_slots)
@@ -131,11 +135,11 @@ def quantize_evaluate_publish(
     in_process = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
     slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
     with hold_slot(slots.run):
-        baseline = steps.baseline.submit(loaded, resolved, device, slots.task, cache_key=keys.baseline)
+        baseline = steps.baseline.submit(loaded, resolved, device, slots.task, run_path, cache_key=keys.baseline)
         evaluations = []
         for variant in run.variants:
             out_dir = run.artifact_dir(variant, keys)
-            args = (loaded, variant, resolved, calibration, device, out_dir, slots.task)
+            args = (loaded, variant, resolved, calibration, device, out_dir, slots.task, run_path)
             quantized = steps.quantize.submit(*args, cache_key=keys.quantize[variant.id])
             evaluated = steps.evaluate.submit(
                 loaded,
@@ -144,10 +148,13 @@ def quantize_evaluate_publish(
                 resolved.tokenizer_path,
                 device,
                 slots.task,
+                run_path,
                 cache_key=keys.evaluate[variant.id],
             )
             evaluations.append((variant, quantized, evaluated))
         run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
+        status = "failed" if run.baseline_failed else "passed"
+        progress.emit(run_path, progress.BASELINE, "done", status=status, cached=_cached(baseline))
         branches = {}
         for variant, quantized, evaluated in evaluations:
             # the check compares with the baseline's greedy tokens; a failed baseline fails every variant anyway
@@ -160,6 +167,7 @@ def quantize_evaluate_publish(
                     run.record.baseline_evaluation(),
                     device,
                     slots.task,
+                    run_path,
                     cache_key=keys.servable[variant.id],
                     wait_for=[evaluated],
                 )
@@ -183,6 +191,16 @@ def _record_variant(
         quantize=_cached(quantized), evaluate=_cached(evaluated), servable=checked is not None and _cached(checked)
     )
     run.record_variant(variant, error=error, artifact=artifact, evaluation=evaluation, verdict=verdict, cached=cached)
+    _report_done(run, variant.id)
+
+
+def _report_done(run: RecipeRun, variant_id: str) -> None:
+    """The variant's ``done`` event: its verdict, whether it came from the cache, how publishing went (once it did)."""
+    entry = run.record.variants[variant_id]
+    fields: dict[str, Any] = {"status": entry.status.value, "cached": entry.fully_cached}
+    if entry.publish is not None:
+        fields["publish"] = entry.publish.status.value
+    progress.emit(run.path.resolve(), variant_id, "done", **fields)
 
 
 def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
@@ -191,11 +209,13 @@ def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
     if publication is None:
         return
     for variant_id in publication.variant_ids:
+        progress.emit(run.path.resolve(), variant_id, "publishing")
         future = publish_task.submit(run.loaded, run.record, variant_id, publication.target, publication.related)
         error = _error(future)
         run.record_publish(
             variant_id, future.result() if error is None else PublishOutcome(status=PublishStatus.FAILED, error=error)
         )
+        _report_done(run, variant_id)
 
 
 def _publish_artifacts(run: RecipeRun) -> None:

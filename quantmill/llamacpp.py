@@ -16,6 +16,8 @@ Tools already on ``PATH`` are used when the tree has none.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import re
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantmill import steplog
 from quantmill.errors import QuantmillError
 from quantmill.methods.base import package_version
 from quantmill.redact import scrubbed_environ
@@ -93,7 +96,8 @@ def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None
     """Run a llama.cpp command; returns its combined output, raises with its tail on failure.
 
     Output goes to a file, not a pipe: llama.cpp logs from a background thread, and
-    lines written to a pipe just before exit were seen to go missing. The command gets
+    lines written to a pipe just before exit were seen to go missing. It is added to
+    the step log when the calling thread has one. The command gets
     ``env`` (default: this process's environment) without secrets: no tool needs a token.
     """
     with tempfile.TemporaryFile(mode="w+") as log_file:
@@ -102,10 +106,40 @@ def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None
         ).returncode
         log_file.seek(0)
         output = log_file.read()
+    steplog.append(f"--- {what} ({_exit_reason(returncode)}) ---\n" + output.rstrip("\n") + "\n")
     if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise LlamaCppError(f"{what} failed ({_exit_reason(returncode)}):\n{tail}")
     return output
+
+
+def route_llama_log() -> bool:
+    """Send llama_cpp's in-process log (model loading, quantization) to the calling thread's step log.
+
+    Threads without one keep llama_cpp's own handling. Returns the ``verbose`` to give
+    ``llama_cpp.Llama``: True while a step log captures this thread, because Llama's quiet
+    mode points the whole process's stdout and stderr at /dev/null while a model loads,
+    which would swallow the console's lines written meanwhile by other threads.
+    """
+    import llama_cpp
+
+    llama_cpp.llama_log_set(_step_log_callback(), ctypes.c_void_p(0))
+    return steplog.capturing()
+
+
+@functools.cache  # one callback for the process: llama.cpp keeps calling it, so it must stay referenced
+def _step_log_callback():
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def to_step_log(level, text, user_data):
+        if steplog.capturing():
+            steplog.append(text.decode("utf-8", errors="replace"))
+        else:
+            _logger.llama_log_callback(level, text, user_data)
+
+    return to_step_log
 
 
 def cache_root(version: str | None = None) -> Path:

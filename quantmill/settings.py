@@ -24,6 +24,8 @@ class Settings(BaseSettings):
         runs_dir: the run store's root (``QUANTMILL_RUNS_DIR``).
         cache_dir: downloads and built tools (``QUANTMILL_CACHE_DIR``).
         debug: show tracebacks in the CLI (``QUANTMILL_DEBUG=1``).
+        verbose: also stream what the libraries print during steps to the console; it always
+            goes to the run's per-step logs (``QUANTMILL_VERBOSE=1``).
         llama_cpp_dir: a user's llama.cpp checkout (``LLAMA_CPP_DIR`` or ``QUANTMILL_LLAMA_CPP_DIR``).
         hub_timeout: seconds a Hub request may go without an answer before it fails and is
             retried (``QUANTMILL_HUB_TIMEOUT``; 0 leaves huggingface_hub's client as it is).
@@ -40,6 +42,7 @@ class Settings(BaseSettings):
     runs_dir: Path = Field(Path("runs"))
     cache_dir: Path = Field(Path.home() / ".cache" / "quantmill")
     debug: bool = False
+    verbose: bool = False
     hub_timeout: float = Field(60.0, ge=0)
     llama_cpp_dir: Path | None = Field(None, validation_alias=AliasChoices("QUANTMILL_LLAMA_CPP_DIR", "LLAMA_CPP_DIR"))
     workers: int = Field(4, ge=1)

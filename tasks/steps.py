@@ -14,6 +14,11 @@ Concurrency: heavy steps run one at a time per process, on one thread, and hold 
 global concurrency limit while they run (``gpu`` on CUDA, ``cpu-heavy`` on the
 CPU), so variants never oversubscribe a device however many workers the task
 runner has. Parallel heavy work takes several processes (a Dask task runner).
+
+Reporting: a heavy step emits its stage (``quantmill.progress``) when it starts, and what
+the libraries print meanwhile goes to the run's ``logs/<variant>.log`` (``quantmill.steplog``);
+each compute task gets the run folder as ``run_path`` (not part of its cache key). A
+cached step's body never runs: the flow reports it done.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 from prefect.tasks import exponential_backoff
 
-from quantmill import stages
+from quantmill import progress, stages, steplog
 from quantmill.calibration import CalibrationSet
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
@@ -40,6 +45,7 @@ from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 from quantmill.record import PublishOutcome, RunRecord
 from quantmill.resolve import ResolvedModel, resolve_model
+from quantmill.settings import get_settings
 from quantmill.tasks.limits import hold_slot
 
 # Heavy steps run one at a time per process, all on one thread. One at a time:
@@ -68,6 +74,19 @@ def run_heavy(limit: str | None, call: Callable[..., T], *args: Any) -> T:
             return call(*args)
 
     return _HEAVY_THREAD.submit(with_slot).result()
+
+
+def run_step(run_path: Path, variant: str, stage: str, limit: str | None, call: Callable[..., T], *args: Any) -> T:
+    """:func:`run_heavy`, reported: once the heavy thread takes the step, its ``stage`` event is
+    emitted, and what the libraries print goes to the variant's log (``QUANTMILL_VERBOSE`` also streams it)."""
+
+    def reported() -> T:
+        progress.emit(run_path, variant, stage)
+        log = progress.logs_dir(run_path) / f"{variant}.log"
+        with steplog.capture(log, title=f"{stage} {variant}", verbose=get_settings().verbose):
+            return call(*args)
+
+    return run_heavy(limit, reported)
 
 
 @dataclass
@@ -105,9 +124,11 @@ def calibration_task(loaded: LoadedRecipe, resolved: ResolvedModel) -> Calibrati
 
 @_cached_step("evaluate-baseline")
 def baseline_task(
-    loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None, cache_key: str
+    loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None, run_path: Path, cache_key: str
 ) -> dict[str, Any]:
-    return run_heavy(limit, stages.evaluate_baseline, loaded, resolved, device).to_dict()
+    return run_step(
+        run_path, progress.BASELINE, "evaluating", limit, stages.evaluate_baseline, loaded, resolved, device
+    ).to_dict()
 
 
 @_cached_step("quantize")
@@ -119,9 +140,22 @@ def quantize_task(
     device: str,
     out_dir: Path,
     limit: str | None,
+    run_path: Path,
     cache_key: str,
 ) -> dict[str, Any]:
-    artifact = run_heavy(limit, stages.quantize_one, loaded, variant, resolved, calibration, device, out_dir)
+    artifact = run_step(
+        run_path,
+        variant.id,
+        "quantizing",
+        limit,
+        stages.quantize_one,
+        loaded,
+        variant,
+        resolved,
+        calibration,
+        device,
+        out_dir,
+    )
     return {"path": str(artifact.path), "provenance": artifact.provenance}
 
 
@@ -133,10 +167,22 @@ def evaluate_task(
     base_tokenizer: Path,
     device: str,
     limit: str | None,
+    run_path: Path,
     cache_key: str,
 ) -> dict[str, Any]:
     path = read_artifact(Path(quantized["path"])).path  # a cached result must still point at a complete folder
-    return run_heavy(limit, stages.evaluate_variant, loaded, variant, path, device, base_tokenizer).to_dict()
+    return run_step(
+        run_path,
+        variant.id,
+        "evaluating",
+        limit,
+        stages.evaluate_variant,
+        loaded,
+        variant,
+        path,
+        device,
+        base_tokenizer,
+    ).to_dict()
 
 
 @_cached_step("servable")
@@ -147,11 +193,14 @@ def servable_task(
     baseline: EvaluationResult | None,
     device: str,
     limit: str | None,
+    run_path: Path,
     cache_key: str,
 ) -> dict[str, Any]:
     """The servable check (a fresh process loads the variant's upload); its metric is merged into the evaluation."""
     path = read_artifact(Path(quantized["path"])).path
-    return run_heavy(limit, stages.check_servable, loaded, variant, path, baseline, device).to_dict()
+    return run_step(
+        run_path, variant.id, "checking", limit, stages.check_servable, loaded, variant, path, baseline, device
+    ).to_dict()
 
 
 @dataclass(frozen=True)

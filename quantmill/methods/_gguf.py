@@ -18,8 +18,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from quantmill import steplog
 from quantmill.errors import QuantizationError
-from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, run_tool
+from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, route_llama_log, run_tool
 from quantmill.methods._sentencepiece import is_llama_style_bpe, write_sentencepiece_model
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.runstore import exclusive_lock
@@ -117,21 +118,21 @@ def importance_matrix(llama: LlamaCpp, ctx: QuantizeContext, base: Path) -> tupl
 
 @contextlib.contextmanager
 def _captured_llama_log() -> Iterator[list[str]]:
-    """Collect llama.cpp's log lines (where fallbacks are reported) during in-process calls."""
+    """Collect llama.cpp's log lines (fallbacks are reported there) in in-process calls; the step log gets them too."""
     import llama_cpp
-    from llama_cpp import _logger
 
     lines: list[str] = []
 
     @llama_cpp.llama_log_callback
     def collect(level, text, user_data):
         lines.append(text.decode("utf-8", errors="replace"))
+        steplog.append(lines[-1])
 
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:
         yield lines
     finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        route_llama_log()
 
 
 def _quantize_in_process(base: Path, out: Path, gguf_type: str) -> str:

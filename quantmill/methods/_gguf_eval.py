@@ -31,7 +31,7 @@ from quantmill.evaluation.backends import EvalModel, free_memory
 from quantmill.evaluation.evaluate import EvaluationSetup
 from quantmill.evaluation.perplexity import windows_for
 from quantmill.evaluation.results import EvaluationResult, MetricValue
-from quantmill.llamacpp import LlamaCpp, run_tool
+from quantmill.llamacpp import LlamaCpp, route_llama_log, run_tool
 
 MAX_CONTEXT = 4096
 
@@ -103,7 +103,7 @@ def gguf_tokenizer(path: Path) -> Callable[[str], list[int]]:
     """The GGUF's own tokenizer (vocabulary only, no weights) as text → token ids, without special tokens."""
     from llama_cpp import Llama
 
-    llm = Llama(str(path), vocab_only=True, verbose=False)
+    llm = Llama(str(path), vocab_only=True, verbose=route_llama_log())
     return lambda text: llama_tokenize(llm, text, add_special=False)
 
 
@@ -140,7 +140,7 @@ class LlamaCppLM(LM):
                 n_ctx=self.n_ctx,
                 n_batch=self.n_ctx,
                 logits_all=True,
-                verbose=False,
+                verbose=route_llama_log(),
                 n_threads=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers,
                 seed=0,

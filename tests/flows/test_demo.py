@@ -56,3 +56,18 @@ def test_demo_recipe_end_to_end(tmp_path):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
     assert {"quantmill-demo-table", "quantmill-demo-report"} <= keys
+
+
+def test_variant_logs_hold_the_libraries_output(demo_run):
+    """What the libraries printed during the steps is in the run's per-variant logs, warnings counted."""
+    logs = demo_run["run"] / "logs"
+    gptq = (logs / "gptq-w4-g128.log").read_text()
+    assert "INFO - Compression lifecycle initialized" in gptq  # llm-compressor's loguru lines
+    gguf = (logs / "gguf-q4_k_m.log").read_text()
+    assert "--- llama-quantize (exit 0) ---" in gguf and "llama_model_quantize_impl" in gguf  # llama.cpp's tool
+    evaluating = gguf[gguf.index("=== evaluating gguf-q4_k_m") :]
+    assert "llama_model_loader: loaded meta data" in evaluating  # llama.cpp's in-process log while evaluating
+    bnb = (logs / "bnb-int8.log").read_text()
+    warned = [line for line in bnb.splitlines() if "MatMul8bitLt: inputs will be cast" in line]
+    assert len(warned) == 2 and warned[1].startswith("[repeated "), warned  # written once, then counted
+    assert (logs / "baseline.log").read_text().startswith("=== evaluating baseline · ")
