@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from quantmill import steplog
 from quantmill.errors import NotServableError
 from quantmill.evaluation.results import EvaluationResult, MetricValue
 from quantmill.evaluation.serve_zygote import Zygote, ZygoteGone, zygote_for
@@ -288,10 +289,12 @@ def probe_servable(
                     stderr = _run_forked(zygote, request, answer, work / "probe.log", timeout_s)
                 finally:
                     shutil.rmtree(staged.parents[1], ignore_errors=True)
+        process = "forked" if stderr is not None else "fresh"
         if stderr is None:
             stage_snapshot(files, repo_id, work / "hub")
             stderr = _run_probe(request, answer, work / "hub", timeout_s)
         seconds = time.perf_counter() - start
+        steplog.append(f"--- servable probe ({process} process) ---\n{stderr}\n")
         if not answer.is_file():
             raise NotServableError(f"not servable: the probe process ended without an answer: {_last_line(stderr)}")
         reply = json.loads(answer.read_text())
