@@ -23,6 +23,7 @@ cached step's body never runs: the flow reports it done.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -225,8 +226,12 @@ def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
 
 
 def _result_storage(recipe_name: str, folder: Path) -> str:
-    """A saved local-file-system block for the recipe's results folder (Prefect needs it saved)."""
-    name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name)
+    """A saved local-file-system block for the recipe's results folder (Prefect needs it saved).
+
+    Its name holds a digest of the folder: runs of same-named recipes in different run stores, on one
+    Prefect server, would otherwise re-point one block at each other's folders and lose their caches."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    name = "quantmill-" + re.sub(r"[^a-z0-9-]", "-", recipe_name.lower()) + "-" + digest
     LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
     return f"local-file-system/{name}"
 

@@ -460,3 +460,19 @@ def test_a_variant_killed_by_the_oom_killer_fails_alone(tmp_path, write_recipe, 
     assert [f.name for f in artifacts.glob("gguf-q4_k_m-*")] == []  # no variant folder, finished or staged
     assert list(artifacts.glob(".gguf-q4_k_m-*.partial")) == []
     assert list((artifacts / ".shared").glob("*.gguf")) == []  # the cut-short conversion is not taken as done
+
+
+def test_same_named_recipes_in_two_run_stores_keep_their_own_result_folders(tmp_path):
+    """One Prefect server, two stores: each store's cached results are written to and read from its own folder."""
+    from prefect.filesystems import LocalFileSystem
+
+    from quantmill.tasks.steps import steps_cached_in
+
+    first = steps_cached_in(tmp_path / "a" / ".cache", "flowtest")
+    second = steps_cached_in(tmp_path / "b" / ".cache", "flowtest")
+    folders = []
+    for steps in (first, second):
+        storage = steps.quantize.result_storage
+        block = LocalFileSystem.load(storage.split("/", 1)[1]) if isinstance(storage, str) else storage
+        folders.append(block.basepath)
+    assert folders == [str(tmp_path / "a" / ".cache" / "results"), str(tmp_path / "b" / ".cache" / "results")]
