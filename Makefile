@@ -39,9 +39,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium: the HTML rendering test will be skipped"
 
 # Exit code 3 means "a variant failed its gates": the demo's 2-bit RTN variant is meant to.
+# Commands are not echoed: without a terminal the demo prints at most 60 lines (tests/flows/test_demo.py).
 demo: tools
-	$(BIN)/quantmill validate recipes/
-	$(BIN)/quantmill plan recipes/demo.yaml
+	@$(BIN)/quantmill validate recipes/
+	@$(BIN)/quantmill plan recipes/demo.yaml
 	@$(BIN)/quantmill run recipes/demo.yaml; status=$$?; \
 	  if [ $$status -eq 3 ]; then echo "demo finished: rtn-w2-g64 failed its accuracy gate as designed; see runs/demo/*/report.html and ./zoo"; \
 	  else exit $$status; fi

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantmill import __version__
-from quantmill.errors import QuantmillError, RecipeError
+from quantmill.errors import GateFailedError, PublishError, QuantmillError, RecipeError
 from quantmill.settings import get_settings
 from quantmill.trust.operator import POLICY_HELP, capability_lines, use_untrusted_policy
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
+#: errors that are a run's outcome, not a fault: one line of summary, no traceback hint
+RUN_OUTCOMES = (GateFailedError, PublishError)
+#: how wide output is drawn without a terminal (CI logs, pipes), unless COLUMNS says otherwise
+WIDTH_WITHOUT_TERMINAL = 160
 
 
 def _recipe_files(paths: list[Path]) -> list[Path]:
@@ -170,45 +174,41 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def render_results(record: RunRecord) -> Table:
-    table = Table(title=f"{record.recipe} — run {record.run_id}")
-    for column in ("variant", "status", "key metrics", "cached", "why"):
-        table.add_column(column, overflow="fold")
-    for variant_id, entry in record.variants.items():
-        metrics = entry.evaluation.metrics if entry.evaluation else {}
-        shown = ", ".join(f"{k}={v.value:.4g}" for k, v in list(metrics.items())[:3])
-        why = entry.error or (entry.verdict.describe_unmet() if entry.verdict else "")
-        color = {"passed": "green", "failed": "red"}.get(entry.status, "yellow")
-        table.add_row(
-            variant_id,
-            f"[{color}]{entry.status.value}[/{color}]",
-            shown or "-",
-            "yes" if entry.fully_cached else "no",
-            why or "",
-        )
-    return table
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from quantmill.recipe import load_recipe
 
-    load_recipe(args.recipe)  # an invalid or refused recipe stops here, before Prefect starts
+    loaded = load_recipe(args.recipe)  # an invalid or refused recipe stops here, before Prefect starts
     _prefect_defaults()
+    if args.verbose:  # the steps' log capture also streams what the libraries print
+        os.environ["QUANTMILL_VERBOSE"] = "1"
+        get_settings.cache_clear()  # settings read before this line did not see it
+    from quantmill.console_view import EVERY_TRANSITION, OUTCOME_STAGES, follow_new_run, results_table
     from quantmill.flows.recipe import run_recipe
-    from quantmill.runstore import Run
+    from quantmill.runstore import Run, RunStore
 
-    outcome = run_recipe(
-        str(args.recipe),
-        only=args.only,
-        workers=args.workers,
-        processes=args.processes,
-        publish=not args.no_publish,
-        target=args.target,
-    )
+    # verbose output is a stream of lines even on a terminal: a live table would be torn by it
+    live = console.is_terminal and not args.verbose
+    with follow_new_run(
+        RunStore(get_settings().runs_dir),
+        loaded.name,
+        console,
+        live=live,
+        line_stages=EVERY_TRANSITION if args.verbose else OUTCOME_STAGES,
+    ):
+        outcome = run_recipe(
+            str(args.recipe),
+            only=args.only,
+            workers=args.workers,
+            processes=args.processes,
+            publish=not args.no_publish,
+            target=args.target,
+        )
     run = Run(Path(outcome["run_path"]))
     record = run.read_record()
-    console.print(render_results(record))
-    console.print(f"results: {run.results_path}")
+    console.print(results_table(record))
+    console.print(f"results: {run.results_path}", highlight=False, soft_wrap=True)
     raise_unless_all_passed(record)
     return 0
 
@@ -300,13 +300,14 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from quantmill.console_view import results_table
     from quantmill.report.render import write_report
     from quantmill.runstore import Run
 
     record = Run(args.run).read_record()
     previous = Run(args.compare).read_record() if args.compare else None
     regressions = write_report(args.run, record, previous)
-    console.print(render_results(record))
+    console.print(results_table(record))
     for regression in regressions:
         console.print(
             f"[red]regression[/red] {regression.variant} {regression.what}: {regression.before} → "
@@ -376,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
     run.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print every stage transition and stream the libraries' output (always kept in the run's logs/)",
+    )
 
     diff = add("diff", cmd_diff, "what a recipe change will do: variants, gates, publish targets, re-runs")
     diff.add_argument("base", help="git ref or recipes folder before the change")
@@ -442,10 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.policy:
         use_untrusted_policy()
     install_log_redaction()
+    _draw_wide_without_terminal()
     try:
         return args.handler(args)
     except RecipeError as exc:
         err_console.print(redact(str(exc)), markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except RUN_OUTCOMES as exc:
+        err_console.print(f"[red]✗[/red] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except QuantmillError as exc:
         if _debugging():
@@ -462,6 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {redact(str(exc))}", highlight=False)
         err_console.print("[dim]set QUANTMILL_DEBUG=1 for the traceback, and please report it[/dim]")
         return 1
+
+
+def _draw_wide_without_terminal() -> None:
+    """Tables are not cut to 80 columns in a CI log or a pipe, where nothing is as narrow (rich's default there)."""
+    import os
+
+    for each in (console, err_console):
+        if not each.is_terminal and not os.environ.get("COLUMNS"):
+            each.width = WIDTH_WITHOUT_TERMINAL
 
 
 def _debugging() -> bool:
