@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantmill import __version__
-from quantmill.errors import GateFailedError, PublishError, QuantmillError, RecipeError
+from quantmill.errors import GateFailedError, PublishError, QuantmillError, RecipeError, RegressionError
 from quantmill.settings import get_settings
 from quantmill.trust.operator import POLICY_HELP, capability_lines, use_untrusted_policy
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 #: errors that are a run's outcome, not a fault: one line of summary, no traceback hint
-RUN_OUTCOMES = (GateFailedError, PublishError)
+RUN_OUTCOMES = (GateFailedError, PublishError, RegressionError)
 #: how wide output is drawn without a terminal (CI logs, pipes), unless COLUMNS says otherwise
 WIDTH_WITHOUT_TERMINAL = 160
 

@@ -350,6 +350,7 @@ def test_cli_run_renders_a_table_and_a_regression_exits_5(tmp_path, write_recipe
     assert result.returncode == 5, result.stdout[-2000:] + result.stderr[-2000:]
     assert "bnb-int8" in result.stdout and "passed" in result.stdout
     assert "1 regression(s) since the previous run: bnb-int8 size_mb 0.001 →" in result.stderr
+    assert "QUANTMILL_DEBUG" not in result.stderr  # an outcome, not a fault: no traceback hint
     state = flow_run_of(recipe)
     assert (state.type.name, state.name) == ("COMPLETED", "Regressed")
     assert state.message.startswith("1 regression(s) since the previous run: bnb-int8 size_mb 0.001 →")
