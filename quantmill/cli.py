@@ -179,27 +179,32 @@ def _prefect_defaults() -> None:
 def cmd_server(args: argparse.Namespace) -> int:
     from quantmill import server
 
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
     if args.action == "start":
         info = server.start_server(args.port, ui=not args.no_ui)
-        console.print(
-            f"Prefect server running (pid {info.pid}): {info.ui_url}; `quantmill run` uses it", highlight=False
+        say(f"Prefect server running (pid {info.pid}): {info.ui_url}; `quantmill run` uses it")
+        return 0
+    status = server.server_status() if args.action == "status" else server.stop_server()
+    pid = status.info.pid if status.info else None
+    if args.action == "stop":
+        say(
+            {"stopped": "no server was started", "stale": "its process was gone; cleared the record"}.get(
+                status.state, f"stopped the Prefect server (pid {pid})"
+            )
         )
         return 0
-    if args.action == "stop":
-        before = server.stop_server()
-        said = {"stopped": "no server was started", "stale": "its process was gone; cleared the record"}
-        console.print(said.get(before.state, f"stopped the Prefect server (pid {before.info and before.info.pid})"))
-        return 0
-    status = server.server_status()
     if status.state == "running" and status.info:
-        console.print(f"running (pid {status.info.pid}): {status.info.ui_url}; log: {status.log}", highlight=False)
+        say(f"running (pid {pid}): {status.info.ui_url}; log: {status.log}")
         return 0
-    said = {
-        "stopped": "stopped: runs start Prefect's ephemeral server (start one with: quantmill server start)",
-        "stale": "stopped (stale record: its process is gone); runs start Prefect's ephemeral server",
-        "unhealthy": f"not answering (pid {status.info and status.info.pid}); log: {status.log}",
-    }
-    console.print(said[status.state], highlight=False)
+    say(
+        {
+            "stopped": "stopped: runs start Prefect's ephemeral server (start one with: quantmill server start)",
+            "stale": "stopped (stale record: its process is gone); runs start Prefect's ephemeral server",
+            "unhealthy": f"not answering (pid {pid}); stop it with: quantmill server stop; log: {status.log}",
+        }[status.state]
+    )
     return 1  # not running: `quantmill server status || quantmill server start`
 
 
