@@ -7,7 +7,8 @@ process and throws it away at the end: ~13 s of a run that finds everything cach
 ``server.json`` there; the CLI points runs at it while it answers its health check
 (:func:`running_api_url`), and falls back to the ephemeral server otherwise.
 
-This module never imports Prefect: the server is a subprocess.
+This module never imports Prefect: the server is a subprocess. The CLI imports it for
+every command, so modules that only starting or checking a server needs are imported in those functions.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,6 +95,8 @@ def _is_prefect_server(pid: int) -> bool:
 
 
 def _healthy(port: int, timeout: float = 1.0) -> bool:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=timeout) as response:
             return response.status == 200
@@ -120,6 +120,8 @@ def running_api_url() -> str | None:
 
 
 def _port_free(port: int) -> bool:
+    import socket
+
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -160,6 +162,8 @@ def start_server(port: int = DEFAULT_PORT, *, ui: bool = True, timeout: float = 
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
     }
+    import subprocess
+
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _log_file().open("ab") as log:
         process = subprocess.Popen(
