@@ -8,7 +8,8 @@ process and throws it away at the end: ~13 s of a run that finds everything cach
 (:func:`running_api_url`), and falls back to the ephemeral server otherwise.
 
 This module never imports Prefect: the server is a subprocess. The CLI imports it for
-every command, so modules that only starting or checking a server needs are imported in those functions.
+every command, so the modules that only starting or checking a server needs are
+imported inside those functions.
 """
 
 from __future__ import annotations
