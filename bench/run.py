@@ -192,6 +192,7 @@ def cli_rerun(work: Path, reruns: int) -> dict:
         "QUANTMILL_CACHE_DIR": str(work / "cli-cache"),
         "PREFECT_HOME": str(work / "cli-prefect-home"),  # the ephemeral server's database
     }
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a loaded machine starts it slowly
     from quantmill.testing.prefect_server import free_port
 
     def run(*, importtime: bool = False) -> tuple[float, str]:
@@ -215,12 +216,14 @@ def cli_rerun(work: Path, reruns: int) -> dict:
     server("start")
     try:
         first, _ = run()
+        print(f"cli_rerun: first run {first:.1f} s", flush=True)
         _, traced = run(importtime=True)
         on_server, ephemeral = [], []
         for _ in range(reruns):
             on_server.append(run()[0])
             server("stop")
             ephemeral.append(run()[0])
+            print(f"cli_rerun: rerun {on_server[-1]:.1f} s on the server, {ephemeral[-1]:.1f} s ephemeral", flush=True)
             server("start")
     finally:
         server("stop")

@@ -172,6 +172,8 @@ def _prefect_defaults() -> None:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's 20 s default fails the whole run on a busy machine ("Timed out while attempting to connect")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not os.environ.get("PREFECT_API_URL") and (url := running_api_url()):
         os.environ["PREFECT_API_URL"] = url
 
