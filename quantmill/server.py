@@ -14,6 +14,7 @@ imported inside those functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,13 +193,18 @@ def _terminate(pid: int) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                reaped, _ = os.waitpid(pid, os.WNOHANG)  # our child when started by this process
-            except ChildProcessError:
-                reaped = 0
-            if reaped == pid or not _is_prefect_server(pid):
+            if _gone(pid):
                 return
             time.sleep(0.2)
+
+
+def _gone(pid: int) -> bool:
+    """The server exited; reaped when this process started it (else a zombie would stay until this process ends)."""
+    if _is_prefect_server(pid):
+        return False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return True
 
 
 def stop_server() -> ServerStatus:
