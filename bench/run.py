@@ -10,7 +10,10 @@ cancels out as far as it can:
    / a plain script making the same library calls in sequence, same variants,
    each in a fresh process, alternating A/B; plus the fixed cost of importing the
    flow and running an empty flow, on the running server and on an ephemeral one;
-2. rerun: an unchanged rerun / the first run, and "one variant added" / first run;
+2. rerun: an unchanged rerun / the first run, and "one variant added" / first run (in this process,
+   on the running server); cli_rerun: the same ratio for the demo recipe from the CLI, each run a fresh
+   ``quantmill run`` process as a person or a cron job starts it, on the server ``quantmill server start``
+   started and on Prefect's ephemeral server (the fallback), plus what the rerun still costs;
 3. fan-out: the same variants in 1 worker process vs 2 (Dask; speedup / 2);
 4. evaluation parity: quantmill's evaluation vs ``lm_eval.simple_evaluate`` on
    the same model and task (numbers must be identical), and the time ratio;
@@ -173,6 +176,73 @@ def rerun(work: Path) -> dict:
     }
 
 
+def cli_rerun(work: Path, reruns: int) -> dict:
+    """The demo recipe from the CLI: its first run, then unchanged reruns on the long-lived server
+    (``quantmill server start``) and on the ephemeral one, alternating; ratios to the first run.
+
+    Its own cache folder (so the first run tokenizes calibration data and starts cold) and no
+    ``PREFECT_API_URL``: the CLI finds the server as a user's shell would. The rerun's breakdown:
+    starting Python and importing the CLI and the flow module, in fresh processes.
+    """
+    text = (REPO / "recipes" / "demo.yaml").read_text().replace("../", f"{REPO}/")
+    recipe = work / "cli-demo.yaml"
+    recipe.write_text(text.replace(f"path: {REPO}/zoo", f"path: {work / 'cli-zoo'}"))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "QUANTMILL_RUNS_DIR": str(work / "cli-runs"),
+        "QUANTMILL_CACHE_DIR": str(work / "cli-cache"),
+        "PREFECT_HOME": str(work / "cli-prefect-home"),  # the ephemeral server's database
+    }
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a loaded machine starts it slowly
+    from quantmill.testing.prefect_server import free_port
+
+    def run(*, importtime: bool = False) -> tuple[float, str]:
+        command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "quantmill.cli"]
+        start = time.perf_counter()
+        done = subprocess.run([*command, "run", str(recipe)], env=env, capture_output=True, text=True)
+        if done.returncode not in (0, 3):  # 3: rtn-w2-g64 fails its gate, as the demo intends
+            raise RuntimeError(f"quantmill run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return time.perf_counter() - start, done.stderr
+
+    def server(action: str) -> None:
+        port = ["--port", str(free_port()), "--no-ui"] if action == "start" else []
+        command = [sys.executable, "-m", "quantmill.cli", "server", action, *port]
+        subprocess.run(command, env=env, check=True, capture_output=True)
+
+    def seconds(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        return time.perf_counter() - start
+
+    server("start")
+    try:
+        first, _ = run()
+        print(f"cli_rerun: first run {first:.1f} s", flush=True)
+        _, traced = run(importtime=True)
+        on_server, ephemeral = [], []
+        for _ in range(reruns):
+            on_server.append(run()[0])
+            server("stop")
+            ephemeral.append(run()[0])
+            print(f"cli_rerun: rerun {on_server[-1]:.1f} s on the server, {ephemeral[-1]:.1f} s ephemeral", flush=True)
+            server("start")
+    finally:
+        server("stop")
+    heavy = {"torch", "transformers", "llmcompressor", "lm_eval", "matplotlib"}
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in traced.splitlines() if "import time:" in line}
+    rerun = statistics.median(on_server)
+    return {
+        "first_seconds": first,
+        "rerun_seconds_server": rerun,
+        "rerun_seconds_ephemeral": statistics.median(ephemeral),
+        "rerun_ratio_server": rerun / first,
+        "rerun_ratio_ephemeral": statistics.median(ephemeral) / first,
+        "rerun_heavy_imports": ", ".join(sorted(heavy & imported)) or "none",
+        "breakdown_python_and_cli_import_seconds": seconds("import quantmill.cli"),
+        "breakdown_flow_import_seconds": seconds("import quantmill.flows.recipe"),
+        "cores": os.cpu_count(),
+    }
+
+
 def fan_out(work: Path, processes: int = 2) -> dict:
     """The same variants in 1 worker process vs ``processes`` (Dask), the heavy limit sized to match."""
     recipe = work / "fanout.yaml"
@@ -297,6 +367,7 @@ def main() -> None:
             items = {
                 "overhead": lambda: overhead(work, args.repeats),
                 "rerun": lambda: rerun(work),
+                "cli_rerun": lambda: cli_rerun(work, args.repeats),
                 "fan_out": lambda: fan_out(work),
                 "evaluation_parity": lambda: evaluation_parity(work),
                 "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers),

@@ -137,14 +137,14 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
     if loaded.recipe.calibration.dataset is not None and any(
         v.spec.needs_calibration(v.params) for v in loaded.variants
     ):
-        from transformers import AutoTokenizer
+        from quantmill.calibration import cached_calibration_set
 
-        from quantmill.calibration import build_calibration_set
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            loaded.resolve(model.tokenizer or model.id), trust_remote_code=loaded.trust_remote_code
-        )
-        fingerprint = build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir).fingerprint
+        fingerprint = cached_calibration_set(
+            loaded.recipe.calibration,
+            loaded.resolve(model.tokenizer or model.id),
+            loaded.base_dir,
+            trust_remote_code=loaded.trust_remote_code,
+        ).fingerprint
     data = evaluation_data_fingerprint(loaded)
     remote_code = loaded.trust_remote_code
     b_key = baseline_key(revision, loaded.recipe.evaluation, model.dtype, device, data, remote_code=remote_code)

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from quantmill import __version__
 from quantmill.errors import GateFailedError, PublishError, QuantmillError, RecipeError, RegressionError
+from quantmill.server import DEFAULT_PORT
 from quantmill.settings import get_settings
 from quantmill.trust.operator import POLICY_HELP, capability_lines, use_untrusted_policy
 
@@ -167,11 +168,50 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _prefect_defaults() -> None:
-    """Quiet, local Prefect unless the user configured otherwise (an API URL uses their server)."""
+    """Quiet, local Prefect unless the user configured otherwise: their ``PREFECT_API_URL``, else the server
+    ``quantmill server start`` started while it answers, else Prefect's ephemeral server (~13 s a run)."""
     import os
+
+    from quantmill.server import running_api_url
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's 20 s default fails the whole run on a busy machine ("Timed out while attempting to connect")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not os.environ.get("PREFECT_API_URL") and (url := running_api_url()):
+        os.environ["PREFECT_API_URL"] = url
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from quantmill import server
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    if args.action == "start":
+        info = server.start_server(args.port, ui=not args.no_ui)
+        say(f"Prefect server running (pid {info.pid}): {info.ui_url}; `quantmill run` uses it")
+        return 0
+    status = server.server_status() if args.action == "status" else server.stop_server()
+    pid = status.info.pid if status.info else None
+    if args.action == "stop":
+        say(
+            {"stopped": "no server was started", "stale": "its process was gone; cleared the record"}.get(
+                status.state, f"stopped the Prefect server (pid {pid})"
+            )
+        )
+        return 0
+    if status.state == "running" and status.info:
+        say(f"running (pid {pid}): {status.info.ui_url}; log: {status.log}")
+        return 0
+    say(
+        {
+            "stopped": "stopped: runs start Prefect's ephemeral server (start one with: quantmill server start)",
+            "stale": "stopped (stale record: its process is gone); runs start Prefect's ephemeral server",
+            "unhealthy": f"not answering (pid {pid}); stop it with: quantmill server stop; log: {status.log}",
+        }[status.state]
+    )
+    return 1  # not running: `quantmill server status || quantmill server start`
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -425,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="build with CUDA (default: when nvcc and a GPU are present)",
     )
+
+    server = add("server", cmd_server, "a long-lived local Prefect server that runs reuse (cheap reruns)")
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"start: the port on 127.0.0.1 (default {DEFAULT_PORT})"
+    )
+    server.add_argument("--no-ui", action="store_true", help="start: without Prefect's web UI")
 
     report = add("report", cmd_report, "write and show a run's report (report.md, report.html, plots)")
     report.add_argument("run", type=Path, help="a run folder: runs/<recipe>/<run-id>")

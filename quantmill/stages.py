@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from quantmill.calibration import CalibrationSet, build_calibration_set
+from quantmill.calibration import CalibrationSet, cached_calibration_set
 from quantmill.errors import EvaluationError
 from quantmill.evaluation import servable
 from quantmill.evaluation.backends import EvalModel, free_memory, load_transformers_model, transformers_eval_model
@@ -36,13 +36,16 @@ def needs_calibration(loaded: LoadedRecipe, variant_ids: list[str] | None = None
 
 
 def prepare_calibration(loaded: LoadedRecipe, resolved: ResolvedModel) -> CalibrationSet | None:
-    """Tokenize the recipe's calibration samples once (None when the recipe has no data set)."""
+    """Tokenize the recipe's calibration samples once (None when the recipe has no data set); a rerun finds
+    them tokenized in quantmill's cache folder (``calibration/``) and loads no tokenizer."""
     if loaded.recipe.calibration.dataset is None:
         return None
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path, trust_remote_code=loaded.trust_remote_code)
-    return build_calibration_set(loaded.recipe.calibration, tokenizer, loaded.base_dir)
+    return cached_calibration_set(
+        loaded.recipe.calibration,
+        resolved.tokenizer_path,
+        loaded.base_dir,
+        trust_remote_code=loaded.trust_remote_code,
+    )
 
 
 def evaluation_setup(loaded: LoadedRecipe, device: str) -> EvaluationSetup:
