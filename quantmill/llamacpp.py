@@ -106,7 +106,7 @@ def run_tool(command: list[str], *, what: str, env: dict[str, str] | None = None
         ).returncode
         log_file.seek(0)
         output = log_file.read()
-    steplog.append(f"--- {what} ({_exit_reason(returncode)}) ---\n" + output.rstrip("\n") + "\n")
+    steplog.append_output(f"{what} ({_exit_reason(returncode)})", output)
     if returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise LlamaCppError(f"{what} failed ({_exit_reason(returncode)}):\n{tail}")

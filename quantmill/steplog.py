@@ -115,6 +115,18 @@ def append(text: str) -> None:
         log.write(text)
 
 
+def append_output(title: str, output: str) -> None:
+    """Add another process's ``output`` under a ``--- title ---`` line: a line that came before is only counted
+    (the process's repeated warnings), like this process's own warnings."""
+    log = current()
+    if log is None:
+        return
+    log.write(f"--- {title} ---\n")
+    for line in output.rstrip("\n").splitlines():
+        shown = _shown(line)
+        log.warning(("output", title, shown), shown + "\n")
+
+
 @contextlib.contextmanager
 def capture(log_path: Path, *, title: str, verbose: bool = False) -> Iterator[StepLog]:
     """Send this thread's output to ``log_path`` (appended, under a ``title`` line) while inside.

@@ -156,3 +156,22 @@ def test_a_heavy_step_reports_its_stage_and_writes_the_variants_log(tmp_path):
     assert [(e.variant, e.stage) for e in events] == [("gptq-w4", "quantizing")]
     text = (progress.logs_dir(tmp_path) / "gptq-w4.log").read_text()
     assert text.startswith("=== quantizing gptq-w4 · ") and "quantized 7" in text
+
+
+def test_another_process_output_is_written_once_per_distinct_line_with_counts(tmp_path):
+    log = tmp_path / "logs" / "v.log"
+    output = "loading\n" + "UserWarning: inputs will be cast\n" * 50 + "done\n"
+
+    def step() -> None:
+        with steplog.capture(log, title="checking v"):
+            steplog.append_output("servable probe (forked process)", output)
+
+    in_thread(step)
+    lines = log.read_text().splitlines()
+    assert lines[1:5] == [
+        "--- servable probe (forked process) ---",
+        "loading",
+        "UserWarning: inputs will be cast",
+        "done",
+    ]
+    assert lines[-1] == "[repeated 49 more times] UserWarning: inputs will be cast"

@@ -294,7 +294,7 @@ def probe_servable(
             stage_snapshot(files, repo_id, work / "hub")
             stderr = _run_probe(request, answer, work / "hub", timeout_s)
         seconds = time.perf_counter() - start
-        steplog.append(f"--- servable probe ({process} process) ---\n{stderr}\n")
+        steplog.append_output(f"servable probe ({process} process)", stderr)
         if not answer.is_file():
             raise NotServableError(f"not servable: the probe process ended without an answer: {_last_line(stderr)}")
         reply = json.loads(answer.read_text())
