@@ -370,6 +370,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return show(console, args.run, args.variant, get_settings().runs_dir, args.json)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantmill",
@@ -479,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = add("runs", cmd_runs, "list past runs in the run store: outcome, variants passed/failed, headline numbers")
     runs.add_argument("recipe", nargs="?", metavar="RECIPE", help="only this recipe's runs (a name or a recipe file)")
-    runs.add_argument("--last", type=int, default=20, metavar="N", help="show the newest N runs (default 20)")
+    runs.add_argument("--last", type=_at_least_one, default=20, metavar="N", help="show the newest N runs (default 20)")
 
     show = add("show", cmd_show, "show a past run, or one variant's whole record (gates, artifact, card, log)")
     show.add_argument("run", metavar="RUN", help="a run folder, a run id, or the start of one")

@@ -149,7 +149,7 @@ class RunView:
         row.stage = event.stage
         if event.stage != "queued" and row.started is None:
             row.started = event.t
-        if event.stage == "done":
+        if event.stage == "done" and row.ended is None:  # a published variant is done again after publishing
             row.ended = event.t
             row.status = event.fields.get("status")
             row.cached = bool(event.fields.get("cached"))
@@ -273,8 +273,10 @@ class RunFollower:
         events, self._offset = read_events(self.run.path, self._offset)
         self._read_record()
         for event in events:
+            known = self.view.rows.get(event.variant)
+            again = event.stage == "done" and known is not None and known.ended is not None
             self.view.apply(event)
-            if self._live is None and event.stage in self.line_stages:
+            if self._live is None and event.stage in self.line_stages and not again:
                 self._held.append(event)
         if self._live is not None:
             self._live.update(self.view.table(), refresh=True)

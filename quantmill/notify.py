@@ -109,7 +109,13 @@ def run_message(record: RunRecord, run_path: Path, events: list[NotifyEvent]) ->
         "published": repos,
         "report_url": link,
     }
-    return {"text": "\n".join(lines), "quantmill": data}
+    return {"text": slack_escaped("\n".join(lines)), "quantmill": data}
+
+
+def slack_escaped(text: str) -> str:
+    """``&``, ``<`` and ``>`` escaped as Slack asks: variant ids and error texts come from recipes and libraries,
+    and ``<!channel>`` or ``<https://x|click>`` in them would ping everyone or disguise a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _counts_line(numbers: Headline) -> str:
@@ -137,7 +143,7 @@ def notify_error(recipe: str, message: str, logger: Logger = log) -> bool:
     operator = get_operator()
     if "failure" not in operator.notify_on or not operator.notify_urls:
         return False
-    text = f"*quantmill {recipe}* run errored: {message}"
+    text = slack_escaped(f"*quantmill {recipe}* run errored: {message}")
     send(
         {
             "text": text,

@@ -2,12 +2,14 @@
 
 Steps append one JSON line per stage transition to ``<run>/logs/progress.jsonl``; a
 file, not an in-process queue, so steps running in other processes (Dask workers,
-Prefect workers on the same store) report the same way. Readers (the console view,
-``quantmill show``) follow the file from an offset.
+Prefect workers on the same store) report the same way. The console view follows the
+file from an offset.
 
 A line: ``{"t": 1733000000.5, "variant": "gptq-w4-g128", "stage": "evaluating"}``, plus,
-on ``done``, ``"status"`` (passed, failed, inconclusive) and ``"cached"``. The baseline's
-events use the variant name ``baseline``.
+on ``done``, ``"status"`` (passed, failed, inconclusive) and ``"cached"``. A published
+variant is ``done`` twice: when its verdict is recorded, and after ``publishing`` (then
+with ``"publish"``: published, unchanged, failed). The baseline's events use the name
+``baseline`` (no variant may have that id).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from quantmill.console_view import (
     follow_new_run,
     results_table,
 )
-from quantmill.errors import GateFailedError, PublishError, RunStoreError
+from quantmill.errors import GateFailedError, PublishError, RegressionError, RunStoreError
 from quantmill.evaluation.results import EvaluationResult, MetricValue
 from quantmill.gates import RuleOutcome, Verdict
 from quantmill.progress import StageEvent, emit
@@ -204,6 +204,23 @@ def test_follower_prints_a_done_line_once_the_record_holds_the_numbers(tmp_path)
     assert len(lines) == 1 and re.fullmatch(r"\[ +\d+\.\ds\] gptq-w4-g128  done passed  t/acc 0\.8 .*", lines[0])
 
 
+def test_a_published_variant_done_again_after_publishing_prints_one_line_and_keeps_its_time(tmp_path):
+    run = RunStore(tmp_path).create_run("demo", "name: demo\n", {})
+    out = io.StringIO()
+    follower = RunFollower(Console(file=out, width=160), live=False)
+    follower.attach(run)
+    run.write_record(record(**{"gptq-w4-g128": finished("passed", 0.8)}))
+    emit(run.path, "gptq-w4-g128", "quantizing")
+    emit(run.path, "gptq-w4-g128", "done", status="passed", cached=False)
+    follower.poll()
+    ended = follower.view.rows["gptq-w4-g128"].ended
+    emit(run.path, "gptq-w4-g128", "publishing")
+    emit(run.path, "gptq-w4-g128", "done", status="passed", cached=False, publish="published")
+    follower.poll(final=True)
+    assert len([line for line in out.getvalue().splitlines() if "gptq-w4-g128  done" in line]) == 1
+    assert follower.view.rows["gptq-w4-g128"].ended == ended  # elapsed: its own work, not the others' publishing
+
+
 def test_follower_in_verbose_mode_prints_every_transition_and_a_held_line_at_the_end(tmp_path):
     run = RunStore(tmp_path).create_run("demo", "name: demo\n", {})
     out = io.StringIO()
@@ -256,7 +273,7 @@ def test_live_view_on_a_terminal_leaves_only_what_is_printed_after_it(tmp_path):
     assert "done passed" not in out.getvalue()  # and no plain lines were printed
 
 
-@pytest.mark.parametrize(("error", "code"), [(GateFailedError, 3), (PublishError, 4)])
+@pytest.mark.parametrize(("error", "code"), [(GateFailedError, 3), (PublishError, 4), (RegressionError, 5)])
 def test_a_run_outcome_ends_with_one_line_and_no_traceback_hint(monkeypatch, capsys, error, code):
     def outcome(args):
         raise error("1 variant(s) did not pass: rtn-w2-g64 (failed)")

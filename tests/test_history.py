@@ -66,6 +66,8 @@ def store(tmp_path, monkeypatch):
 def quantmill(monkeypatch):
     """Run the CLI in this process; returns (exit code, stdout text, stderr text), rendered 250 (errors 1000) columns wide."""
 
+    monkeypatch.setenv("COLUMNS", "250")  # without it, output that is not a terminal is drawn 160 wide
+
     def run(*argv: str) -> tuple[int, str, str]:
         out, err = Console(width=250, record=True), Console(width=1000, record=True, stderr=True)
         monkeypatch.setattr(cli, "console", out)
@@ -157,3 +159,10 @@ def test_unknown_runs_recipes_and_variants_are_one_line_errors_listing_the_choic
     assert code == 1 and out == ""
     assert err.splitlines()[0] == message.format(store=store)
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("last", ["0", "-3", "many"])
+def test_runs_refuses_a_count_below_one(last, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["runs", "--last", last])
+    assert exited.value.code == 2 and "at least 1" in capsys.readouterr().err

@@ -186,3 +186,13 @@ def test_a_run_that_errored_is_announced_once(operator, receiver):
     [message] = [r["json"] for r in receiver.received]
     assert message["text"] == "*quantmill demo.yaml* run errored: Failed: Flow run encountered an exception: boom"
     assert message["quantmill"]["events"] == ["failure"] and message["quantmill"]["outcome"] == "errored"
+
+
+def test_text_from_recipes_cannot_ping_a_channel_or_disguise_a_link(tmp_path, operator, receiver):
+    operator(notify_urls=[receiver.url])
+    record, run = stored_record(tmp_path)
+    record.variants["bnb-int8"].error = "QuantizationError: <!channel> see <https://evil.example|the logs> & retry"
+    notify_run(record, run)
+    text = receiver.received[0]["json"]["text"]
+    assert "&lt;!channel&gt; see &lt;https://evil.example|the logs&gt; &amp; retry" in text
+    assert "<!channel>" not in text and "<https://" not in text

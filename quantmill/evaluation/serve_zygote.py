@@ -15,8 +15,9 @@ Only probes whose method lists none of ``serve_probe.OPTIONAL_PACKAGES`` use it 
 zygote has them left out); the others, and every probe when the zygote cannot start
 or dies, get a fresh ``python -m quantmill.evaluation.serve_probe`` process instead.
 
-Protocol (one JSON line each way): the pipeline writes ``{"request", "answer", "log"}``;
-the zygote answers ``{"pid": N}`` when the child started, then ``{"exit": code}``.
+Protocol (one JSON line each way): the pipeline writes ``{"request", "answer", "log", "timeout_s"}``;
+the zygote forks, reaps the child (killing it first when it outlives ``timeout_s``: only the
+parent that has not yet reaped a pid can signal it safely) and answers ``{"exit", "timed_out"}``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 _READY = "ready"
 _START_TIMEOUT_S = 300
+#: what the zygote may take beyond a probe's timeout to kill and reap its child and answer
+_REPLY_GRACE_S = 60
 
 
 class ZygoteGone(RuntimeError):
@@ -48,6 +53,7 @@ class Zygote:
         self.hub = folder / "hub"
         self.hub.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()  # one probe at a time: the Hub cache folder is shared
+        self._pending = b""  # bytes read after the last complete line
         self.process = subprocess.Popen(
             [sys.executable, "-m", "quantmill.evaluation.serve_zygote"],
             cwd=self.hub,
@@ -55,56 +61,52 @@ class Zygote:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            text=True,
         )
-        if self._read(_START_TIMEOUT_S) != _READY:
+        try:
+            ready = self._read(_START_TIMEOUT_S)
+        except (TimeoutError, ZygoteGone):
+            ready = ""
+        if ready != _READY:
             self.close()
             raise ZygoteGone("the probe zygote did not start")
 
     def _read(self, timeout_s: float) -> str:
+        """The zygote's next line. Unbuffered: a buffered reader could take two lines at once and leave
+        the selector waiting for a line it already holds."""
         assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout_s):
-                raise TimeoutError
-        line = self.process.stdout.readline()
-        if not line:
-            raise ZygoteGone("the probe zygote ended")
-        return line.strip()
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._pending:
+            with selectors.DefaultSelector() as selector:
+                selector.register(fd, selectors.EVENT_READ)
+                if not selector.select(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise ZygoteGone("the probe zygote ended")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode().strip()
 
     def run(self, request: Path, answer: Path, log: Path, timeout_s: float) -> None:
-        """Run one probe in a forked child; raises TimeoutError (child killed) or ZygoteGone."""
+        """Run one probe in a forked child; raises TimeoutError (the zygote killed the child) or ZygoteGone."""
         assert self.process.stdin is not None
+        job = {"request": str(request), "answer": str(answer), "log": str(log), "timeout_s": timeout_s}
         try:
-            self.process.stdin.write(json.dumps({"request": str(request), "answer": str(answer), "log": str(log)}))
-            self.process.stdin.write("\n")
+            self.process.stdin.write(json.dumps(job).encode() + b"\n")
             self.process.stdin.flush()
-            child = json.loads(self._read(60))["pid"]
-        except (OSError, TimeoutError, ValueError, KeyError) as exc:
+            reply = json.loads(self._read(timeout_s + _REPLY_GRACE_S))
+        except (OSError, TimeoutError, ValueError) as exc:
             self.close()
             raise ZygoteGone(f"the probe zygote stopped answering: {exc}") from exc
-        try:
-            self._read(timeout_s)
-        except TimeoutError:
-            _kill(child)
-            try:
-                self._read(60)
-            except (TimeoutError, ZygoteGone):
-                self.close()
-            raise
+        if reply.get("timed_out"):
+            raise TimeoutError
 
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
 
 
 _zygote: Zygote | None = None
@@ -120,7 +122,7 @@ def zygote_for(scratch: Path, env: Mapping[str, str]) -> Zygote | None:
     global _zygote
     with _guard:
         if _zygote is not None and (  # a closed zygote's process has ended (and its folder is gone)
-            _zygote.process.poll() is not None or _zygote.folder.stat().st_dev != scratch.stat().st_dev
+            _zygote.process.poll() is not None or not _same_file_system(_zygote.folder, scratch)
         ):
             _zygote.close()
             _zygote = None
@@ -130,6 +132,13 @@ def zygote_for(scratch: Path, env: Mapping[str, str]) -> Zygote | None:
             except (OSError, ZygoteGone, TimeoutError):
                 return None
         return _zygote
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:  # a folder removed under a live zygote: start another
+        return False
 
 
 @atexit.register
@@ -154,10 +163,22 @@ def main() -> int:
         pid = os.fork()
         if pid == 0:
             _child(job)
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
+        code, timed_out = _wait(pid, job["timeout_s"])
+        print(json.dumps({"exit": code, "timed_out": timed_out}), flush=True)
     return 0
+
+
+def _wait(pid: int, timeout_s: float) -> tuple[int, bool]:
+    """Reap the child; kill it first when it outlives ``timeout_s`` (it is ours, not yet reaped: its pid is safe)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), True
 
 
 def _child(job: dict) -> None:

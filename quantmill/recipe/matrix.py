@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from quantmill.errors import RecipeProblem, UnknownMethodError
 from quantmill.methods.spec import MethodParams, MethodSpec
+from quantmill.progress import BASELINE
 from quantmill.recipe.errors import problems_from_validation
 from quantmill.recipe.schema import SLUG, GateRule
 from quantmill.registry import did_you_mean, get_method, method_names
@@ -149,6 +150,12 @@ def _expand_row(
         if not isinstance(explicit, str) or not SLUG.match(explicit):
             problems.append(
                 doc.problem(loc + ("id",), f"invalid variant id {explicit!r}", "use a-z, 0-9, '.', '_', '-'")
+            )
+        elif explicit == BASELINE:
+            problems.append(
+                doc.problem(
+                    loc + ("id",), "'baseline' is reserved for the unquantized model", "choose another variant id"
+                )
             )
         elif len(combos) != 1:
             problems.append(

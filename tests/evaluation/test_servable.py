@@ -258,6 +258,7 @@ def test_a_sequential_run_without_the_servable_check_cannot_publish(tmp_path):
 @pytest.mark.slow
 def test_a_probe_forked_from_the_zygote_generates_what_a_fresh_process_generates(servable_run, tmp_path, monkeypatch):
     """The zygote only saves the import time: same tokens; a zygote that died is replaced, never trusted."""
+    from quantmill.errors import NotServableError
     from quantmill.evaluation import servable, serve_zygote
     from quantmill.publish.publisher import upload_files
     from quantmill.quantize import read_artifact
@@ -265,7 +266,7 @@ def test_a_probe_forked_from_the_zygote_generates_what_a_fresh_process_generates
     record, _ = servable_run
     good = record.variants[GOOD]
 
-    def probe():
+    def probe(timeout_s: float = servable.PROBE_TIMEOUT_S):
         return servable.probe_servable(
             "rtn",
             upload_files(good.artifact),
@@ -274,12 +275,16 @@ def test_a_probe_forked_from_the_zygote_generates_what_a_fresh_process_generates
             record.baseline_evaluation(),
             "cpu",
             scratch=tmp_path,
+            timeout_s=timeout_s,
         ).details["servable"]["tokens"]
 
     forked = probe()
     zygote = serve_zygote._zygote
     assert zygote is not None and zygote.process.poll() is None  # the probe went through a live zygote
     assert not any(zygote.hub.iterdir())  # the staged snapshot is gone after the probe
+    with pytest.raises(NotServableError, match="did not finish within 0.01 s"):
+        probe(timeout_s=0.01)  # the zygote kills its own child, answers, and serves the next probe
+    assert serve_zygote._zygote is zygote and zygote.process.poll() is None
     zygote.process.kill()
     zygote.process.wait()
     assert probe() == forked  # a dead zygote is replaced

@@ -232,6 +232,13 @@ CASES = [
         "my-gptq",
     ),
     (
+        "id-baseline-reserved",
+        replace(GPTQ_ROW, "    - {method: gptq, bits: 4, group_size: 128, id: baseline}\n"),
+        "variants.methods[0].id",
+        "'baseline' is reserved",
+        "id: baseline",
+    ),
+    (
         "torchao-int4-no-cpu",
         add_row("{method: torchao, scheme: int4-weight-only}") + "device: cpu\n",
         "variants.methods[1].scheme",
