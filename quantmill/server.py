@@ -172,14 +172,18 @@ def start_server(port: int = DEFAULT_PORT, *, ui: bool = True, timeout: float = 
             command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise QuantmillError(f"the Prefect server exited (code {process.returncode}):\n{_log_tail()}")
-        if _healthy(port):
-            info = ServerInfo(pid=process.pid, port=port, started=time.time())
-            _info_file().write_text(json.dumps(asdict(info)) + "\n")
-            return info
-        time.sleep(0.3)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise QuantmillError(f"the Prefect server exited (code {process.returncode}):\n{_log_tail()}")
+            if _healthy(port):
+                info = ServerInfo(pid=process.pid, port=port, started=time.time())
+                _info_file().write_text(json.dumps(asdict(info)) + "\n")
+                return info
+            time.sleep(0.3)
+    except BaseException:  # Ctrl-C while waiting: no detached server without a record is left behind
+        _terminate(process.pid)
+        raise
     _terminate(process.pid)
     raise QuantmillError(f"the Prefect server did not answer within {timeout:.0f} s:\n{_log_tail()}")
 
