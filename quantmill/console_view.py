@@ -29,7 +29,7 @@ from rich.text import Text
 from quantmill.errors import RunStoreError
 from quantmill.progress import BASELINE, STAGES, StageEvent, logs_dir, read_events
 from quantmill.record import PublishStatus, RunRecord, VariantRecord, VariantStatus
-from quantmill.report.plots import quality_metric
+from quantmill.report.quality import quality_metric
 from quantmill.report.render import COLUMNS, rows
 from quantmill.runstore import Run, RunStore
 

@@ -40,7 +40,7 @@ from quantmill.publish.targets import Target, front_matter
 from quantmill.quantize import PROVENANCE_FILE, read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.record import PublishOutcome, PublishStatus, RunRecord
-from quantmill.report.plots import quality_metric
+from quantmill.report.quality import quality_metric
 
 #: the recovery the "smallest file" recommendation asks for when no gate sets one on the quality metric
 DEFAULT_RECOVERY = 0.99

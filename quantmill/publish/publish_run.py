@@ -16,7 +16,7 @@ from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe, validate_document
 from quantmill.record import PublishOutcome, RunRecord, VariantStatus
-from quantmill.report.plots import quality_metric
+from quantmill.report.quality import quality_metric
 from quantmill.runstore import Run
 from quantmill.yamlio import load_yaml_text
 
