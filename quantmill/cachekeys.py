@@ -121,7 +121,9 @@ def evaluation_data_fingerprint(loaded) -> str:
 def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
     """Per variant: ``cached`` (quantize, evaluate and servable results stored for today's keys), ``stale``
     (stored for other inputs), or ``not run``. Reads only local files; a hub model that is not in
-    the local cache cannot be pinned offline, so its variants are ``unknown``."""
+    the local cache cannot be pinned offline, so its variants are ``unknown``. The calibration set's
+    fingerprint comes from the calibration cache (``quantmill.calibration``): a miss tokenizes the set
+    and stores it there, as a run would."""
     from pathlib import Path
 
     from quantmill.publish.publisher import repo_id_for
