@@ -145,5 +145,7 @@ def test_variant_logs_hold_the_libraries_output(demo_run):
     assert "llama_model_loader: loaded meta data" in evaluating  # llama.cpp's in-process log while evaluating
     bnb = (logs / "bnb-int8.log").read_text()
     warned = [line for line in bnb.splitlines() if "MatMul8bitLt: inputs will be cast" in line]
-    assert len(warned) == 2 and warned[1].startswith("[repeated "), warned  # written once, then counted
+    # written once, then counted: in the evaluation's part and in the servable probe's output, each
+    repeats = [line for line in warned if line.startswith("[repeated ")]
+    assert 1 <= len(repeats) == len(warned) - len(repeats) <= 2, warned
     assert (logs / "baseline.log").read_text().startswith("=== evaluating baseline · ")
