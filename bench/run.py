@@ -193,6 +193,13 @@ def cli_rerun(work: Path, reruns: int) -> dict:
         "PREFECT_HOME": str(work / "cli-prefect-home"),  # the ephemeral server's database
     }
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a loaded machine starts it slowly
+    from quantmill.llamacpp import find_llama_cpp
+
+    tools = find_llama_cpp()  # the built tools, found before the cache folder moves: the GGUF variants run too
+    if tools is not None:
+        env["LLAMA_CPP_DIR"] = str(tools.tree)
+        folders = {str(path.parent) for path in tools.tools.values()}
+        env["PATH"] = os.pathsep.join([*sorted(folders), env.get("PATH", "")])
     from quantmill.testing.prefect_server import free_port
 
     def run(*, importtime: bool = False) -> tuple[float, str]:

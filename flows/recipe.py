@@ -14,6 +14,7 @@ operator's webhooks (:mod:`quantmill.notify`), a run that errored too.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -252,6 +253,26 @@ def record_of(state: State) -> dict[str, Any]:
     if isinstance(result, dict):
         return result
     return state.result()  # raises what the run raised
+
+
+def _not_a_run_record(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(_RUN_LOGGERS)
+
+
+_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def keep_run_logs_off_the_console() -> None:
+    """Flow- and task-run records (Prefect's account of every task, a failed task's traceback, the run's
+    "variant … failed" lines) go to the Prefect API only, not to the console: there the progress view
+    says the same once, and the step logs and the Prefect UI keep the details."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    for logger in {logging.getLogger(), logging.getLogger("prefect")}:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.addFilter(_not_a_run_record)
 
 
 def run_recipe(

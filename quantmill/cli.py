@@ -225,8 +225,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["QUANTMILL_VERBOSE"] = "1"
         get_settings.cache_clear()  # settings read before this line did not see it
     from quantmill.console_view import EVERY_TRANSITION, OUTCOME_STAGES, follow_new_run, results_table
-    from quantmill.flows.recipe import run_recipe
+    from quantmill.flows.recipe import keep_run_logs_off_the_console, run_recipe
     from quantmill.runstore import Run, RunStore
+
+    if not args.verbose:
+        keep_run_logs_off_the_console()
 
     # verbose output is a stream of lines even on a terminal: a live table would be torn by it
     live = console.is_terminal and not args.verbose

@@ -73,13 +73,14 @@ def describe_regression(regression: Regression) -> str:
 
 def run_outcome(record: RunRecord) -> RunOutcome:
     """The outcome of a finished run: publish failure before gate failure before regression."""
-    unpublished = [v for v, e in record.variants.items() if e.publish and e.publish.status == PublishStatus.FAILED]
+    variants = sorted(record.variants.items())  # the same words from the flow's record and from results.json
+    unpublished = [v for v, e in variants if e.publish and e.publish.status == PublishStatus.FAILED]
     if unpublished:
         return RunOutcome(
             Outcome.PUBLISH_FAILED,
             f"{len(unpublished)} passing variant(s) failed to publish: {', '.join(unpublished)}",
         )
-    failed = [f"{v} ({e.status.value})" for v, e in record.variants.items() if e.status != VariantStatus.PASSED]
+    failed = [f"{v} ({e.status.value})" for v, e in variants if e.status != VariantStatus.PASSED]
     if failed:
         return RunOutcome(Outcome.GATE_FAILED, f"{len(failed)} variant(s) did not pass: {', '.join(failed)}")
     if record.regressions:

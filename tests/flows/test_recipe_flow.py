@@ -90,21 +90,23 @@ def flow_run_of(recipe):
 
 
 def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
-    """A required gate fails: exit 3, the flow run ends Failed naming the variant, the webhook hears of it."""
+    """A required gate fails and a quantization raises: exit 3, the flow run ends Failed naming the variants, the
+    webhook hears of it, and the console shows quantmill's lines, not Prefect's task tracebacks."""
     from prefect.settings import PREFECT_API_URL
 
     from tests.support.webhook import webhook_receiver
 
     recipe = write_recipe(
         fast_recipe(
-            "    - {method: rtn, bits: 2, group_size: 128}\n",
+            "    - {method: rtn, bits: 2, group_size: 128}\n    - {method: gguf, types: [q8_0]}\n",
             gates="  - {metric: tiny_world_mc/acc, min_recovery: 0.99}\n",
         )
     )
     with webhook_receiver() as receiver:
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_DIR", "QUANTMILL_LLAMA_CPP_DIR")},
             "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
+            "QUANTMILL_CACHE_DIR": str(tmp_path / "cache"),  # no llama.cpp tools there: the GGUF step raises
             "PREFECT_API_URL": PREFECT_API_URL.value(),  # the test's server, where the flow run's state is read
             "QUANTMILL_NOTIFY_URLS": json.dumps([receiver.url + "/hook"]),
         }
@@ -115,10 +117,14 @@ def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
             env=env,
             timeout=600,
         )
-    assert result.returncode == 3, result.stdout + result.stderr
-    assert "did not pass: rtn-w2-g128" in result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    assert "2 variant(s) did not pass: gguf-q8_0 (failed), rtn-w2-g128 (failed)" in result.stderr
+    assert "GGUF needs llama.cpp" in result.stdout  # the reason, in the results table
+    assert "Traceback" not in output and "Task run" not in output, output  # in the step log and the Prefect UI
     state = flow_run_of(recipe)
-    assert state.type.name == "FAILED" and state.message == "1 variant(s) did not pass: rtn-w2-g128 (failed)"
+    assert state.type.name == "FAILED"
+    assert state.message == "2 variant(s) did not pass: gguf-q8_0 (failed), rtn-w2-g128 (failed)"
     [message] = [r["json"] for r in receiver.received]
     run_path = next((tmp_path / "runs" / "flowtest").glob("2*"))
     assert message["quantmill"]["events"] == ["failure"] and message["quantmill"]["exit_code"] == 3
