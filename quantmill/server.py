@@ -14,7 +14,6 @@ imported inside those functions.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -206,9 +205,11 @@ def _gone(pid: int) -> bool:
     """The server exited; reaped when this process started it (else a zombie would stay until this process ends)."""
     if _is_prefect_server(pid):
         return False
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return True
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not this process's child: what /proc says is all there is
+        return True
+    return reaped != 0  # 0: our child is still exiting (its command line already gone): wait for it
 
 
 def stop_server() -> ServerStatus:

@@ -308,6 +308,7 @@ def test_a_run_whose_passing_variant_failed_to_publish_exits_4(tmp_path, monkeyp
     run.write_record(record)
     fake = types.ModuleType("quantmill.flows.recipe")
     fake.run_recipe = lambda *args, **kwargs: {"run_path": str(run.path)}  # type: ignore[attr-defined]
+    fake.keep_run_logs_off_the_console = lambda: None  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "quantmill.flows.recipe", fake)
     file = tmp_path / "r.yaml"
     file.write_text(RECIPE)
