@@ -303,6 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$", self.preupload),
             ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$", self.commit),
             ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$", self.tree),
+            ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)/commits/(?P<rev>[^/]+)$", self.list_commits),
             ("GET", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
             ("HEAD", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
             ("POST", r"^/api/collections$", self.create_collection),
@@ -429,6 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
             "files": sorted(files),
             "deleted": sorted(deleted),
             "pull_request": "create_pr" in query,
+            "date": _hub_time(),
         }
         host = f"http://{self.headers['Host']}"
         with self.state.lock:
@@ -460,6 +462,27 @@ class _Handler(BaseHTTPRequestHandler):
             [
                 {"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
                 for name, content in sorted(found.files.items())
+            ],
+        )
+
+    def list_commits(self, query, repo, rev):
+        """The branch's commits, newest first, as the Hub lists them (one page)."""
+        found = self._repo(repo)
+        if found is None:
+            return
+        if rev not in ("main", found.sha):
+            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+        self._send(
+            200,
+            [
+                {
+                    "id": c["oid"],
+                    "authors": [],
+                    "date": c.get("date", "2000-01-01T00:00:00.000Z"),
+                    "title": c["summary"],
+                    "message": "",
+                }
+                for c in reversed(found.commits)
             ],
         )
 
