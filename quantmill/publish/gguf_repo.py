@@ -362,6 +362,7 @@ def _card(
         quality=quality or "n/a",
         recommendations=advice,
         imatrix=_imatrix_text(rows),
+        split=[f"`{f}` ({len(_row_files(f, r))} shards)" for f, r in rows.items() if len(_row_files(f, r)) > 1],
         repo_id=repo_id,
         tag=tag,
         recipe_name=loaded.name,

@@ -451,12 +451,18 @@ class _Handler(BaseHTTPRequestHandler):
             found.commits.append(commit)
         self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
 
+    def _at_revision(self, repo_id: str, rev: str) -> Repo | None:
+        """The repo, when it exists and ``rev`` is its main branch or head commit (else answered 404)."""
+        found = self._repo(repo_id)
+        if found is not None and rev not in ("main", found.sha):
+            self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return None
+        return found
+
     def tree(self, query, repo, rev):
-        found = self._repo(repo)
+        found = self._at_revision(repo, rev)
         if found is None:
             return
-        if rev not in ("main", found.sha):
-            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
         self._send(
             200,
             [
@@ -467,11 +473,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def list_commits(self, query, repo, rev):
         """The branch's commits, newest first, as the Hub lists them (one page)."""
-        found = self._repo(repo)
+        found = self._at_revision(repo, rev)
         if found is None:
             return
-        if rev not in ("main", found.sha):
-            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
         self._send(
             200,
             [
@@ -487,11 +491,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def resolve(self, query, repo, rev, file):
-        found = self._repo(repo)
+        found = self._at_revision(repo, rev)
         if found is None:
             return
-        if rev not in ("main", found.sha):
-            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
         if file not in found.files:
             return self._error(404, f"{file} not found", "EntryNotFound")
         content = found.files[file]
