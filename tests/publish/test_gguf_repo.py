@@ -319,6 +319,7 @@ def test_a_file_above_the_threshold_is_published_as_shards_that_load_and_evaluat
         q8 = ran.record.variants["gguf-q8_0"]
         assert row["size (MB)"] == f"{q8.evaluation.value('size_mb'):.4g}"
         assert front_matter(card)["quantmill"]["files"][shards[0]]["files"] == shards
+        assert f"Split files: `{shards[0]}` (2 shards) is published as shards" in " ".join(card.split())
         for file in table(card):  # every row's link downloads
             assert hf_hub_download(REPO, file, endpoint=hub.endpoint, cache_dir=tmp_path / "dl")
         first = hf_hub_download(REPO, shards[0], endpoint=hub.endpoint, cache_dir=tmp_path / "dl")
