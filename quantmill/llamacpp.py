@@ -9,7 +9,8 @@ The tree comes from, in order:
 2. the cache: ``quantmill setup llama-cpp`` downloads the sdist of the installed
    llama-cpp-python version with pip (it vendors the full llama.cpp tree),
    unpacks it under ``QUANTMILL_CACHE_DIR`` and builds ``llama-quantize``,
-   ``llama-imatrix`` and ``llama-perplexity`` with cmake.
+   ``llama-imatrix``, ``llama-perplexity`` and ``llama-gguf-split`` with cmake
+   (a build that lacks a tool added since gets just that target built).
 
 Tools already on ``PATH`` are used when the tree has none.
 """
@@ -39,7 +40,7 @@ from quantmill.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-gguf-split")
 _BUILT_MARKER = ".quantmill-built"
 
 

@@ -7,10 +7,17 @@ numbers. The card's metadata keeps each file's row (``quantmill.files``), so:
 
 - a type this run did not measure (``--only``) keeps its file and its row as they were;
 - a type this run measured and did not accept is removed, file and row, in that commit
-  (a repo of downloadable files lists only what passed its gates when last measured).
+  (a repo of downloadable files lists only what passed its gates when last measured),
+  unless the publish forces it (``quantmill publish RUN --force VARIANT``, any number of them).
+
+A file above the operator's ``gguf_split_max_mb`` is published as llama.cpp shards
+(:mod:`quantmill.publish.gguf_split`); its row is named by the first shard, the one
+llama.cpp loads and ``:TYPE`` resolves to, lists every shard (``files``) and keeps the
+evaluated file's size and hash.
 
 The pipeline publishes variant by variant: the first GGUF variant of a run commits the
-whole group; its siblings then find exactly that content and report the same commit.
+whole group; its siblings then find exactly that content, put there by a commit whose
+message names their run, and report that commit (the repo says so, whichever process asks).
 """
 
 from __future__ import annotations
@@ -19,17 +26,21 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Collection, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from quantmill.errors import PublishError
+from quantmill.metrics import metric_direction
 from quantmill.publish.card import hub_base_model
+from quantmill.publish.gguf_split import repo_names, split
 from quantmill.publish.publisher import (
     card_license,
     commit_unless_present,
     file_sha256,
+    holds,
     is_grouped,
     publishable,
     repo_id_for,
@@ -39,13 +50,11 @@ from quantmill.publish.sandbox import render_model_card
 from quantmill.publish.targets import Target, front_matter
 from quantmill.quantize import PROVENANCE_FILE, read_artifact
 from quantmill.recipe.load import LoadedRecipe
-from quantmill.record import PublishOutcome, PublishStatus, RunRecord
-from quantmill.report.quality import quality_metric
+from quantmill.record import PublishOutcome, PublishStatus, RunRecord, VariantStatus
+from quantmill.report.quality import quality_metric, recovery
 
 #: the recovery the "smallest file" recommendation asks for when no gate sets one on the quality metric
 DEFAULT_RECOVERY = 0.99
-#: (repo url, fingerprint, run id) → the commit that published it, so a run's later GGUF variants report it
-_COMMITTED: dict[tuple[str, str, str], str] = {}
 
 
 def tag_file(files: Iterable[str], tag: str) -> str | None:
@@ -63,26 +72,25 @@ def tag_file(files: Iterable[str], tag: str) -> str | None:
     return None
 
 
-def _recovery(value: float | None, base: float | None, quality: str | None) -> float | None:
-    if value is None or not base:
-        return None
-    return base / value if quality == "ppl" else value / base  # lower perplexity is better
-
-
-def measured_row(record: RunRecord, variant_id: str, quality: str | None, file: str, sha256: str) -> dict[str, Any]:
-    """One file's row, every number as the run recorded it (``results.json``)."""
+def measured_row(
+    record: RunRecord, variant_id: str, quality: str | None, files: list[str], sha256: str
+) -> dict[str, Any]:
+    """One file's row, every number as the run recorded it (``results.json``), the recovery as the
+    run's report computes it; ``files``: what the repo holds of it (the file, or its shards)."""
     entry = record.variants[variant_id]
     assert entry.evaluation is not None and entry.artifact is not None
     evaluation, baseline = entry.evaluation, record.baseline_evaluation()
     provenance = read_artifact(entry.artifact).provenance
-    value = evaluation.value(quality) if quality else None
+    value = evaluation.metrics.get(quality) if quality else None
+    reference = baseline.metrics.get(quality) if baseline and quality else None
     return {
         "variant": variant_id,
         "type": str(provenance["parameters"]["type"]).upper(),
+        "files": files,
         "size_mb": evaluation.value("size_mb"),
         "bits_per_weight": evaluation.value("bits_per_weight"),
-        "quality": value,
-        "recovery": _recovery(value, baseline.value(quality) if baseline and quality else None, quality),
+        "quality": value.value if value else None,
+        "recovery": recovery(value, reference) if value and reference else None,
         "ppl": evaluation.value("ppl"),
         "kld": evaluation.value("kld"),
         "decode_tok_s": evaluation.value("decode_tok_s"),
@@ -111,12 +119,17 @@ def _required_recovery(loaded: LoadedRecipe, quality: str | None) -> float:
 
 def recommendations(rows: dict[str, dict], quality: str | None, required: float) -> tuple[list[str], str | None]:
     """Which file to take, from the rows' numbers: the smallest that keeps ``required`` of the baseline,
-    and the one closest to the baseline; with the file to show in the usage snippet (the first of them)."""
+    and the one closest to the baseline; with the file to show in the usage snippet (the first of them).
+
+    Recovery is value / baseline for every metric; for one where lower is better (perplexity)
+    keeping ``required`` of the baseline's quality means a recovery of at most 1 / ``required``."""
     measured = {f: r for f, r in rows.items() if r["recovery"] is not None and r["size_mb"] is not None}
     if not measured:
         return ["quality or size was not measured for these files: no recommendation"], None
+    lower = metric_direction(quality) == "lower" if quality else False
+    sign = -1 if lower else 1
     out = []
-    keeping = [f for f, r in measured.items() if r["recovery"] >= required]
+    keeping = [f for f, r in measured.items() if sign * r["recovery"] >= sign * (1 / required if lower else required)]
     smallest = min(keeping, key=lambda f: (measured[f]["size_mb"], f)) if keeping else None
     if smallest:
         out.append(
@@ -125,7 +138,7 @@ def recommendations(rows: dict[str, dict], quality: str | None, required: float)
         )
     else:
         out.append(f"No file keeps ≥ {required:.0%} of the baseline's {quality}.")
-    closest = max(measured, key=lambda f: (measured[f]["recovery"], -measured[f]["size_mb"], f))
+    closest = max(measured, key=lambda f: (sign * measured[f]["recovery"], -measured[f]["size_mb"], f))
     out.append(
         f"**Closest to the baseline**: `{closest}` (recovery {_fmt(measured[closest]['recovery'])}, "
         f"{_fmt(measured[closest]['size_mb'])} MB)"
@@ -207,43 +220,57 @@ def _group_files(record: RunRecord, members: list[str]) -> tuple[dict[str, Path]
 
 
 def publish_group(
-    loaded: LoadedRecipe, record: RunRecord, variant_id: str, target: Target, *, force: bool = False
+    loaded: LoadedRecipe, record: RunRecord, variant_id: str, target: Target, *, forced: Collection[str] = ()
 ) -> PublishOutcome:
     """Publish the grouped GGUF repo ``variant_id`` belongs to: every accepted GGUF type of ``record``
-    bound for that repo (plus ``variant_id`` itself when ``force``d), in one commit, or nothing when
-    the repo already holds exactly this.
+    bound for that repo plus the ``forced`` ones, in one commit, or nothing when the repo already holds
+    exactly this.
+
+    Outcome: ``published`` with the commit that put this content there when that commit was this
+    run's (by this call or by a sibling's), else ``unchanged`` (an earlier run published the same).
 
     Raises:
-        PublishError: the license is unknown, two variants' shared files differ, or the commit failed.
+        PublishError: the license is unknown, two variants' shared files differ, a file could not
+            be split faithfully, or the commit failed.
     """
     variant = loaded.variant(variant_id)
     repo_id = repo_id_for(loaded, variant)
     in_repo = [
         v
-        for v in publishable(record.variants, [variant_id] if force else [])
+        for v in publishable(record.variants, list(forced))
         if is_grouped(loaded, loaded.variant(v)) and repo_id_for(loaded, loaded.variant(v)) == repo_id
     ]
     files, owners = _group_files(record, in_repo)
+    layout = {name: repo_names(name, files[name]) for name in owners}  # the file, or its shards
     quality = quality_metric(record)
-    rows = {f: measured_row(record, v, quality, f, _hashed(files[f])) for f, v in owners.items()}
+    rows = {layout[f][0]: measured_row(record, v, quality, layout[f], _hashed(files[f])) for f, v in owners.items()}
     previous = front_matter(target.read_card(repo_id) or "").get("quantmill") or {}
     present = target.files(repo_id)
-    # types this run did not measure keep their file and row; measured ones are this run's
+    # types this run did not measure keep their files and row; measured ones are this run's
     kept = {
         f: row
         for f, row in (previous.get("files") or {}).items()
-        if row.get("variant") not in record.variants and f in present and f not in rows
+        if row.get("variant") not in record.variants and set(_row_files(f, row)) <= present and f not in rows
     }
     rows = dict(sorted((rows | kept).items()))  # one order, so a rerun renders the same card
-    keep = set(kept) | ({"imatrix.gguf"} & present if any(r.get("imatrix") for r in kept.values()) else set())
-    text, print_ = _card(loaded, record, repo_id, rows, quality, files, keep)
+    keep = {n for f, row in kept.items() for n in _row_files(f, row)}
+    keep |= {"imatrix.gguf"} & present if any(r.get("imatrix") for r in kept.values()) else set()
+    names = {n for f in files for n in layout.get(f, [f])}  # what this commit uploads
+    text, print_ = _card(loaded, record, repo_id, rows, quality, names, keep)
     types = ", ".join(sorted(r["type"] for r in rows.values()))
-    message = f"quantmill: GGUF {types} from recipe {loaded.name} (run {record.run_id})"
-    key = (target.url(repo_id), print_, record.run_id)
-    commit = commit_unless_present(
-        target, repo_id, files, text, print_, message, loaded.recipe.publish, keep=sorted(keep - set(files))
-    )
-    if commit is None and key not in _COMMITTED:
+    unaccepted = [v for v in in_repo if record.variants[v].status != VariantStatus.PASSED]
+    message = f"quantmill: GGUF {types} from recipe {loaded.name}" + (" [forced]" if unaccepted else "")
+    message += f" ({_run_mark(record.run_id)})"
+    commit = None
+    if not holds(target, repo_id, print_, [*names, *keep]):  # shards are made only for a commit
+        with tempfile.TemporaryDirectory(prefix=".publish-split-", dir=_staging_parent(files)) as staging:
+            uploads = {n: p for f, p in files.items() for n, p in _uploads(f, p, layout.get(f, [f]), Path(staging))}
+            commit = commit_unless_present(
+                target, repo_id, uploads, text, print_, message, loaded.recipe.publish, keep=sorted(keep - names)
+            )
+    if commit is None:
+        commit = _commit_of_run(target, repo_id, record.run_id)
+    if commit is None:
         return PublishOutcome(
             status=PublishStatus.UNCHANGED,
             variant=variant_id,
@@ -251,8 +278,6 @@ def publish_group(
             url=target.url(repo_id),
             fingerprint=print_,
         )
-    if commit is not None:
-        _COMMITTED[key] = commit
     publish = loaded.recipe.publish
     collection = None
     if publish.collection:
@@ -264,9 +289,38 @@ def publish_group(
         repo_id=repo_id,
         url=target.url(repo_id),
         fingerprint=print_,
-        commit=_COMMITTED[key],
+        commit=commit,
         collection=collection,
     )
+
+
+def _row_files(file: str, row: dict) -> list[str]:
+    """The repo files of a card row (rows written before shards existed name one file: their own)."""
+    return list(row.get("files") or [file])
+
+
+def _run_mark(run_id: str) -> str:
+    """How a commit message names the run that made it."""
+    return f"run {run_id}"
+
+
+def _commit_of_run(target: Target, repo_id: str, run_id: str) -> str | None:
+    """The repo's latest commit when this run made it: called when the repo already holds what the run
+    would commit, so that commit put this run's content there (a sibling GGUF variant's publish, in
+    whichever process). Read from the repo, not remembered in this process, so it holds across
+    processes, retries and concurrent publishing tasks."""
+    last = target.last_commit(repo_id)
+    return last[0] if last is not None and last[1].endswith(f"({_run_mark(run_id)})") else None
+
+
+def _staging_parent(files: dict[str, Path]) -> Path:
+    """Where shards are written: beside the artifacts they are split from (the same disk, with room for them)."""
+    return next(iter(files.values())).parent.parent
+
+
+def _uploads(name: str, path: Path, names: list[str], staging: Path) -> list[tuple[str, Path]]:
+    """The files uploaded for ``name``: itself, or its shards split into ``staging``."""
+    return [(name, path)] if names == [name] else list(split(name, path, names, staging).items())
 
 
 def _card(
@@ -275,7 +329,7 @@ def _card(
     repo_id: str,
     rows: dict[str, dict],
     quality: str | None,
-    files: dict[str, Path],
+    names: set[str],
     keep: set[str],
 ) -> tuple[str, str]:
     """The grouped repo's card text and its fingerprint (of the card, whose rows carry every file's hash)."""
@@ -308,12 +362,13 @@ def _card(
         quality=quality or "n/a",
         recommendations=advice,
         imatrix=_imatrix_text(rows),
+        split=[f"`{f}` ({len(_row_files(f, r))} shards)" for f, r in rows.items() if len(_row_files(f, r)) > 1],
         repo_id=repo_id,
         tag=tag,
         recipe_name=loaded.name,
         recipe_sha256=loaded.sha256[:16],
     )
     # the card holds each GGUF file's hash, and the imatrix's calibration fingerprint (it is made from nothing else)
-    print_ = hashlib.sha256("\0".join([str(card), *sorted({*files, *keep})]).encode()).hexdigest()
+    print_ = hashlib.sha256("\0".join([str(card), *sorted({*names, *keep})]).encode()).hexdigest()
     card.data.quantmill = {**card.data.quantmill, "fingerprint": print_}
     return str(card), print_

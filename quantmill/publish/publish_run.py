@@ -8,6 +8,7 @@ for a finished run's, with the recipe the run saved.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from quantmill.errors import PublishError
@@ -73,22 +74,26 @@ def publish_recorded(
     target: Target,
     related: list[dict],
     *,
-    force: bool = False,
+    force: Collection[str] = (),
 ) -> PublishOutcome:
     """Publish one variant of ``record`` (see :func:`~quantmill.publish.publisher.publish_variant`); a GGUF
     variant bound for the grouped ``{model}-GGUF`` repo publishes that repo (:mod:`quantmill.publish.gguf_repo`).
 
+    ``force``: the variants this publish forces (``quantmill publish RUN --force …``); ``variant_id`` is
+    published though it did not pass when it is among them, and a grouped repo keeps every forced type.
+
     Raises:
         PublishError: the variant has no output or evaluation, did not pass (unless
-            ``force``), or the target refused the commit.
+            forced), or the target refused the commit.
     """
     entry = record.variants[variant_id]
+    forced = variant_id in force
     if is_grouped(loaded, loaded.variant(variant_id)) and entry.artifact and entry.evaluation and record.model:
         from quantmill.publish.gguf_repo import publish_group
 
-        if entry.status != VariantStatus.PASSED and not force:
+        if entry.status != VariantStatus.PASSED and not forced:
             raise PublishError(f"{variant_id} is '{entry.status}': only variants that pass their gates are published")
-        return publish_group(loaded, record, variant_id, target, force=force)
+        return publish_group(loaded, record, variant_id, target, forced=force)
     if entry.artifact is None or entry.evaluation is None or entry.verdict is None or record.model is None:
         raise PublishError(f"{variant_id} has no quantized output or evaluation to publish ({entry.error})")
     return publish_variant(
@@ -102,7 +107,7 @@ def publish_recorded(
         revision=record.model.revision,
         target=target,
         run_id=record.run_id,
-        force=force,
+        force=forced,
         related=_with_advice(record, variant_id, related),
     )
 
@@ -142,7 +147,4 @@ def publish_run(run_path: Path, *, force: list[str], target: str | None = None) 
     chosen = publishable(record.variants, force)
     publisher = make_target(loaded, target)
     related = related_links(loaded, record, chosen, publisher)
-    return [
-        publish_recorded(loaded, record, variant_id, publisher, related, force=variant_id in force)
-        for variant_id in chosen
-    ]
+    return [publish_recorded(loaded, record, variant_id, publisher, related, force=force) for variant_id in chosen]

@@ -123,6 +123,17 @@ def fingerprint(files: dict[str, Path], card_text: str) -> str:
     return digest.hexdigest()
 
 
+def holds(target: Target, repo_id: str, print_: str, names: Iterable[str]) -> bool:
+    """Whether the target already holds exactly this: a card with fingerprint ``print_`` and no file
+    beside ``names`` (and the card)."""
+    existing = target.read_card(repo_id)
+    return (
+        existing is not None
+        and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_
+        and not stale_files(target.files(repo_id), [*names, CARD])  # (a quantmill before deletions left some)
+    )
+
+
 def commit_unless_present(
     target: Target,
     repo_id: str,
@@ -141,14 +152,7 @@ def commit_unless_present(
     """
     lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
     with exclusive_lock(get_settings().cache_dir / "publish-locks" / f"{lock_name}.lock"):
-        existing = target.read_card(repo_id)
-        if (
-            existing is not None
-            and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_
-            and not stale_files(
-                target.files(repo_id), [*files, *keep, CARD]
-            )  # (a quantmill before deletions left some)
-        ):
+        if holds(target, repo_id, print_, [*files, *keep]):
             return None
         return target.commit(
             repo_id,

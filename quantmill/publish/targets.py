@@ -69,6 +69,10 @@ class Target(Protocol):
         """Make the repo hold exactly ``files`` plus the paths in ``keep`` (already there, left as they are)."""
         ...
 
+    def last_commit(self, repo_id: str) -> tuple[str, str] | None:
+        """The repo's latest commit on its main branch: (id, message title); None when it has none."""
+        ...
+
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str: ...
 
 
@@ -170,6 +174,14 @@ class LocalZoo:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise PublishError(f"could not publish {repo_id} to {self.root}: {exc}") from exc
         return commit_id
+
+    def last_commit(self, repo_id: str) -> tuple[str, str] | None:
+        log = self._repo_dir(repo_id) / self.COMMIT_LOG
+        lines = log.read_text().splitlines() if log.is_file() else []
+        if not lines:
+            return None
+        entry = json.loads(lines[-1])
+        return entry["commit"], entry["message"]
 
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str:
         slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
@@ -275,6 +287,15 @@ class HubTarget:
             repo_id, operations, commit_message=message, create_pr=create_pr, parent_commit=head
         )
         return info.oid or ""
+
+    def last_commit(self, repo_id: str) -> tuple[str, str] | None:
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            commits = self.api.list_repo_commits(repo_id)  # newest first
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+        return (commits[0].commit_id, commits[0].title) if commits else None
 
     def add_to_collection(self, namespace: str, title: str, repo_id: str, note: str) -> str:
         collection = self.api.create_collection(title, namespace=namespace, exists_ok=True)

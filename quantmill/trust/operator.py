@@ -4,8 +4,8 @@ They come from ``QUANTMILL_*`` environment variables and an operator settings fi
 (YAML or TOML) named by ``QUANTMILL_OPERATOR_FILE``; the environment wins over the
 file. A recipe can ask for capabilities and name paths; these settings decide what
 it gets: the policy, per-recipe grants, the Hub endpoint, the namespaces it may
-publish to, the local zoo root, folders its files may come from, resource caps, and
-where run notifications go.
+publish to, the local zoo root, folders its files may come from, resource caps,
+where run notifications go, and the size above which a published GGUF file is split.
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ class OperatorSettings(BaseSettings):
         notify_timeout: seconds one webhook call may take before it is given up.
         report_url_base: where the run store is served; a notification links
             ``<report_url_base>/<recipe>/<run-id>/report.html`` instead of the report's ``file://`` URL.
+        gguf_split_max_mb: a GGUF file larger than this many MB (10^6 bytes, llama.cpp's ``M``) is
+            published as shards of at most this much tensor data each (``llama-gguf-split
+            --split-max-size``). The default, 48 000 (``48G``), keeps every shard, with the metadata
+            the first one also carries, under the Hub's 50 GB per-file limit.
     """
 
     model_config = SettingsConfigDict(env_prefix="QUANTMILL_", extra="ignore")
@@ -88,6 +92,7 @@ class OperatorSettings(BaseSettings):
     notify_on: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     notify_timeout: float = Field(10.0, gt=0)
     report_url_base: str | None = None
+    gguf_split_max_mb: int = Field(48_000, gt=0)
 
     @field_validator("hub_endpoint")
     @classmethod

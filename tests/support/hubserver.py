@@ -303,6 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$", self.preupload),
             ("POST", r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$", self.commit),
             ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$", self.tree),
+            ("GET", r"^/api/models/(?P<repo>[^/]+/[^/]+)/commits/(?P<rev>[^/]+)$", self.list_commits),
             ("GET", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
             ("HEAD", r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", self.resolve),
             ("POST", r"^/api/collections$", self.create_collection),
@@ -429,6 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
             "files": sorted(files),
             "deleted": sorted(deleted),
             "pull_request": "create_pr" in query,
+            "date": _hub_time(),
         }
         host = f"http://{self.headers['Host']}"
         with self.state.lock:
@@ -449,12 +451,18 @@ class _Handler(BaseHTTPRequestHandler):
             found.commits.append(commit)
         self._send(200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
 
+    def _at_revision(self, repo_id: str, rev: str) -> Repo | None:
+        """The repo, when it exists and ``rev`` is its main branch or head commit (else answered 404)."""
+        found = self._repo(repo_id)
+        if found is not None and rev not in ("main", found.sha):
+            self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return None
+        return found
+
     def tree(self, query, repo, rev):
-        found = self._repo(repo)
+        found = self._at_revision(repo, rev)
         if found is None:
             return
-        if rev not in ("main", found.sha):
-            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
         self._send(
             200,
             [
@@ -463,12 +471,29 @@ class _Handler(BaseHTTPRequestHandler):
             ],
         )
 
-    def resolve(self, query, repo, rev, file):
-        found = self._repo(repo)
+    def list_commits(self, query, repo, rev):
+        """The branch's commits, newest first, as the Hub lists them (one page)."""
+        found = self._at_revision(repo, rev)
         if found is None:
             return
-        if rev not in ("main", found.sha):
-            return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+        self._send(
+            200,
+            [
+                {
+                    "id": c["oid"],
+                    "authors": [],
+                    "date": c.get("date", "2000-01-01T00:00:00.000Z"),
+                    "title": c["summary"],
+                    "message": "",
+                }
+                for c in reversed(found.commits)
+            ],
+        )
+
+    def resolve(self, query, repo, rev, file):
+        found = self._at_revision(repo, rev)
+        if found is None:
+            return
         if file not in found.files:
             return self._error(404, f"{file} not found", "EntryNotFound")
         content = found.files[file]
