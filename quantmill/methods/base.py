@@ -9,6 +9,7 @@ memory, writes ``quantmill.json`` and makes the folder visible atomically.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -88,6 +89,7 @@ class QuantizeContext:
         return self.device.startswith("cuda")
 
 
+@functools.cache  # read once per process: cache keys ask for every backend's version for every step (~4 ms each)
 def package_version(name: str) -> str | None:
     try:
         return version(name)

@@ -22,7 +22,6 @@ message names their run, and report that commit (the repo says so, whichever pro
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -33,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from quantmill.errors import PublishError
+from quantmill.filehash import sha256_of
 from quantmill.metrics import metric_direction
 from quantmill.publish.card import hub_base_model
 from quantmill.publish.gguf_split import repo_names, split
 from quantmill.publish.publisher import (
     card_license,
     commit_unless_present,
-    file_sha256,
     holds,
     is_grouped,
     publishable,
@@ -189,18 +188,6 @@ def _imatrix_text(rows: dict[str, dict]) -> str:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _hash_of(path: Path, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)
-
-
-def _hashed(path: Path) -> str:
-    """A file's sha256, hashed once per process while it is unchanged: every GGUF variant of a run
-    publishes the whole group, and the files may be tens of GB."""
-    stat = path.stat()
-    return _hash_of(path, stat.st_size, stat.st_mtime_ns)
-
-
 def _group_files(record: RunRecord, members: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     """Each member's files (the imatrix once; no provenance file) and which member each GGUF file is."""
     files: dict[str, Path] = {}
@@ -211,7 +198,7 @@ def _group_files(record: RunRecord, members: list[str]) -> tuple[dict[str, Path]
         for name, path in upload_files(artifact).items():
             if name == PROVENANCE_FILE:
                 continue
-            if name in files and _hashed(files[name]) != _hashed(path):
+            if name in files and sha256_of(files[name]) != sha256_of(path):
                 raise PublishError(f"{name} differs between GGUF variants of this run; they cannot share one repo")
             files[name] = path
             if name.endswith(".gguf") and name != "imatrix.gguf":
@@ -243,7 +230,7 @@ def publish_group(
     files, owners = _group_files(record, in_repo)
     layout = {name: repo_names(name, files[name]) for name in owners}  # the file, or its shards
     quality = quality_metric(record)
-    rows = {layout[f][0]: measured_row(record, v, quality, layout[f], _hashed(files[f])) for f, v in owners.items()}
+    rows = {layout[f][0]: measured_row(record, v, quality, layout[f], sha256_of(files[f])) for f, v in owners.items()}
     previous = front_matter(target.read_card(repo_id) or "").get("quantmill") or {}
     present = target.files(repo_id)
     # types this run did not measure keep their files and row; measured ones are this run's

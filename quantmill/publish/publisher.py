@@ -17,6 +17,7 @@ from typing import Any
 
 from quantmill.errors import PublishError
 from quantmill.evaluation.results import EvaluationResult
+from quantmill.filehash import sha256_of
 from quantmill.gates import Verdict
 from quantmill.publish.card import CardInputs, render_card
 from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_matter, stale_files
@@ -108,18 +109,12 @@ def upload_files(artifact_path: Path) -> dict[str, Path]:
     }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(files: dict[str, Path], card_text: str) -> str:
+    """What a commit would hold: the card's text and each file's name and sha256 (each file read once while
+    it is unchanged: an unchanged rerun re-checks every published variant)."""
     digest = hashlib.sha256(card_text.encode())
     for name, path in sorted(files.items()):
-        digest.update(f"{name}\0{file_sha256(path)}\n".encode())
+        digest.update(f"{name}\0{sha256_of(path)}\n".encode())
     return digest.hexdigest()
 
 

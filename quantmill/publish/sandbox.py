@@ -10,6 +10,7 @@ can be published.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from quantmill.errors import PublishError
@@ -28,11 +29,10 @@ def render_model_card(card_data: Any, template: str, **context: Any):
     """
     import jinja2
     from huggingface_hub import ModelCard
-    from jinja2.sandbox import SandboxedEnvironment
 
     values = {**card_data.to_dict(), **context}
     try:
-        text = SandboxedEnvironment().from_string(template).render(card_data=card_data.to_yaml(), **values)
+        text = _compiled(template).render(card_data=card_data.to_yaml(), **values)
     except jinja2.TemplateError as exc:
         raise PublishError(f"the model card template failed: {type(exc).__name__}: {exc}") from exc
     if not text.startswith("---"):
@@ -45,3 +45,11 @@ def render_model_card(card_data: Any, template: str, **context: Any):
         # a custom front matter without quantmill's block; CardData keeps any extra attribute
         card.data.quantmill = card_data.quantmill  # type: ignore[attr-defined]
     return card
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    """The template compiled once per process: a run renders a card per variant from the same one."""
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment().from_string(template)

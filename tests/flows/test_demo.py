@@ -97,11 +97,13 @@ def test_demo_recipe_end_to_end(demo_run):
     assert set(statuses.values()) == {"passed"}, statuses
     zoo = demo_run["zoo"] / "quantmill-demo"
     published = sorted(p.name for p in zoo.iterdir() if p.is_dir() and p.name != "collections")
-    assert published == sorted(f"tiny-llama-{v}" for v in statuses)  # the failing variant is absent
+    hf_format = [v for v in statuses if not v.startswith("gguf-")]
+    # the failing variant is absent; the GGUF types share one repo, as llama.cpp's and Ollama's tags expect
+    assert published == sorted([*(f"tiny-llama-{v}" for v in hf_format), "tiny-llama-GGUF"])
     run = demo_run["run"]
     assert run.name == results["run_id"]
     saved = results["variants"]  # what the run measured, from disk
-    for repo in published:
+    for repo in (f"tiny-llama-{v}" for v in hf_format):
         card = (zoo / repo / "README.md").read_text()
         meta = front_matter(card)
         assert "base_model" not in meta and meta["license"] == "apache-2.0"  # a local model has no Hub id
@@ -113,10 +115,12 @@ def test_demo_recipe_end_to_end(demo_run):
         assert shown[("tiny_world_mc", "acc")] == measured["tiny_world_mc/acc"]["value"], repo
         assert shown[("tiny_world_ppl", "perplexity")] == measured["ppl"]["value"], repo
         assert meta["quantmill"]["verdict"] == variant["status"] == "passed"
-    gguf_card = (zoo / "tiny-llama-gguf-q4_k_m" / "README.md").read_text()
+    gguf = zoo / "tiny-llama-GGUF"
+    assert sorted(p.name for p in gguf.glob("*.gguf")) == [f"tiny-llama-{t}.gguf" for t in ("Q2_K", "Q4_K_M", "Q8_0")]
+    gguf_card = (gguf / "README.md").read_text()
     assert "tiny-llama-Q4_K_M.gguf" in gguf_card and "llama-cli" in gguf_card
     collection = json.loads((zoo / "collections" / "quantmill-demo-zoo.json").read_text())
-    assert len(collection["items"]) == len(statuses)
+    assert len(collection["items"]) == len(published)
 
     for name in ("results.json", "report.md", "report.html", "quality_vs_size.png", "quality_vs_speed.png"):
         assert (run / name).is_file(), name
