@@ -299,7 +299,7 @@ def run_recipe(
     any ``task_runner``.
     """
     if processes and not task_runner:
-        workers = process_task_runner(processes, _worker_gpu_envs(recipe_path, processes))
+        dask_runner = process_task_runner(processes, _worker_gpu_envs(recipe_path, processes))
         with _api_reachable_from_workers():
             return run_recipe(
                 recipe_path,
@@ -308,7 +308,7 @@ def run_recipe(
                 heavy_slots=heavy_slots or processes,
                 publish=publish,
                 target=target,
-                task_runner=workers,
+                task_runner=dask_runner,
             )
     runner: TaskRunner[Any] = task_runner or ThreadPoolTaskRunner(max_workers=workers or get_settings().workers)
     state = quantize_evaluate_publish.with_options(task_runner=runner)(
@@ -356,7 +356,11 @@ def _worker_gpu_envs(recipe_path: str, processes: int) -> list[dict[str, str]] |
     Raises:
         QuantmillError: more processes than GPU slots, or more GPUs per variant than are visible.
     """
-    if not resolve_device(load_recipe(recipe_path).recipe.device).startswith("cuda"):
+    try:
+        device = load_recipe(recipe_path).recipe.device
+    except QuantmillError:
+        return None  # the flow loads the recipe again, and reports (and announces) what is wrong with it
+    if not resolve_device(device).startswith("cuda"):
         return None
     return worker_gpu_env(this_process_gpu_ids(), get_settings().gpus_per_variant, processes)
 

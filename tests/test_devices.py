@@ -228,3 +228,19 @@ def test_llm_compressor_onloads_to_the_steps_gpu_not_the_processs_first():
     assert sequential.get_main_device is original
     with onloading_to("cuda:0"), onloading_to("cpu"):
         assert sequential.get_main_device is original  # GPU 0 is its own choice already
+
+
+@pytest.mark.fast
+def test_processes_on_a_cuda_recipe_pin_one_gpu_slot_per_worker(write_recipe, monkeypatch):
+    from quantmill.flows.recipe import _worker_gpu_envs
+    from quantmill.testing.recipes import fast_recipe
+
+    monkeypatch.setenv(SIMULATED_GPUS_ENV, "2")
+    monkeypatch.delenv(VISIBLE_DEVICES, raising=False)
+    rtn = "    - {method: rtn, bits: 4, group_size: 128}\n"
+    cpu = write_recipe(fast_recipe(rtn), "cpu.yaml")
+    cuda = write_recipe(fast_recipe(rtn).replace("device: cpu", "device: cuda"), "cuda.yaml")
+    assert _worker_gpu_envs(str(cpu), 2) is None  # a CPU run's workers see what this process sees
+    assert _worker_gpu_envs(str(cuda), 2) == [{VISIBLE_DEVICES: "0"}, {VISIBLE_DEVICES: "1"}]
+    with pytest.raises(QuantmillError, match="--processes 3 asks for 3 GPU slots"):
+        _worker_gpu_envs(str(cuda), 3)
