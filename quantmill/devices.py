@@ -1,8 +1,9 @@
 """Which devices a heavy step may use: GPU slots tied to fixed GPUs, and where a model is placed on them.
 
-A heavy step holds one slot of a concurrency limit while it runs (``tasks/limits.py``): ``gpu``
-when the run is on CUDA and the step needs a GPU, else ``cpu-heavy`` (a method whose spec says
-``gpu="none"``, e.g. GGUF, runs on the CPU and takes no GPU slot). A GPU slot is tied to devices:
+A heavy step runs in one slot of a concurrency limit (``tasks/limits.py``; its own, or its run's:
+``quantmill.pipeline.SlotPolicy``): ``gpu`` when the run is on CUDA and the step needs a GPU, else
+``cpu-heavy`` (a method whose spec says ``gpu="none"``, e.g. GGUF, runs on the CPU and takes no GPU
+slot). A GPU slot is tied to devices:
 with ``g`` GPUs per variant (``QUANTMILL_GPUS_PER_VARIANT``), slot ``i`` is the visible GPUs
 ``[i*g, (i+1)*g)``. While a step holds a slot it holds a file lock per GPU of the slot, named by
 the GPU's machine-wide id (its ``CUDA_VISIBLE_DEVICES`` entry, or its index where that is unset),
@@ -38,6 +39,10 @@ GPU_LIMIT = "gpu"
 #: the heavy limit of steps on the CPU: runs on the CPU, and CPU-only methods on a CUDA run
 CPU_LIMIT = "cpu-heavy"
 VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+#: Test seam, never set in use: pretend the machine has this many GPUs, so that tests on a CPU-only
+#: machine simulate devices (``CUDA_VISIBLE_DEVICES`` still narrows them, as CUDA would); a step in
+#: a simulated GPU slot holds its GPUs but computes on the CPU.
+SIMULATED_GPUS_ENV = "QUANTMILL_TEST_SIMULATED_GPUS"
 
 
 def limit_name(device: str) -> str:
@@ -52,7 +57,7 @@ class Placement:
     Attributes:
         device: what torch calls the step's (first) device in this process: ``cpu`` or ``cuda:k``.
         gpus: every GPU the step holds, as torch numbers them in this process (``device``'s first);
-            empty on the CPU.
+            empty on the CPU (but for simulated GPUs: :data:`SIMULATED_GPUS_ENV`).
     """
 
     device: str
@@ -92,6 +97,8 @@ def gpu_slot_count(visible: int, gpus_per_variant: int) -> int:
 
 def slot_placement(slot: int, gpus_per_variant: int) -> Placement:
     gpus = slot_gpus(slot, gpus_per_variant)
+    if os.environ.get(SIMULATED_GPUS_ENV):
+        return Placement("cpu", gpus)  # simulated GPUs compute nothing: the step holds them and runs on the CPU
     return Placement(f"cuda:{gpus[0]}", gpus)
 
 
@@ -134,11 +141,6 @@ def hold_gpus(ids: Sequence[str], gpus_per_variant: int, folder: Path) -> Iterat
         raise QuantmillError("the run is on CUDA, but this process sees no GPU")
     with one_of_lock_groups(groups) as slot:
         yield slot_placement(slot, gpus_per_variant)
-
-
-#: Test seam, never set in use: pretend the machine has this many GPUs, so that tests on a CPU-only
-#: machine simulate devices (``CUDA_VISIBLE_DEVICES`` still narrows them, as CUDA would).
-SIMULATED_GPUS_ENV = "QUANTMILL_TEST_SIMULATED_GPUS"
 
 
 def this_process_gpu_ids() -> list[str]:

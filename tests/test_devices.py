@@ -135,6 +135,7 @@ def _step_in_worker(folder: str, hold_s: float) -> dict:
         }
 
 
+@pytest.mark.slow
 def test_dask_workers_started_for_processes_each_see_their_own_gpu(tmp_path, monkeypatch):
     """``--processes 2`` on 2 simulated GPUs: each worker process sees one GPU, holds it, and they run at once."""
     from distributed import Client, SpecCluster
@@ -150,7 +151,7 @@ def test_dask_workers_started_for_processes_each_see_their_own_gpu(tmp_path, mon
         seen = list(client.run(_step_in_worker, str(tmp_path / "locks"), 1.0).values())
     assert sorted(s["visible"] for s in seen) == ["0", "1"]
     assert sorted(tuple(s["ids"]) for s in seen) == [("0",), ("1",)]
-    assert all(s["device"] == "cuda:0" for s in seen)  # its own GPU is the only one it sees
+    assert all(s["device"] == "cpu" for s in seen)  # simulated GPUs hold, but compute on the CPU
     _assert_no_gpu_shared(seen)
     assert seen[0]["start"] < seen[1]["end"] and seen[1]["start"] < seen[0]["end"]  # in parallel
 
@@ -215,6 +216,7 @@ def test_a_gpu_held_by_a_killed_step_is_freed(tmp_path):
     waiter.join()
 
 
+@pytest.mark.slow
 def test_llm_compressor_onloads_to_the_steps_gpu_not_the_processs_first():
     """Its pipelines onload to GPU 0 of the process; a step in a thread whose slot is cuda:1 must calibrate there."""
     import torch
@@ -244,3 +246,109 @@ def test_processes_on_a_cuda_recipe_pin_one_gpu_slot_per_worker(write_recipe, mo
     assert _worker_gpu_envs(str(cuda), 2) == [{VISIBLE_DEVICES: "0"}, {VISIBLE_DEVICES: "1"}]
     with pytest.raises(QuantmillError, match="--processes 3 asks for 3 GPU slots"):
         _worker_gpu_envs(str(cuda), 3)
+
+
+PROBES = """
+import dataclasses, fcntl, json, os, time
+from pathlib import Path
+
+from quantmill.methods.rtn import SPEC as RTN
+from quantmill.settings import get_settings
+
+
+def _gpus_held(visible):
+    # Whether this step holds its worker's GPUs: their lock files cannot be taken while it does.
+    held = []
+    for gpu in visible.split(","):
+        with open(get_settings().cache_dir / "locks" / f"gpu-device.{gpu}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+    return all(held)
+
+
+def _record(name, ctx, wait_for_another):
+    trace = Path(os.environ["QUANTMILL_PROBE_TRACE"])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entry = {"name": name, "pid": os.getpid(), "visible": visible, "device": ctx.device, "held": _gpus_held(visible)}
+    with trace.open("a") as f:
+        f.write(json.dumps(entry) + "\\n")
+    deadline = time.monotonic() + 120
+    while wait_for_another and len({json.loads(line)["pid"] for line in trace.read_text().splitlines()
+                                     if json.loads(line)["name"] == "gpuprobe"}) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no second process quantized at the same time")
+        time.sleep(0.1)
+
+
+def gpu_quantize(params, ctx):
+    _record("gpuprobe", ctx, wait_for_another=True)  # two GPU steps must overlap, in two processes
+    return RTN.quantize(params, ctx)
+
+
+def cpu_quantize(params, ctx):
+    _record("cpuprobe", ctx, wait_for_another=False)
+    return RTN.quantize(params, ctx)
+
+
+GPU = dataclasses.replace(RTN, name="gpuprobe", quantize=gpu_quantize, variant_id=lambda p: f"gpuprobe-w{p.bits}")
+CPU = dataclasses.replace(
+    RTN, name="cpuprobe", quantize=cpu_quantize, variant_id=lambda p: f"cpuprobe-w{p.bits}", gpu="none"
+)
+"""
+
+
+@pytest.mark.slow
+def test_processes_on_simulated_gpus_give_each_step_its_own_gpu_and_a_cpu_method_none(tmp_path, write_recipe):
+    """`quantmill run --processes 2` of a CUDA recipe on 2 simulated GPUs, methods from a plug-in: the two
+    GPU steps overlap in two worker processes that each see, and hold, a different GPU; the ``gpu="none"``
+    method's step runs on the CPU, holding no GPU."""
+    import json
+    import subprocess
+    import sys
+
+    from quantmill.testing.recipes import fast_recipe
+    from tests.conftest import REPO
+
+    plugin = tmp_path / "plugin"
+    dist_info = plugin / "quantmill_probes-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (plugin / "quantmill_probes.py").write_text(PROBES)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: quantmill-probes\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[quantmill.methods]\ngpuprobe = quantmill_probes:GPU\ncpuprobe = quantmill_probes:CPU\n"
+    )
+    variants = (
+        "    - {method: gpuprobe, bits: [4, 8], group_size: 128}\n    - {method: cpuprobe, bits: 4, group_size: 128}\n"
+    )
+    recipe = write_recipe(fast_recipe(variants).replace("device: cpu", "device: cuda"))
+    trace = tmp_path / "trace"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{plugin}{os.pathsep}{REPO}",
+        "QUANTMILL_PROBE_TRACE": str(trace),
+        SIMULATED_GPUS_ENV: "2",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
+        "QUANTMILL_CACHE_DIR": str(tmp_path / "cache"),  # its own slot and GPU locks
+    }
+    env.pop("PREFECT_API_URL", None)
+    env.pop(VISIBLE_DEVICES, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--processes", "2", "--no-publish"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [json.loads(line) for line in trace.read_text().splitlines()]
+    gpu = [s for s in steps if s["name"] == "gpuprobe"]
+    assert len(gpu) == 2 and len({s["pid"] for s in gpu}) == 2
+    assert sorted(s["visible"] for s in gpu) == ["0", "1"] and all(s["held"] for s in gpu)
+    (cpu,) = [s for s in steps if s["name"] == "cpuprobe"]
+    assert cpu["device"] == "cpu" and cpu["visible"] in ("0", "1") and not cpu["held"]
