@@ -195,16 +195,7 @@ def _record_variant(
         quantize=_cached(quantized), evaluate=_cached(evaluated), servable=checked is not None and _cached(checked)
     )
     run.record_variant(variant, error=error, artifact=artifact, evaluation=evaluation, verdict=verdict, cached=cached)
-    _report_done(run, variant.id)
-
-
-def _report_done(run: RecipeRun, variant_id: str) -> None:
-    """The variant's ``done`` event: its verdict, whether it came from the cache, how publishing went (once it did)."""
-    entry = run.record.variants[variant_id]
-    fields: dict[str, Any] = {"status": entry.status.value, "cached": entry.fully_cached}
-    if entry.publish is not None:
-        fields["publish"] = entry.publish.status.value
-    progress.emit(run.path.resolve(), variant_id, "done", **fields)
+    run.report_done(variant.id)
 
 
 def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
@@ -219,7 +210,7 @@ def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
         run.record_publish(
             variant_id, future.result() if error is None else PublishOutcome(status=PublishStatus.FAILED, error=error)
         )
-        _report_done(run, variant_id)
+        run.report_done(variant_id)
 
 
 def _publish_artifacts(run: RecipeRun) -> None:

@@ -220,16 +220,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantmill.recipe import load_recipe
 
     loaded = load_recipe(args.recipe)  # an invalid or refused recipe stops here, before Prefect starts
-    _prefect_defaults()
     if args.verbose:  # the steps' log capture also streams what the libraries print
         os.environ["QUANTMILL_VERBOSE"] = "1"
         get_settings.cache_clear()  # settings read before this line did not see it
     from quantmill.console_view import EVERY_TRANSITION, OUTCOME_STAGES, follow_new_run, results_table
-    from quantmill.flows.recipe import keep_run_logs_off_the_console, run_recipe
     from quantmill.runstore import Run, RunStore
-
-    if not args.verbose:
-        keep_run_logs_off_the_console()
 
     # verbose output is a stream of lines even on a terminal: a live table would be torn by it
     live = console.is_terminal and not args.verbose
@@ -240,20 +235,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         live=live,
         line_stages=EVERY_TRANSITION if args.verbose else OUTCOME_STAGES,
     ):
-        outcome = run_recipe(
-            str(args.recipe),
-            only=args.only,
-            workers=args.workers,
-            processes=args.processes,
-            publish=not args.no_publish,
-            target=args.target,
-        )
-    run = Run(Path(outcome["run_path"]))
+        run_path = None if args.no_replay else _replayed(args)
+        replayed = run_path is not None
+        if run_path is None:
+            run_path = _run_flow(args)
+    run = Run(run_path)
     record = run.read_record()
     console.print(results_table(record))
+    if replayed:
+        console.print("every step was cached: replayed without Prefect (no flow run; --no-replay runs the flow)")
     console.print(f"results: {run.results_path}", highlight=False, soft_wrap=True)
     raise_unless_all_passed(record)
     return 0
+
+
+def _replayed(args: argparse.Namespace) -> Path | None:
+    """The run folder of an unchanged rerun replayed from the cache (:mod:`quantmill.replay`); None: not all cached."""
+    from quantmill.replay import replay_cached_run
+
+    run = replay_cached_run(args.recipe, only=args.only, publish=not args.no_publish, target=args.target)
+    return run.path if run is not None else None
+
+
+def _run_flow(args: argparse.Namespace) -> Path:
+    """Run the recipe's Prefect flow; returns its run folder."""
+    _prefect_defaults()
+    from quantmill.flows.recipe import keep_run_logs_off_the_console, run_recipe
+
+    if not args.verbose:
+        keep_run_logs_off_the_console()
+    outcome = run_recipe(
+        str(args.recipe),
+        only=args.only,
+        workers=args.workers,
+        processes=args.processes,
+        publish=not args.no_publish,
+        target=args.target,
+    )
+    return Path(outcome["run_path"])
 
 
 def raise_unless_all_passed(record: RunRecord) -> None:
@@ -430,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
     run.add_argument("--target", choices=["local", "hub"], help="override the recipe's publish target")
+    run.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="run the Prefect flow even when every step is cached (an unchanged rerun is otherwise "
+        "replayed from the cache in this process, without a flow run)",
+    )
     run.add_argument(
         "--verbose",
         action="store_true",

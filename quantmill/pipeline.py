@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from quantmill import __version__, cachekeys, stages
+from quantmill import __version__, cachekeys, progress, stages
 from quantmill.calibration import CalibrationSet
 from quantmill.devices import CPU_LIMIT, GPU_LIMIT, Placement
 from quantmill.errors import RecipeError
@@ -54,6 +55,11 @@ from quantmill.runstore import Run, RunStore
 from quantmill.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+#: network-bound steps (resolving the model, publishing) are tried again this often, after
+#: RETRY_BACKOFF_S × 2**attempt seconds; compute steps never retry blindly
+NETWORK_RETRIES = 3
+RETRY_BACKOFF_S = 2.0
 
 
 def select_variants(loaded: LoadedRecipe, only: list[str] | None) -> list[Variant]:
@@ -135,14 +141,31 @@ def discard_unreadable_cache_entry(cache: Path, key: str) -> bool:
     if not record.exists():
         return False
     try:
-        storage_key = json.loads(record.read_text())["storage_key"]
-        result = Path(storage_key) if Path(storage_key).is_absolute() else cache / "results" / storage_key
-        json.loads(result.read_text())
+        _read_cache_entry(cache, key)
         return False
     except (OSError, ValueError, KeyError, TypeError):
         log.warning("discarding unreadable cache entry %s; the step will run again", key[:12])
         record.unlink(missing_ok=True)
         return True
+
+
+def _read_cache_entry(cache: Path, key: str) -> tuple[dict, object]:
+    """The entry's record (``keys/<key>``) and the stored result it names; raises when either does not parse."""
+    record = json.loads((cache / "keys" / key).read_text())
+    storage_key = record["storage_key"]
+    result = Path(storage_key) if Path(storage_key).is_absolute() else cache / "results" / storage_key
+    return record, json.loads(result.read_text())
+
+
+def cached_result(cache: Path, key: str) -> dict | None:
+    """The stored result of a compute step, read as Prefect would return it; None when there is none, it
+    expires, or it is not a plain JSON result (every compute step persists JSON: ``tasks/steps.py``)."""
+    try:
+        record, result = _read_cache_entry(cache, key)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    plain_json = (record.get("serializer") or {}).get("type") == "json" and record.get("expiration") is None
+    return result if plain_json and isinstance(result, dict) else None
 
 
 def with_servable(evaluation: EvaluationResult | None, servable: EvaluationResult | None) -> EvaluationResult | None:
@@ -201,6 +224,11 @@ def slot_policy(limit: str, *, tasks_in_this_process: bool, all_cached: bool) ->
     return SlotPolicy(limit=limit, run=limit if holds else None)
 
 
+def recipe_cache_dir(store: RunStore, recipe: str) -> Path:
+    """Persisted step results of every run of this recipe (what makes reruns and resumes cheap)."""
+    return (store.recipe_dir(recipe) / ".cache").resolve()
+
+
 @dataclass(frozen=True)
 class Publication:
     """The variants a run publishes, where, and the links between them."""
@@ -232,8 +260,7 @@ class RecipeRun:
 
     @property
     def cache_dir(self) -> Path:
-        """Persisted step results of every run of this recipe (what makes reruns and resumes cheap)."""
-        return (self.store.recipe_dir(self.loaded.name) / ".cache").resolve()
+        return recipe_cache_dir(self.store, self.loaded.name)
 
     def artifact_dir(self, variant: Variant, keys: StepKeys) -> Path:
         """The variant's output folder, named by its quantize key, shared by every run that has that key."""
@@ -305,6 +332,14 @@ class RecipeRun:
             self.logger.error("variant %s failed: %s", variant.id, error)
         else:
             self.logger.info("variant %s %s", variant.id, verdict.status)
+
+    def report_done(self, variant_id: str) -> None:
+        """The variant's ``done`` event: its verdict, whether it came from the cache, how publishing went."""
+        entry = self.record.variants[variant_id]
+        fields: dict[str, object] = {"status": entry.status.value, "cached": entry.fully_cached}
+        if entry.publish is not None:
+            fields["publish"] = entry.publish.status.value
+        progress.emit(self.path.resolve(), variant_id, "done", **fields)
 
     def publication(self, publish: bool, target: str | None) -> Publication | None:
         """What to publish: every passing variant, to ``target`` or the recipe's; None when nothing is."""
@@ -445,15 +480,27 @@ def run_sequential(
         )
     publication = run.publication(publish, target)
     if publication is not None:
-        from quantmill.publish.publish_run import publish_recorded
-        from quantmill.publish.publisher import make_target
-
-        destination = make_target(loaded, publication.target)
-        for variant_id in publication.variant_ids:
-            try:
-                outcome = publish_recorded(loaded, run.record, variant_id, destination, publication.related)
-            except Exception as exc:  # noqa: BLE001 -- a failed publish is recorded, the others go on
-                outcome = PublishOutcome(status=PublishStatus.FAILED, error=describe_error(exc))
-            run.record_publish(variant_id, outcome)
+        publish_in_process(run, publication)
     run.finish()
     return run
+
+
+def publish_in_process(run: RecipeRun, publication: Publication, *, retries: int = 0) -> None:
+    """Publish the variants of ``publication`` in this thread, one commit each, recording each outcome; a failure
+    is tried again ``retries`` times, waiting as the flow's publish task does (publishing is idempotent)."""
+    from quantmill.publish.publish_run import publish_recorded
+    from quantmill.publish.publisher import make_target
+
+    destination = make_target(run.loaded, publication.target)
+    for variant_id in publication.variant_ids:
+        progress.emit(run.path.resolve(), variant_id, "publishing")
+        for attempt in range(retries + 1):
+            try:
+                outcome = publish_recorded(run.loaded, run.record, variant_id, destination, publication.related)
+                break
+            except Exception as exc:  # noqa: BLE001 -- a failed publish is recorded, the others go on
+                outcome = PublishOutcome(status=PublishStatus.FAILED, error=describe_error(exc))
+                if attempt < retries:
+                    time.sleep(RETRY_BACKOFF_S * 2**attempt)
+        run.record_publish(variant_id, outcome)
+        run.report_done(variant_id)

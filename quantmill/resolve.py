@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantmill.errors import QuantmillError
+from quantmill.filehash import sha256_of
 from quantmill.recipe.checks import is_local_model
 from quantmill.recipe.load import LoadedRecipe
 
@@ -47,7 +48,8 @@ class ResolvedModel:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over the names and bytes of a folder's model and data files."""
+    """sha256 over the names and sha256 digests of a folder's model and data files (each file read once
+    while it is unchanged: :func:`quantmill.filehash.sha256_of`)."""
     digest = hashlib.sha256()
     files = [
         p
@@ -55,10 +57,7 @@ def content_hash(folder: Path) -> str:
         if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES and "__pycache__" not in p.parts
     ]
     for file in sorted(files):
-        digest.update(str(file.relative_to(folder)).encode())
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{file.relative_to(folder)}\0{sha256_of(file)}\n".encode())
     return "sha256:" + digest.hexdigest()
 
 

@@ -44,7 +44,7 @@ from quantmill.calibration import CalibrationSet
 from quantmill.devices import CPU, running_on
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
-from quantmill.pipeline import StepSlot
+from quantmill.pipeline import NETWORK_RETRIES, RETRY_BACKOFF_S, StepSlot
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
@@ -110,10 +110,9 @@ def _cached_step(name: str):
     return task(name=name, cache_policy=StepKey(), persist_result=True, result_serializer="json")
 
 
-# Network-bound steps retry with exponential backoff; compute steps never retry blindly.
 _NETWORK_RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retries": NETWORK_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
     "retry_jitter_factor": 0.5,
 }
 

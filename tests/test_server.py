@@ -81,8 +81,9 @@ def test_a_port_in_use_is_one_clear_error(cache_dir, capsys):
 
 @pytest.mark.slow
 def test_server_lifecycle_and_a_cached_cli_rerun_on_it(cache_dir, tmp_path):
-    """Start the server; two CLI runs use it on their own; the unchanged rerun imports no torch,
-    transformers or llm-compressor; stop."""
+    """Start the server; two CLI runs use it on their own; the unchanged rerun through the flow
+    (``--no-replay``: a replayed one creates no flow run) imports no torch, transformers or
+    llm-compressor; stop."""
     port = free_port()
     info = server.start_server(port, ui=False)
     try:
@@ -94,7 +95,10 @@ def test_server_lifecycle_and_a_cached_cli_rerun_on_it(cache_dir, tmp_path):
         recipe.write_text(fast_recipe("    - {method: rtn, bits: 4, group_size: 128}\n"))
         env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
         command = [sys.executable, "-X", "importtime", "-m", "quantmill.cli", "run", str(recipe), "--no-publish"]
-        runs = [subprocess.run(command, capture_output=True, text=True, env=env, timeout=600) for _ in range(2)]
+        runs = [
+            subprocess.run(command + extra, capture_output=True, text=True, env=env, timeout=600)
+            for extra in ([], ["--no-replay"])
+        ]
         for done in runs:
             assert done.returncode == 0, done.stderr[-3000:]
         first, rerun = (_imported(done.stderr) for done in runs)

@@ -77,6 +77,15 @@ def task_manager(tasks: list[str], include_paths: list[Path]) -> Any:
     return _manager(folders, True, fingerprint)
 
 
+def _skip_lm_evals_git_hash() -> None:
+    """lm-eval records ``git describe`` of the process's working folder in its results, which quantmill
+    never reads (its provenance names the model, the recipe and the libraries' versions); outside a
+    repository git writes "fatal: not a git repository" straight to the terminal, once per evaluation."""
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+
+
 def run_tasks(lm, evaluation: Evaluation, include_paths: list[Path]) -> tuple[dict[str, MetricValue], dict[str, Any]]:
     """Run the recipe's lm-eval tasks on ``lm`` (an ``lm_eval.api.model.LM``).
 
@@ -91,6 +100,7 @@ def run_tasks(lm, evaluation: Evaluation, include_paths: list[Path]) -> tuple[di
     from lm_eval import simple_evaluate
 
     seed = evaluation.seed
+    _skip_lm_evals_git_hash()
     try:
         manager = task_manager(list(evaluation.tasks), include_paths)
         results = simple_evaluate(

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from quantmill.errors import QuantmillError
+from quantmill.methods.base import package_version
 from quantmill.record import RunRecord, VariantStatus
 from quantmill.report.labels import place_labels
 from quantmill.report.pareto import Point, pareto_frontier
 from quantmill.report.quality import quality_metric
+from quantmill.runstore import atomic_write_bytes
+from quantmill.settings import get_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -85,13 +93,51 @@ def quality_figure(record: RunRecord, cost: str) -> Figure | None:
 
 
 def plot(record: RunRecord, out: Path, cost: str) -> Path | None:
-    """Write ``quality_vs_size.png`` (``cost='size_mb'``) or ``quality_vs_speed.png``; None without data."""
+    """Write ``quality_vs_size.png`` (``cost='size_mb'``) or ``quality_vs_speed.png``; None without data.
+
+    Drawing costs ~1 s (matplotlib's import and layout), most of an unchanged rerun: a figure is
+    kept in quantmill's cache folder under a digest of what it draws (:func:`figure_digest`) and
+    copied when a run draws the same again."""
+    digest = figure_digest(record, cost)
+    if digest is None:
+        return None
+    path = out / ("quality_vs_speed.png" if cost == "decode_tok_s" else "quality_vs_size.png")
+    kept = get_settings().cache_dir / "plots" / f"{digest}.png"
+    if kept.is_file():
+        shutil.copyfile(kept, path)
+        return path
     fig = quality_figure(record, cost)
     if fig is None:
         return None
     import matplotlib.pyplot as plt
 
-    path = out / ("quality_vs_speed.png" if cost == "decode_tok_s" else "quality_vs_size.png")
     fig.savefig(path)
     plt.close(fig)
+    with contextlib.suppress(QuantmillError):  # a cache that cannot be written only costs the next run a drawing
+        atomic_write_bytes(kept, path.read_bytes())
     return path
+
+
+_DRAWING_CODE = ("plots.py", "labels.py", "pareto.py", "quality.py")
+
+
+def figure_digest(record: RunRecord, cost: str) -> str | None:
+    """A digest of everything :func:`quality_figure` draws from: the recipe's name, the quality metric, each
+    point with its status, the baseline, the drawing code and matplotlib's version; None when it draws nothing."""
+    quality = quality_metric(record)
+    points = _points(record, quality, cost) if quality else []
+    if not points:
+        return None
+    baseline = record.baseline_evaluation()
+    drawn = {
+        "recipe": record.recipe,
+        "quality": quality,
+        "cost": cost,
+        "points": [(p.name, p.cost, p.quality, record.variants[p.name].status.value) for p in points],
+        "baseline": baseline.metrics[quality].value if baseline and quality in baseline.metrics else None,
+        "matplotlib": package_version("matplotlib"),
+    }
+    digest = hashlib.sha256(json.dumps(drawn, sort_keys=True).encode())
+    for name in _DRAWING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()

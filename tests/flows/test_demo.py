@@ -19,7 +19,18 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 #: what a library prints when it reaches the console: Python warnings, logging, tqdm bars, llama.cpp
-LIBRARY_NOISE = ("Warning", "warnings.warn", "INFO", "DEBUG", "it/s]", "s/it]", "llama_", "ggml_", "Traceback")
+LIBRARY_NOISE = (
+    "Warning",
+    "warnings.warn",
+    "INFO",
+    "DEBUG",
+    "it/s]",
+    "s/it]",
+    "llama_",
+    "ggml_",
+    "Traceback",
+    "fatal:",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +58,8 @@ def demo_run(prefect_server, tmp_path_factory):
     }
     output = []
     codes = []
-    for command in (["validate", "recipes/"], ["plan", str(recipe)], ["run", str(recipe)]):
-        done = subprocess.run(
-            [sys.executable, "-m", "quantmill.cli", *command],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=1800,  # the demo takes ~3 min on 2 free cores; a shared machine can be several times slower
-        )
+    for command in (["validate", str(REPO / "recipes")], ["plan", str(recipe)], ["run", str(recipe)]):
+        done = _cli(command, env, cwd=tmp)  # outside a git repository, where some libraries complain
         output.append(done.stdout)
         codes.append(done.returncode)
     combined = "".join(output)
@@ -68,7 +70,22 @@ def demo_run(prefect_server, tmp_path_factory):
         "output": combined,
         "results": json.loads(run.results_path.read_text()),
         "zoo": tmp / "zoo",
+        "recipe": recipe,
+        "env": env,
     }
+
+
+def _cli(command: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "quantmill.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=1800,  # the demo takes ~3 min on 2 free cores; a shared machine can be several times slower
+    )
 
 
 def test_demo_recipe_end_to_end(demo_run):
@@ -149,3 +166,54 @@ def test_variant_logs_hold_the_libraries_output(demo_run):
     repeats = [line for line in warned if line.startswith("[repeated ")]
     assert 1 <= len(repeats) == len(warned) - len(repeats) <= 2, warned
     assert (logs / "baseline.log").read_text().startswith("=== evaluating baseline · ")
+
+
+#: what an unchanged rerun must not import: each raises when imported (a RuntimeError, which no optional import catches)
+HEAVY_PACKAGES = ("prefect", "torch", "transformers", "llmcompressor", "lm_eval", "matplotlib")
+
+
+def test_an_unchanged_rerun_is_replayed_from_the_cache_without_prefect(demo_run, tmp_path):
+    """Every step cached: the CLI gates, publishes (nothing changed), reports and notifies in its own process,
+    importing neither Prefect nor any model library, and records what the flow recorded."""
+    blocked = tmp_path / "blocked"
+    for name in HEAVY_PACKAGES:
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise RuntimeError('an unchanged rerun imported {name}')\n")
+    env = demo_run["env"] | {"PYTHONPATH": os.pathsep.join([str(blocked), str(REPO)])}
+    done = _cli(["run", str(demo_run["recipe"])], env, cwd=tmp_path)
+    assert done.returncode == 3, done.stdout  # the same outcome: rtn-w2-g64 still fails its gate
+    assert "replayed without Prefect" in done.stdout
+    assert done.stdout.splitlines()[-1] == "✗ 1 variant(s) did not pass: rtn-w2-g64 (failed)"
+    first = demo_run["results"]
+    store = RunStore(demo_run["recipe"].parent / "runs")
+    replayed = next(run for run in store.runs("demo") if run.run_id != first["run_id"])
+    again = json.loads(replayed.results_path.read_text())
+    assert again["status"] == "completed" and again["baseline"]["cached"]
+    assert again["baseline"]["evaluation"] == first["baseline"]["evaluation"]
+    assert again["regressions"] == []
+    for variant, entry in first["variants"].items():
+        replay = again["variants"][variant]
+        for field in ("status", "evaluation", "verdict", "artifact", "setting"):
+            assert replay[field] == entry[field], (variant, field)
+        assert replay["cached"] == {"quantize": True, "evaluate": True, "servable": True}, variant
+        published = entry["status"] == "passed"
+        assert (replay["publish"] or {}).get("status") == ("unchanged" if published else None), variant
+    for figure in ("quality_vs_size.png", "quality_vs_speed.png"):  # kept from the first run's drawing
+        assert (replayed.path / figure).read_bytes() == (demo_run["run"] / figure).read_bytes()
+    assert "rtn-w2-g64" in (replayed.path / "report.md").read_text()
+
+
+def test_a_run_with_one_step_not_cached_is_not_replayed(demo_run, tmp_path):
+    """Replaying needs every step's result: one missing entry and nothing is written (the flow runs instead)."""
+    import shutil
+
+    from quantmill.replay import replay_cached_run
+
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_run["recipe"].parent / "runs" / "demo" / ".cache", runs / "demo" / ".cache")
+    assert replay_cached_run(demo_run["recipe"], runs_dir=runs, publish=False) is not None  # all there: replayed
+    (replayed,) = RunStore(runs).runs("demo")
+    keys = sorted((runs / "demo" / ".cache" / "keys").iterdir())
+    keys[len(keys) // 2].unlink()
+    assert replay_cached_run(demo_run["recipe"], runs_dir=runs, publish=False) is None
+    assert [run.run_id for run in RunStore(runs).runs("demo")] == [replayed.run_id]

@@ -237,6 +237,33 @@ def test_labels_never_overlap_even_when_points_crowd(cost):
 
 
 @pytest.mark.fast
+def test_a_figure_is_drawn_once_for_the_same_numbers(tmp_path, monkeypatch, request):
+    """A run that draws what an earlier one drew gets the earlier file; a changed status is drawn anew."""
+    from quantmill.report import plots
+    from quantmill.settings import get_settings
+
+    monkeypatch.setenv("QUANTMILL_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)  # later tests read the environment as it was
+    variants = {"gptq-w4": ("passed", 0.89, 1.2, 50.0), "rtn-w2": ("failed", 0.7, 0.7, 90.0)}
+    first, second, changed = tmp_path / "first", tmp_path / "second", tmp_path / "changed"
+    for folder in (first, second, changed):
+        folder.mkdir()
+    drawn = plots.plot(run(**variants), first, "size_mb")
+    assert drawn is not None
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drew the same figure again")
+
+    monkeypatch.setattr(plots, "quality_figure", no_drawing)
+    again = plots.plot(run(**variants), second, "size_mb")
+    assert again is not None and again.read_bytes() == drawn.read_bytes()
+    with pytest.raises(AssertionError, match="drew the same figure again"):  # a verdict changed: a new figure
+        plots.plot(run(**variants | {"rtn-w2": ("passed", 0.7, 0.7, 90.0)}), changed, "size_mb")
+    assert plots.figure_digest(run(**variants), "size_mb") != plots.figure_digest(run(**variants), "decode_tok_s")
+
+
+@pytest.mark.fast
 def test_report_links_each_existing_log(tmp_path):
     results = run(**{"gptq-w4": ("passed", 0.89, 1.2, 50.0), "rtn-w2": ("failed", 0.5, 0.7, 90.0)})
     (tmp_path / "logs").mkdir()
