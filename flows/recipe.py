@@ -28,6 +28,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from quantmill import progress
+from quantmill.devices import CPU_LIMIT, GPU_LIMIT, limit_name, this_process_gpu_ids, worker_gpu_env
 from quantmill.errors import QuantmillError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.notify import notify_error, notify_run
@@ -39,7 +40,7 @@ from quantmill.redact import redact
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
-from quantmill.tasks.limits import MACHINE_LIMITS_ENV, ensure_limit, hold_slot, limit_name
+from quantmill.tasks.limits import MACHINE_LIMITS_ENV, ensure_limit, hold_slot
 from quantmill.tasks.steps import (
     calibration_task,
     gate_task,
@@ -126,6 +127,8 @@ def quantize_evaluate_publish(
     device = resolve_device(loaded.recipe.device)
     limit = limit_name(device)
     ensure_limit(limit, heavy_slots)
+    if limit == GPU_LIMIT:
+        ensure_limit(CPU_LIMIT)  # steps of methods that need no GPU take a cpu-heavy slot instead
     resolved = resolve_model_task(loaded)
     run.begin(device, resolved)
     calibration = calibration_task(loaded, resolved) if loaded.recipe.calibration.dataset else None
@@ -135,29 +138,30 @@ def quantize_evaluate_publish(
     context = FlowRunContext.get()
     in_process = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
     slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
-    with hold_slot(slots.run):
-        baseline = steps.baseline.submit(loaded, resolved, device, slots.task, run_path, cache_key=keys.baseline)
+    with hold_slot(slots.run) as run_placement:
+        baseline_slot = slots.for_step(needs_gpu=True, run_placement=run_placement)
+        baseline = steps.baseline.submit(loaded, resolved, baseline_slot, run_path, cache_key=keys.baseline)
         evaluations = []
         for variant in run.variants:
             out_dir = run.artifact_dir(variant, keys)
-            args = (loaded, variant, resolved, calibration, device, out_dir, slots.task, run_path)
+            slot = slots.for_step(needs_gpu=variant.spec.uses_gpu, run_placement=run_placement)
+            args = (loaded, variant, resolved, calibration, out_dir, slot, run_path)
             quantized = steps.quantize.submit(*args, cache_key=keys.quantize[variant.id])
             evaluated = steps.evaluate.submit(
                 loaded,
                 variant,
                 quantized,
                 resolved.tokenizer_path,
-                device,
-                slots.task,
+                slot,
                 run_path,
                 cache_key=keys.evaluate[variant.id],
             )
-            evaluations.append((variant, quantized, evaluated))
+            evaluations.append((variant, quantized, evaluated, slot))
         run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
         status = "failed" if run.baseline_failed else "passed"
         progress.emit(run_path, progress.BASELINE, "done", status=status, cached=_cached(baseline))
         branches = {}
-        for variant, quantized, evaluated in evaluations:
+        for variant, quantized, evaluated, slot in evaluations:
             # the check compares with the baseline's greedy tokens; a failed baseline fails every variant anyway
             checked = None
             if not run.baseline_failed:
@@ -166,8 +170,7 @@ def quantize_evaluate_publish(
                     variant,
                     quantized,
                     run.record.baseline_evaluation(),
-                    device,
-                    slots.task,
+                    slot,
                     run_path,
                     cache_key=keys.servable[variant.id],
                     wait_for=[evaluated],
@@ -282,10 +285,12 @@ def run_recipe(
 
     Tasks run in ``workers`` threads of this process (default: ``QUANTMILL_WORKERS``), where heavy steps take turns;
     ``processes`` runs them in that many Dask worker processes instead, so heavy
-    steps run in parallel (up to ``heavy_slots``, default ``processes``); or pass
+    steps run in parallel (up to ``heavy_slots``, default ``processes``); on CUDA each
+    worker sees the GPUs of one GPU slot only (:func:`_worker_gpu_envs`); or pass
     any ``task_runner``.
     """
     if processes and not task_runner:
+        dask_runner = process_task_runner(processes, _worker_gpu_envs(recipe_path, processes))
         with _api_reachable_from_workers():
             return run_recipe(
                 recipe_path,
@@ -294,7 +299,7 @@ def run_recipe(
                 heavy_slots=heavy_slots or processes,
                 publish=publish,
                 target=target,
-                task_runner=process_task_runner(processes),
+                task_runner=dask_runner,
             )
     runner: TaskRunner[Any] = task_runner or ThreadPoolTaskRunner(max_workers=workers or get_settings().workers)
     state = quantize_evaluate_publish.with_options(task_runner=runner)(
@@ -309,15 +314,46 @@ def run_recipe(
     return record_of(state)
 
 
-def process_task_runner(processes: int):
-    """A local Dask cluster of single-threaded worker processes (``quantmill[distributed]``)."""
+def process_task_runner(processes: int, worker_envs: list[dict[str, str]] | None = None):
+    """A local Dask cluster of single-threaded worker processes (``quantmill[distributed]``).
+
+    With ``worker_envs`` (one per process), worker ``w`` starts with ``worker_envs[w]`` in its
+    environment: its GPU slot's ``CUDA_VISIBLE_DEVICES``, set before anything in it starts CUDA.
+    A LocalCluster gives all its workers one environment, so this cluster is specified worker by
+    worker (a LocalCluster's options otherwise: local addresses, no dashboard, memory shared out).
+    """
     try:
+        from distributed import Nanny, Scheduler, SpecCluster
         from prefect_dask import DaskTaskRunner
     except ImportError as exc:
         raise QuantmillError(
             "running variants in several processes needs prefect-dask: pip install 'quantmill[distributed]'"
         ) from exc
-    return DaskTaskRunner(cluster_kwargs={"n_workers": processes, "threads_per_worker": 1, "processes": True})
+    if not worker_envs:
+        return DaskTaskRunner(cluster_kwargs={"n_workers": processes, "threads_per_worker": 1, "processes": True})
+    host = "127.0.0.1"
+    worker = {"host": host, "nthreads": 1, "memory_limit": 1 / len(worker_envs), "silence_logs": logging.WARN}
+    workers = {w: {"cls": Nanny, "options": {**worker, "env": env}} for w, env in enumerate(worker_envs)}
+    scheduler = {"cls": Scheduler, "options": {"host": host, "dashboard": False}}
+    return DaskTaskRunner(
+        cluster_class=SpecCluster,
+        cluster_kwargs={"workers": workers, "scheduler": scheduler, "silence_logs": logging.WARN},
+    )
+
+
+def _worker_gpu_envs(recipe_path: str, processes: int) -> list[dict[str, str]] | None:
+    """Each worker's ``CUDA_VISIBLE_DEVICES``, one GPU slot each, when the recipe runs on CUDA (else None).
+
+    Raises:
+        QuantmillError: more processes than GPU slots, or more GPUs per variant than are visible.
+    """
+    try:
+        device = load_recipe(recipe_path).recipe.device
+    except QuantmillError:
+        return None  # the flow loads the recipe again, and reports (and announces) what is wrong with it
+    if not resolve_device(device).startswith("cuda"):
+        return None
+    return worker_gpu_env(this_process_gpu_ids(), get_settings().gpus_per_variant, processes)
 
 
 @contextlib.contextmanager

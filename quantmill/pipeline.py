@@ -29,6 +29,7 @@ from pathlib import Path
 
 from quantmill import __version__, cachekeys, progress, stages
 from quantmill.calibration import CalibrationSet
+from quantmill.devices import CPU_LIMIT, GPU_LIMIT, Placement
 from quantmill.errors import RecipeError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
@@ -176,11 +177,39 @@ def with_servable(evaluation: EvaluationResult | None, servable: EvaluationResul
 
 
 @dataclass(frozen=True)
-class SlotPolicy:
-    """Who holds a slot of the heavy limit: the run, around all its steps, or each heavy task."""
+class StepSlot:
+    """The heavy slot one step runs in: a slot of ``limit`` it takes while it runs, or (``limit`` None)
+    its run's slot, which placed it at ``held``."""
 
+    limit: str | None
+    held: Placement | None = None
+
+
+@dataclass(frozen=True)
+class SlotPolicy:
+    """Who holds slots of the heavy limits: the run, around all its steps, or each heavy step.
+
+    Attributes:
+        limit: the run's heavy limit (``gpu`` on CUDA, ``cpu-heavy`` on the CPU).
+        run: the limit the run holds a slot of around its steps (None: each step takes its own).
+    """
+
+    limit: str
     run: str | None
-    task: str | None
+
+    def for_step(self, needs_gpu: bool, run_placement: Placement | None) -> StepSlot:
+        """The slot of one heavy step; ``run_placement``: where the run's slot is (None when it holds none).
+
+        A step that needs no GPU (its method's spec says ``gpu="none"``) takes a ``cpu-heavy`` slot of
+        its own and runs on the CPU, even when its run holds a GPU slot. Any other step runs in the
+        run's slot, or takes one of the run's limit while it runs (a cached step's body never runs,
+        so it takes none).
+        """
+        if self.limit == GPU_LIMIT and not needs_gpu:
+            return StepSlot(CPU_LIMIT)
+        if run_placement is not None:
+            return StepSlot(None, run_placement)
+        return StepSlot(self.limit)
 
 
 def slot_policy(limit: str, *, tasks_in_this_process: bool, all_cached: bool) -> SlotPolicy:
@@ -191,9 +220,8 @@ def slot_policy(limit: str, *, tasks_in_this_process: bool, all_cached: bool) ->
     retried after ~2 s), which cost 14 × 2 s on a 7-variant run. A run with everything
     cached holds none. Tasks in other processes (Dask workers) take their own.
     """
-    if not tasks_in_this_process:
-        return SlotPolicy(run=None, task=limit)
-    return SlotPolicy(run=None if all_cached else limit, task=None)
+    holds = tasks_in_this_process and not all_cached
+    return SlotPolicy(limit=limit, run=limit if holds else None)
 
 
 def recipe_cache_dir(store: RunStore, recipe: str) -> Path:

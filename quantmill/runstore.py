@@ -68,24 +68,40 @@ def one_of_locks(paths: list[Path]) -> Iterator[Path]:
 
     The kernel drops a lock when its process dies, so a crash never keeps a slot.
     """
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    with one_of_lock_groups([[path] for path in paths]) as index:
+        yield paths[index]
+
+
+@contextlib.contextmanager
+def one_of_lock_groups(groups: list[list[Path]]) -> Iterator[int]:
+    """Hold every lock of whichever group has all its locks free first; yields the group's index.
+
+    A group is taken whole or not at all (never waiting while holding part of one), so holders of
+    overlapping groups cannot deadlock. The kernel drops a lock when its process dies.
+    """
+    groups[0][0].parent.mkdir(parents=True, exist_ok=True)
     delay = 0.02
     while True:
-        for path in paths:
-            handle = open_no_follow(path)  # held across the yield
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                yield path
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
+        for index, group in enumerate(groups):
+            with contextlib.ExitStack() as held:
+                if all(_try_lock(path, held) for path in group):
+                    yield index
+                    return
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def _try_lock(path: Path, held: contextlib.ExitStack) -> bool:
+    """Take the lock on ``path`` without waiting, released when ``held`` closes; False when another holds it."""
+    handle = open_no_follow(path)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return False
+    held.callback(handle.close)
+    held.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -32,7 +32,12 @@ class Settings(BaseSettings):
         workers: concurrent tasks of a run in one process (``QUANTMILL_WORKERS``); heavy
             ones take turns whatever the number.
         cpu_heavy_slots: size of the ``cpu-heavy`` limit when a run creates it
-            (``QUANTMILL_CPU_HEAVY_SLOTS``); the ``gpu`` limit gets one slot per visible GPU.
+            (``QUANTMILL_CPU_HEAVY_SLOTS``); the ``gpu`` limit gets one slot per ``gpus_per_variant``
+            visible GPUs.
+        gpus_per_variant: GPUs each heavy step of a CUDA run holds (``QUANTMILL_GPUS_PER_VARIANT``);
+            with more than one, quantization and evaluation spread the model over them
+            (accelerate's ``device_map="auto"``). An operator setting, not a recipe field: a recipe
+            (untrusted input on a deployment) does not decide how much of the machine it takes.
         nightly_cron: schedule of the nightly zoo deployment (``QUANTMILL_NIGHTLY_CRON``, UTC).
         work_pool: the process work pool deployments run on (``QUANTMILL_WORK_POOL``).
     """
@@ -47,6 +52,7 @@ class Settings(BaseSettings):
     llama_cpp_dir: Path | None = Field(None, validation_alias=AliasChoices("QUANTMILL_LLAMA_CPP_DIR", "LLAMA_CPP_DIR"))
     workers: int = Field(4, ge=1)
     cpu_heavy_slots: int = Field(1, ge=1)
+    gpus_per_variant: int = Field(1, ge=1)
     nightly_cron: str = "0 2 * * *"
     work_pool: str = "quantmill-local"
 

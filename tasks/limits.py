@@ -1,4 +1,5 @@
-"""The global concurrency limit that heavy steps share: ``gpu`` on CUDA, ``cpu-heavy`` on the CPU."""
+"""The global concurrency limits that heavy steps share: ``gpu`` for steps that need a GPU on a CUDA run,
+``cpu-heavy`` for the others; a ``gpu`` slot is also tied to its GPUs (``quantmill.devices``)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,17 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
+from quantmill.devices import CPU, GPU_LIMIT, Placement, gpu_slot_count, hold_gpus, this_process_gpu_ids
 from quantmill.runstore import one_of_locks
 from quantmill.settings import get_settings
 
-GPU_LIMIT = "gpu"
-CPU_LIMIT = "cpu-heavy"
-
-
-def limit_name(device: str) -> str:
-    return GPU_LIMIT if device.startswith("cuda") else CPU_LIMIT
-
 
 def default_slots(name: str) -> int:
-    """One slot per visible GPU; ``QUANTMILL_CPU_HEAVY_SLOTS`` on the CPU (default 1: small machines)."""
+    """One slot per ``QUANTMILL_GPUS_PER_VARIANT`` visible GPUs; ``QUANTMILL_CPU_HEAVY_SLOTS`` on the CPU
+    (default 1: small machines)."""
     if name != GPU_LIMIT:
         return get_settings().cpu_heavy_slots
-    import torch
-
-    return max(1, torch.cuda.device_count())
+    return max(1, gpu_slot_count(len(this_process_gpu_ids()), get_settings().gpus_per_variant))
 
 
 def ensure_limit(name: str, slots: int | None = None) -> int:
@@ -71,11 +65,29 @@ def uses_machine_limits() -> bool:
 
 
 @contextlib.contextmanager
-def hold_slot(name: str | None) -> Iterator[None]:
-    """Hold one slot of the named limit (None: no limit) for the block."""
+def hold_slot(name: str | None) -> Iterator[Placement | None]:
+    """Hold one slot of the named limit (None: no limit) for the block; yields where a step in it runs.
+
+    A ``gpu`` slot also holds the GPUs of one GPU slot of this machine (``quantmill.devices.hold_gpus``:
+    file locks per GPU, whichever limit counts the slots) and yields their placement; a ``cpu-heavy``
+    slot yields the CPU; no limit yields None.
+    """
     if name is None:
-        yield
-    elif uses_machine_limits():
+        yield None
+        return
+    with _counted(name):
+        if name != GPU_LIMIT:
+            yield CPU
+            return
+        settings = get_settings()
+        with hold_gpus(this_process_gpu_ids(), settings.gpus_per_variant, settings.cache_dir / "locks") as placement:
+            yield placement
+
+
+@contextlib.contextmanager
+def _counted(name: str) -> Iterator[None]:
+    """Count the slot against the named limit: the Prefect server's, or file locks on this machine."""
+    if uses_machine_limits():
         size = ensure_limit(name)  # the size lives on the server either way
         folder = get_settings().cache_dir / "locks"
         with one_of_locks([folder / f"{name}.{i}.lock" for i in range(size)]):

@@ -10,10 +10,12 @@ finished steps.
 Retries: network-bound steps (resolving/downloading the model) retry with
 exponential backoff; compute steps never retry blindly.
 
-Concurrency: heavy steps run one at a time per process, on one thread, and hold one slot of a
-global concurrency limit while they run (``gpu`` on CUDA, ``cpu-heavy`` on the
-CPU), so variants never oversubscribe a device however many workers the task
-runner has. Parallel heavy work takes several processes (a Dask task runner).
+Concurrency: heavy steps run one at a time per process, on one thread, and run in one slot of a
+global concurrency limit (``gpu`` for steps that need a GPU on a CUDA run, ``cpu-heavy`` for the
+others), so variants never oversubscribe a device however many workers the task runner has. The
+slot is the step's own, or its run's (``quantmill.pipeline.SlotPolicy``); a ``gpu`` slot places
+the step on its own GPUs (``quantmill.devices``), and the step gets that device. Parallel heavy
+work takes several processes (a Dask task runner).
 
 Reporting: a heavy step emits its stage (``quantmill.progress``) when it starts, and what
 the libraries print meanwhile goes to the run's ``logs/<variant>.log`` (``quantmill.steplog``);
@@ -39,9 +41,10 @@ from prefect.tasks import exponential_backoff
 
 from quantmill import progress, stages, steplog
 from quantmill.calibration import CalibrationSet
+from quantmill.devices import CPU, running_on
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
-from quantmill.pipeline import NETWORK_RETRIES, RETRY_BACKOFF_S
+from quantmill.pipeline import NETWORK_RETRIES, RETRY_BACKOFF_S, StepSlot
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
@@ -64,31 +67,32 @@ _HEAVY_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantmill-
 T = TypeVar("T")
 
 
-def run_heavy(limit: str | None, call: Callable[..., T], *args: Any) -> T:
-    """Run ``call(*args)`` on this process's heavy thread, holding a slot of ``limit`` while it runs.
+def run_heavy(slot: StepSlot, call: Callable[[str], T]) -> T:
+    """Run ``call(device)`` on this process's heavy thread, in ``slot``, on the device the slot gives.
 
-    The limit caps heavy steps across processes, Dask workers and concurrent runs;
-    None when the flow already holds a slot for this process's steps.
+    A step's own slot (``slot.limit``) is held while it runs: the limits cap heavy steps across
+    processes, Dask workers and concurrent runs, and a ``gpu`` slot picks the step's GPUs. With no
+    limit the step runs where its run's slot placed it (``slot.held``; the CPU when none did).
     """
 
-    def with_slot() -> T:
-        with hold_slot(limit):
-            return call(*args)
+    def in_slot() -> T:
+        with hold_slot(slot.limit) as taken, running_on(taken or slot.held or CPU) as device:
+            return call(device)
 
-    return _HEAVY_THREAD.submit(with_slot).result()
+    return _HEAVY_THREAD.submit(in_slot).result()
 
 
-def run_step(run_path: Path, variant: str, stage: str, limit: str | None, call: Callable[..., T], *args: Any) -> T:
+def run_step(run_path: Path, variant: str, stage: str, slot: StepSlot, call: Callable[[str], T]) -> T:
     """:func:`run_heavy`, reported: once the heavy thread takes the step, its ``stage`` event is
     emitted, and what the libraries print goes to the variant's log (``QUANTMILL_VERBOSE`` also streams it)."""
 
-    def reported() -> T:
+    def reported(device: str) -> T:
         progress.emit(run_path, variant, stage)
         log = progress.logs_dir(run_path) / f"{variant}.log"
         with steplog.capture(log, title=f"{stage} {variant}", verbose=get_settings().verbose):
-            return call(*args)
+            return call(device)
 
-    return run_heavy(limit, reported)
+    return run_heavy(slot, reported)
 
 
 @dataclass
@@ -125,10 +129,14 @@ def calibration_task(loaded: LoadedRecipe, resolved: ResolvedModel) -> Calibrati
 
 @_cached_step("evaluate-baseline")
 def baseline_task(
-    loaded: LoadedRecipe, resolved: ResolvedModel, device: str, limit: str | None, run_path: Path, cache_key: str
+    loaded: LoadedRecipe, resolved: ResolvedModel, slot: StepSlot, run_path: Path, cache_key: str
 ) -> dict[str, Any]:
     return run_step(
-        run_path, progress.BASELINE, "evaluating", limit, stages.evaluate_baseline, loaded, resolved, device
+        run_path,
+        progress.BASELINE,
+        "evaluating",
+        slot,
+        lambda device: stages.evaluate_baseline(loaded, resolved, device),
     ).to_dict()
 
 
@@ -138,9 +146,8 @@ def quantize_task(
     variant: Variant,
     resolved: ResolvedModel,
     calibration: CalibrationSet | None,
-    device: str,
     out_dir: Path,
-    limit: str | None,
+    slot: StepSlot,
     run_path: Path,
     cache_key: str,
 ) -> dict[str, Any]:
@@ -148,14 +155,8 @@ def quantize_task(
         run_path,
         variant.id,
         "quantizing",
-        limit,
-        stages.quantize_one,
-        loaded,
-        variant,
-        resolved,
-        calibration,
-        device,
-        out_dir,
+        slot,
+        lambda device: stages.quantize_one(loaded, variant, resolved, calibration, device, out_dir),
     )
     return {"path": str(artifact.path), "provenance": artifact.provenance}
 
@@ -166,8 +167,7 @@ def evaluate_task(
     variant: Variant,
     quantized: dict[str, Any],
     base_tokenizer: Path,
-    device: str,
-    limit: str | None,
+    slot: StepSlot,
     run_path: Path,
     cache_key: str,
 ) -> dict[str, Any]:
@@ -176,13 +176,8 @@ def evaluate_task(
         run_path,
         variant.id,
         "evaluating",
-        limit,
-        stages.evaluate_variant,
-        loaded,
-        variant,
-        path,
-        device,
-        base_tokenizer,
+        slot,
+        lambda device: stages.evaluate_variant(loaded, variant, path, device, base_tokenizer),
     ).to_dict()
 
 
@@ -192,15 +187,18 @@ def servable_task(
     variant: Variant,
     quantized: dict[str, Any],
     baseline: EvaluationResult | None,
-    device: str,
-    limit: str | None,
+    slot: StepSlot,
     run_path: Path,
     cache_key: str,
 ) -> dict[str, Any]:
     """The servable check (a fresh process loads the variant's upload); its metric is merged into the evaluation."""
     path = read_artifact(Path(quantized["path"])).path
     return run_step(
-        run_path, variant.id, "checking", limit, stages.check_servable, loaded, variant, path, baseline, device
+        run_path,
+        variant.id,
+        "checking",
+        slot,
+        lambda device: stages.check_servable(loaded, variant, path, baseline, device),
     ).to_dict()
 
 

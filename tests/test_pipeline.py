@@ -39,12 +39,19 @@ def test_the_first_failed_step_wins_then_the_baseline(demo_run):
 
 
 def test_slot_policy_one_slot_for_the_run_none_when_cached_each_task_in_other_processes():
+    from quantmill.devices import CPU, Placement
+    from quantmill.pipeline import StepSlot
+
+    on_gpu = Placement("cuda:1", (1,))
     run = slot_policy("gpu", tasks_in_this_process=True, all_cached=False)
-    assert (run.run, run.task) == ("gpu", None)
+    assert run.run == "gpu" and run.for_step(needs_gpu=True, run_placement=on_gpu) == StepSlot(None, on_gpu)
     cached = slot_policy("gpu", tasks_in_this_process=True, all_cached=True)
-    assert (cached.run, cached.task) == (None, None)
+    assert cached.run is None  # a cached step's body never runs, so the slot it would take costs nothing
     workers = slot_policy("cpu-heavy", tasks_in_this_process=False, all_cached=False)
-    assert (workers.run, workers.task) == (None, "cpu-heavy")
+    assert workers.run is None and workers.for_step(needs_gpu=True, run_placement=None) == StepSlot("cpu-heavy")
+    assert run.for_step(needs_gpu=False, run_placement=on_gpu) == StepSlot("cpu-heavy")  # e.g. GGUF on a GPU run
+    cpu_run = slot_policy("cpu-heavy", tasks_in_this_process=True, all_cached=False)
+    assert cpu_run.for_step(needs_gpu=False, run_placement=CPU) == StepSlot(None, CPU)
 
 
 def test_an_unreadable_cache_entry_is_discarded_and_a_readable_one_kept(tmp_path):

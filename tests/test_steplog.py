@@ -149,13 +149,14 @@ def test_a_tools_output_joins_the_step_log(tmp_path):
 
 def test_a_heavy_step_reports_its_stage_and_writes_the_variants_log(tmp_path):
     from quantmill import progress
+    from quantmill.pipeline import StepSlot
     from quantmill.tasks.steps import run_step
 
-    assert run_step(tmp_path, "gptq-w4", "quantizing", None, lambda x: print("quantized", x) or x, 7) == 7
+    assert run_step(tmp_path, "gptq-w4", "quantizing", StepSlot(None), lambda x: print("quantized", x) or 7) == 7
     events, _ = progress.read_events(tmp_path)
     assert [(e.variant, e.stage) for e in events] == [("gptq-w4", "quantizing")]
     text = (progress.logs_dir(tmp_path) / "gptq-w4.log").read_text()
-    assert text.startswith("=== quantizing gptq-w4 · ") and "quantized 7" in text
+    assert text.startswith("=== quantizing gptq-w4 · ") and "quantized cpu" in text
 
 
 def test_another_process_output_is_written_once_per_distinct_line_with_counts(tmp_path):

@@ -47,13 +47,14 @@ class EvalModel:
 
 
 def load_transformers_model(path: Path, dtype: str, device: str, *, trust_remote_code: bool = False):
-    """The model in ``path`` on ``device``; ``trust_remote_code`` lets transformers run its own code."""
+    """The model in ``path`` on ``device`` (spread over all the running step's GPUs when it holds
+    several: ``quantmill.devices.model_placement``); ``trust_remote_code`` lets transformers run its own code."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype) if dtype != "auto" else "auto"}
-    if device.startswith("cuda"):
-        kwargs["device_map"] = {"": device}
+    from quantmill.devices import model_placement
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype) if dtype != "auto" else "auto", **model_placement(device)}
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
 
 

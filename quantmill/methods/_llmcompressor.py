@@ -62,6 +62,36 @@ def no_pinning_without_accelerator() -> Iterator[bool]:
         IntermediatesCache.pin_memory = original
 
 
+# The llm-compressor modules that onload layers to its "main device" (names they import it under).
+_ONLOADING_MODULES = ("llmcompressor.pipelines.sequential.pipeline", "llmcompressor.pipelines.data_free.pipeline")
+
+
+@contextlib.contextmanager
+def onloading_to(device: str) -> Iterator[None]:
+    """Make llm-compressor onload layers to ``device``.
+
+    Its pipelines onload to ``get_main_device()``, always this process's GPU 0. A Dask worker sees
+    only its own slot's GPUs, so GPU 0 is its own; but steps in threads of one process share its
+    GPUs, and there a step whose slot is ``cuda:1`` would calibrate on another step's GPU.
+    """
+    import importlib
+
+    import torch
+
+    if not device.startswith("cuda") or torch.device(device).index in (None, 0):
+        yield
+        return
+    modules: list[Any] = [importlib.import_module(name) for name in _ONLOADING_MODULES]
+    originals = [module.get_main_device for module in modules]
+    for module in modules:
+        module.get_main_device = lambda: torch.device(device)
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.get_main_device = original
+
+
 def compress(
     ctx: QuantizeContext, modifiers: list, *, calibration: CalibrationSet | None, pipeline: str
 ) -> dict[str, Any]:
@@ -82,7 +112,7 @@ def compress(
             max_seq_length=max(len(ids) for ids in calibration.input_ids),
             shuffle_calibration_samples=False,  # already drawn with the recipe's seed
         )
-    with no_pinning_without_accelerator() as pinning_disabled:
+    with no_pinning_without_accelerator() as pinning_disabled, onloading_to(ctx.device):
         oneshot(model=model, recipe=modifiers, pipeline=pipeline, tokenizer=tokenizer, **kwargs)
     model.save_pretrained(ctx.out_dir, save_compressed=True)
     tokenizer.save_pretrained(ctx.out_dir)

@@ -192,11 +192,10 @@ def train_and_quantize(params, ctx: QuantizeContext) -> dict[str, Any]:
         plain.save_pretrained(float_dir)
         del plain
         excluded = [name for name in params.exclude]
-        device_map = {"": ctx.device} if ctx.on_cuda else None
         quantized = ctx.load_model(
             path=float_dir,
             dtype=torch.float32,
-            device_map=device_map,
+            **ctx.placement(),
             quantization_config=TorchAoConfig(quant_type=config, modules_to_not_convert=excluded),
         )
         quantized.save_pretrained(ctx.out_dir, safe_serialization=True)
@@ -204,7 +203,7 @@ def train_and_quantize(params, ctx: QuantizeContext) -> dict[str, Any]:
     finally:
         shutil.rmtree(float_dir, ignore_errors=True)
     tokenizer.save_pretrained(ctx.out_dir)
-    reloaded = ctx.load_model(path=ctx.out_dir, dtype=torch.float32, device_map=device_map)
+    reloaded = ctx.load_model(path=ctx.out_dir, dtype=torch.float32, **ctx.placement())
     with torch.no_grad():
         difference = float((reloaded(input_ids=probe.to(device)).logits.float().cpu() - expected).abs().max())
     if difference != 0.0:

@@ -38,7 +38,8 @@ class QuantizeContext:
         out_dir: an empty folder to write the quantized model into.
         calibration: tokenized calibration samples, when the recipe has them.
         dtype: the recipe's load dtype (``auto`` keeps the checkpoint's).
-        device: ``cpu`` or ``cuda[:N]``.
+        device: ``cpu`` or ``cuda[:N]``: the step's (first) GPU; :meth:`placement` places a model
+            on all the GPUs the step holds.
         tokenizer_dir: where the tokenizer lives (the model folder unless the recipe names one).
         shared_dir: a folder shared by the recipe's variants, for intermediates worth
             making once (GGUF's f16 conversion and importance matrix), keyed by
@@ -87,6 +88,13 @@ class QuantizeContext:
     @property
     def on_cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    def placement(self) -> dict[str, Any]:
+        """``load_model`` arguments that place the model on the step's GPU(s): ``device_map``
+        (and ``max_memory`` when the step holds several GPUs); none on the CPU."""
+        from quantmill.devices import model_placement
+
+        return model_placement(self.device)
 
 
 @functools.cache  # read once per process: cache keys ask for every backend's version for every step (~4 ms each)

@@ -40,8 +40,7 @@ def quantize(params: BnbParams, ctx: QuantizeContext) -> dict:
             bnb_4bit_use_double_quant=params.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, params.compute_dtype),
         )
-    device_map = {"": ctx.device} if ctx.on_cuda else None
-    model = ctx.load_model(quantization_config=config, device_map=device_map)
+    model = ctx.load_model(quantization_config=config, **ctx.placement())
     # Save before any forward pass: on AVX512-BF16 CPUs bitsandbytes repacks 4-bit
     # weights at the first forward, and a save after that writes the repacked layout,
     # which reloads as wrong weights.

@@ -61,7 +61,7 @@ class MethodSpec:
         bits_per_weight: nominal bits per quantized weight (scales included), for the plan's size estimate.
         quantize: ``quantize(params, ctx) -> details``; writes the model into ``ctx.out_dir``.
         gpu: how the method uses a GPU (shown in the plan, which warns when a ``required`` one
-            meets a CPU recipe).
+            meets a CPU recipe); ``none``: its steps run on the CPU and take no GPU slot (:attr:`uses_gpu`).
         needs_calibration: whether a variant with these parameters needs calibration data.
         check: method rules that need the model's shape or the recipe's device (group sizes …).
         quantizes_embeddings: whether embeddings are quantized too, for size estimates.
@@ -105,6 +105,12 @@ class MethodSpec:
             problems.append(f"gpu must be 'none', 'optional' or 'required', not {self.gpu!r}")
         if problems:
             raise TypeError(f"method '{self.name}': " + "; ".join(problems))
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether its steps take a GPU slot on a CUDA run; a ``gpu="none"`` method's take a CPU slot
+        and run on the CPU (``quantmill.pipeline.SlotPolicy``)."""
+        return self.gpu != "none"
 
     def missing_packages(self) -> list[str]:
         """The backend packages that are not installed."""

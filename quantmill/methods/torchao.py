@@ -63,8 +63,7 @@ def quantize(params: TorchAoParams, ctx: QuantizeContext) -> dict:
         config = Int8DynamicActivationIntxWeightConfig(
             weight_dtype=getattr(torch, f"int{params.weight_bits}"), weight_granularity=granularity
         )
-    device_map = {"": ctx.device} if ctx.on_cuda else None
-    model = ctx.load_model(quantization_config=TorchAoConfig(quant_type=config), device_map=device_map)
+    model = ctx.load_model(quantization_config=TorchAoConfig(quant_type=config), **ctx.placement())
     model.save_pretrained(ctx.out_dir, safe_serialization=True)
     return {"backend": "torchao", "backend_version": package_version("torchao"), "reloadable_with_transformers": True}
 

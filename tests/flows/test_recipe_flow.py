@@ -244,7 +244,8 @@ def test_heavy_limit_serialises_heavy_tasks(tmp_path, write_recipe):
 
 def test_heavy_tasks_take_turns_in_one_process_even_with_more_slots(tmp_path, write_recipe, calls):
     """Threads of one process share transformers' and torch's global state: heavy steps must not overlap there."""
-    from quantmill.tasks.limits import CPU_LIMIT, ensure_limit
+    from quantmill.devices import CPU_LIMIT
+    from quantmill.tasks.limits import ensure_limit
 
     try:
         results = run_flow(write_recipe(fast_recipe(THREE)), tmp_path / "runs", workers=4, heavy_slots=3)
@@ -263,7 +264,7 @@ def test_a_local_run_holds_one_heavy_slot_while_it_computes_and_none_when_cached
     from prefect import get_client
 
     from quantmill import stages
-    from quantmill.tasks.limits import CPU_LIMIT
+    from quantmill.devices import CPU_LIMIT
 
     def active_slots() -> int:
         with get_client(sync_client=True) as client:
@@ -296,6 +297,7 @@ def test_heavy_calls_run_one_at_a_time_on_one_thread():
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from quantmill.pipeline import StepSlot
     from quantmill.tasks.steps import run_heavy
 
     inside, most, threads = [0], [0], set()
@@ -309,11 +311,11 @@ def test_heavy_calls_run_one_at_a_time_on_one_thread():
         return threading.get_ident()
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: run_heavy(None, work), range(40)))
+        list(pool.map(lambda _: run_heavy(StepSlot(None), lambda device: work()), range(40)))
     assert most[0] == 1 and len(threads) == 1 and threading.get_ident() not in threads
 
     with pytest.raises(ZeroDivisionError):  # a failing step's exception reaches the task
-        run_heavy(None, lambda: 1 / 0)
+        run_heavy(StepSlot(None), lambda device: 1 / 0)
 
 
 def test_cli_run_renders_a_table_and_a_regression_exits_5(tmp_path, write_recipe):
