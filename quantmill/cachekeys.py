@@ -42,6 +42,12 @@ def device_kind(device: str) -> str:
     return device.split(":")[0]
 
 
+def step_device(variant: Variant, device: str) -> str:
+    """Where a variant's steps compute: on a CUDA run, a method that uses no GPU (GGUF) runs on the CPU
+    (``pipeline.SlotPolicy.for_step``), and what it measures (speed above all) is the CPU's."""
+    return device if variant.spec.uses_gpu else "cpu"
+
+
 def _with_remote_code(parts: dict[str, Any], remote_code: bool) -> dict[str, Any]:
     """The model's own code can change what it computes; keys made without it stay as they were."""
     return {**parts, "remote_code": True} if remote_code else parts
@@ -153,8 +159,9 @@ def cache_status(loaded, cache_dir, device: str) -> dict[str, str]:
     artifacts = Path(cache_dir).parent / "artifacts"
     status = {}
     for variant in loaded.variants:
-        q_key = quantize_key(revision, variant, fingerprint, model.dtype, device, remote_code=remote_code)
-        e_key = evaluation_key(q_key, variant, loaded.recipe.evaluation, device, data)
+        on = step_device(variant, device)
+        q_key = quantize_key(revision, variant, fingerprint, model.dtype, on, remote_code=remote_code)
+        e_key = evaluation_key(q_key, variant, loaded.recipe.evaluation, on, data)
         s_key = servable_key(e_key, b_key, repo_id_for(loaded, variant))
         if all((keys / key).is_file() for key in (q_key, e_key, s_key)):
             status[variant.id] = "cached"

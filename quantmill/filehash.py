@@ -7,7 +7,10 @@ of GB on every run, most of an unchanged rerun. A digest is kept under
 device, inode, size, and modification and change times in nanoseconds. Writing
 the file changes its ctime, which no tool can set back (``touch``/``rsync -t``
 restore mtime only), so a stale digest needs a change that leaves every one of
-these equal.
+these equal. As git does with "racily clean" entries, a file changed less than
+:data:`RACY_SECONDS` before it was read is not kept: on file systems whose
+timestamps move in coarse ticks, a same-size rewrite within one tick would
+otherwise keep every field equal.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from quantmill.errors import QuantmillError
@@ -22,6 +26,8 @@ from quantmill.runstore import atomic_write_bytes
 from quantmill.settings import get_settings
 
 _BLOCK = 1 << 20
+#: a file changed this recently when it was read may still change within the same timestamp tick
+RACY_SECONDS = 2.0
 
 
 def read_sha256(path: Path) -> str:
@@ -43,8 +49,10 @@ def sha256_of(path: Path) -> str:
         known = kept.read_text().strip()
         if len(known) == 64:
             return known
+    started = time.time_ns()
     digest = read_sha256(real)
-    if real.stat().st_ctime_ns == stat.st_ctime_ns:  # not written while it was read
+    settled = started - max(stat.st_mtime_ns, stat.st_ctime_ns) >= RACY_SECONDS * 1e9
+    if settled and real.stat().st_ctime_ns == stat.st_ctime_ns:  # and not written while it was read
         with contextlib.suppress(QuantmillError):  # an unwritable cache only costs the next read
             atomic_write_bytes(kept, digest.encode())
     return digest

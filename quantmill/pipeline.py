@@ -112,14 +112,15 @@ def step_keys(
     dtype, evaluation = loaded.recipe.model.dtype, loaded.recipe.evaluation
     fingerprint = calibration.fingerprint if calibration else None
     remote_code = loaded.trust_remote_code
+    on = {v.id: cachekeys.step_device(v, device) for v in variants}
     quantize = {
-        v.id: cachekeys.quantize_key(resolved.revision, v, fingerprint, dtype, device, remote_code=remote_code)
+        v.id: cachekeys.quantize_key(resolved.revision, v, fingerprint, dtype, on[v.id], remote_code=remote_code)
         for v in variants
     }
     from quantmill.publish.publisher import repo_id_for
 
     baseline = cachekeys.baseline_key(resolved.revision, evaluation, dtype, device, data, remote_code=remote_code)
-    evaluate = {v.id: cachekeys.evaluation_key(quantize[v.id], v, evaluation, device, data) for v in variants}
+    evaluate = {v.id: cachekeys.evaluation_key(quantize[v.id], v, evaluation, on[v.id], data) for v in variants}
     return StepKeys(
         baseline=baseline,
         quantize=quantize,
@@ -165,7 +166,16 @@ def cached_result(cache: Path, key: str) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     plain_json = (record.get("serializer") or {}).get("type") == "json" and record.get("expiration") is None
-    return result if plain_json and isinstance(result, dict) else None
+    return result if plain_json and isinstance(result, dict) and not _holds_an_encoded_object(result) else None
+
+
+def _holds_an_encoded_object(value: object) -> bool:
+    """Whether Prefect's JSON decoder would turn part of it into an object (``{"__class__": …}``)."""
+    if isinstance(value, dict):
+        return "__class__" in value or any(_holds_an_encoded_object(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_an_encoded_object(v) for v in value)
+    return False
 
 
 def with_servable(evaluation: EvaluationResult | None, servable: EvaluationResult | None) -> EvaluationResult | None:

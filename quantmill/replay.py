@@ -10,23 +10,29 @@ an unchanged variant is found unchanged), report, notify. It writes the same run
 record, progress events and report; it creates no Prefect flow run (``quantmill run
 --no-replay`` runs the flow anyway). Deployments always run the flow.
 
-When any step is not cached, or its entry cannot be read, it returns None having written
-nothing, and the caller runs the flow, which computes what is missing.
+When any step is not cached, or its entry cannot be read, it returns None without creating
+a run folder (the model's file digests and the tokenized calibration set it computed on the
+way stay in quantmill's cache for the flow), and the caller runs the flow, which computes
+what is missing. A recipe whose cache is empty (its first run) or a run asked to refresh
+the cache (Prefect's ``PREFECT_TASKS_REFRESH_CACHE``) is never replayed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 from quantmill import progress, stages
 from quantmill.evaluation.results import EvaluationResult
-from quantmill.notify import notify_run
+from quantmill.notify import notify_error, notify_run
 from quantmill.pipeline import (
     NETWORK_RETRIES,
     RecipeRun,
     StepKeys,
     cached_result,
+    describe_error,
     publish_in_process,
     recipe_cache_dir,
     select_variants,
@@ -52,15 +58,35 @@ def replay_cached_run(
     publish: bool = True,
     target: str | None = None,
 ) -> RecipeRun | None:
-    """The finished run, when every step of the recipe's run is cached; None (nothing written) otherwise."""
+    """The finished run, when every step of the recipe's run is cached; None (no run folder created) otherwise."""
     loaded = load_recipe(recipe_path)
     variants = select_variants(loaded, only)
     store = RunStore(runs_dir or get_settings().runs_dir)
     found = _cached_steps(loaded, variants, store)
     if found is None:
         return None
-    device, resolved, keys, results = found
     run = start_run(loaded, only, store)
+    try:
+        _replay(run, *found, publish=publish, target=target)
+    except Exception as exc:  # announced as the flow's on_failure hook announces it, then reported by the CLI
+        with contextlib.suppress(Exception):  # a notification never hides the error
+            notify_error(loaded.path.name if loaded.path else loaded.name, describe_error(exc))
+        raise
+    return run
+
+
+def _replay(
+    run: RecipeRun,
+    device: str,
+    resolved: ResolvedModel,
+    keys: StepKeys,
+    results: dict[str, dict],
+    *,
+    publish: bool,
+    target: str | None,
+) -> None:
+    """What the flow does once every step's result is known (``flows/recipe.py::quantize_evaluate_publish``)."""
+    variants = run.variants
     run_path = run.path.resolve()
     for name in (progress.BASELINE, *(v.id for v in variants)):
         progress.emit(run_path, name, "queued")
@@ -87,13 +113,16 @@ def replay_cached_run(
         publish_in_process(run, publication, retries=NETWORK_RETRIES)
     run.finish()
     notify_run(run.record, run.path, log)
-    return run
 
 
 def _cached_steps(
     loaded: LoadedRecipe, variants: list[Variant], store: RunStore
 ) -> tuple[str, ResolvedModel, StepKeys, dict[str, dict]] | None:
     """The device, model, keys and stored result of every step, when all are cached."""
+    cache = recipe_cache_dir(store, loaded.name)
+    refresh = os.environ.get("PREFECT_TASKS_REFRESH_CACHE", "").strip().lower() in ("1", "true", "yes")
+    if refresh or not any((cache / "keys").glob("*")):
+        return None
     try:
         device = resolve_device(loaded.recipe.device)
         resolved = resolve_model(loaded)
@@ -102,7 +131,6 @@ def _cached_steps(
         log.debug("not replayed: resolving the model or its calibration set failed", exc_info=True)
         return None
     keys = step_keys(loaded, variants, resolved, calibration, device)
-    cache = recipe_cache_dir(store, loaded.name)
     results = {key: cached_result(cache, key) for key in keys.every()}
     stored = {key: result for key, result in results.items() if result is not None}
     if len(stored) < len(results):

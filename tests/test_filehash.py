@@ -16,6 +16,7 @@ def cache(tmp_path, monkeypatch, request):
     monkeypatch.setenv("QUANTMILL_CACHE_DIR", str(tmp_path / "cache"))
     get_settings.cache_clear()
     request.addfinalizer(get_settings.cache_clear)  # later tests read the environment as it was
+    monkeypatch.setattr(filehash, "RACY_SECONDS", 0)  # the files here were written a moment ago
     return tmp_path / "cache" / "file-hashes"
 
 
@@ -56,3 +57,13 @@ def test_a_damaged_entry_is_read_again(cache, tmp_path):
     (entry,) = cache.iterdir()
     entry.write_text("not a digest")
     assert filehash.sha256_of(weights) == hashlib.sha256(b"weights").hexdigest()
+
+
+@pytest.mark.fast
+def test_a_file_written_a_moment_ago_is_not_kept(cache, tmp_path, monkeypatch):
+    """Its next rewrite may fall within the same timestamp tick: the digest is read again next time."""
+    monkeypatch.setattr(filehash, "RACY_SECONDS", 60)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    assert filehash.sha256_of(weights) == hashlib.sha256(b"weights").hexdigest()
+    assert not cache.exists() or not any(cache.iterdir())

@@ -8,7 +8,7 @@ import pytest
 
 from quantmill.evaluation.results import EvaluationResult, MetricValue
 from quantmill.gates import check_gates
-from quantmill.pipeline import discard_unreadable_cache_entry, slot_policy, start_run
+from quantmill.pipeline import cached_result, discard_unreadable_cache_entry, slot_policy, start_run
 from quantmill.recipe import load_recipe
 from quantmill.record import CachedSteps, PublishOutcome, PublishStatus, RunStatus, VariantStatus
 from quantmill.runstore import RunStore
@@ -52,6 +52,28 @@ def test_slot_policy_one_slot_for_the_run_none_when_cached_each_task_in_other_pr
     assert run.for_step(needs_gpu=False, run_placement=on_gpu) == StepSlot("cpu-heavy")  # e.g. GGUF on a GPU run
     cpu_run = slot_policy("cpu-heavy", tasks_in_this_process=True, all_cached=False)
     assert cpu_run.for_step(needs_gpu=False, run_placement=CPU) == StepSlot(None, CPU)
+
+
+@pytest.mark.fast
+def test_only_a_plain_json_result_is_read_as_cached(tmp_path):
+    """A replay reads what the flow would get back: a JSON result that Prefect's decoder returns as it is."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "results").mkdir()
+    json_serializer = {"type": "json"}
+    entries = {
+        "plain": ({"serializer": json_serializer}, {"metrics": {"acc": {"value": 0.9}}}),
+        "pickled": ({"serializer": {"type": "pickle"}}, {"metrics": {}}),
+        "expiring": ({"serializer": json_serializer, "expiration": "2030-01-01T00:00:00Z"}, {"metrics": {}}),
+        "an-object": ({"serializer": json_serializer}, {"when": [{"__class__": "datetime.datetime", "data": "x"}]}),
+        "not-a-dict": ({"serializer": json_serializer}, [1, 2]),
+    }
+    for key, (record, result) in entries.items():
+        (tmp_path / "results" / f"r-{key}").write_text(json.dumps(result))
+        (tmp_path / "keys" / key).write_text(json.dumps({"storage_key": f"r-{key}", **record}))
+    (tmp_path / "keys" / "cut").write_text('{"storage_key": "r-cu')
+    assert cached_result(tmp_path, "plain") == {"metrics": {"acc": {"value": 0.9}}}
+    for key in ("pickled", "expiring", "an-object", "not-a-dict", "cut", "absent"):
+        assert cached_result(tmp_path, key) is None, key
 
 
 def test_an_unreadable_cache_entry_is_discarded_and_a_readable_one_kept(tmp_path):
@@ -104,3 +126,21 @@ def test_the_core_the_record_and_the_shared_helpers_import_no_prefect():
     code = f"import sys, {modules}, {helpers}; print('prefect' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.fast
+def test_a_method_without_a_gpu_is_keyed_by_the_cpu_it_runs_on():
+    """On a CUDA run GGUF steps run on the CPU: their results are the CPU's and share the CPU run's keys; a GPU
+    method's results are keyed apart (what it measures on a GPU is not what it measures on a CPU)."""
+    from pathlib import Path
+
+    from quantmill.pipeline import step_keys
+    from quantmill.resolve import ResolvedModel
+
+    loaded = load_recipe(REPO / "recipes" / "demo.yaml")
+    resolved = ResolvedModel(id="m", path=Path("/m"), revision="sha256:0", tokenizer_path=Path("/m"))
+    on_cpu, on_gpu = (step_keys(loaded, loaded.variants, resolved, None, device) for device in ("cpu", "cuda"))
+    assert on_gpu.quantize["gguf-q4_k_m"] == on_cpu.quantize["gguf-q4_k_m"]
+    assert on_gpu.evaluate["gguf-q4_k_m"] == on_cpu.evaluate["gguf-q4_k_m"]
+    assert on_gpu.quantize["gptq-w4-g128"] != on_cpu.quantize["gptq-w4-g128"]
+    assert on_gpu.baseline != on_cpu.baseline

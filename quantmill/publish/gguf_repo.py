@@ -90,6 +90,7 @@ def measured_row(
         "bits_per_weight": evaluation.value("bits_per_weight"),
         "quality": value.value if value else None,
         "recovery": recovery(value, reference) if value and reference else None,
+        "recovery_is": RECOVERY_IS,
         "ppl": evaluation.value("ppl"),
         "kld": evaluation.value("kld"),
         "decode_tok_s": evaluation.value("decode_tok_s"),
@@ -97,6 +98,19 @@ def measured_row(
         "sha256": sha256,
         "imatrix": _imatrix_of(provenance),
     }
+
+
+#: how a row's recovery is defined (the report's); rows from cards before it was recorded used baseline / value
+#: for a metric where lower is better
+RECOVERY_IS = "value / baseline"
+
+
+def _as_recorded_now(row: dict[str, Any], quality: str | None) -> dict[str, Any]:
+    """A row kept from an earlier card, its recovery in today's definition (:data:`RECOVERY_IS`)."""
+    if row.get("recovery_is") == RECOVERY_IS or not row.get("recovery") or not quality:
+        return row
+    lower = metric_direction(quality) == "lower"
+    return row | {"recovery": 1 / row["recovery"] if lower else row["recovery"], "recovery_is": RECOVERY_IS}
 
 
 def _imatrix_of(provenance: dict[str, Any]) -> dict[str, Any] | None:
@@ -235,7 +249,7 @@ def publish_group(
     present = target.files(repo_id)
     # types this run did not measure keep their files and row; measured ones are this run's
     kept = {
-        f: row
+        f: _as_recorded_now(row, quality)
         for f, row in (previous.get("files") or {}).items()
         if row.get("variant") not in record.variants and set(_row_files(f, row)) <= present and f not in rows
     }

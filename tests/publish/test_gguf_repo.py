@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from quantmill.errors import PublishError
 from quantmill.evaluation.results import MetricValue
@@ -219,10 +220,26 @@ def test_recovery_is_the_reports_for_a_perplexity_quality(ran, tmp_path):
     publish_all(ran, record, zoo)
     card = (tmp_path / "zoo" / REPO / "README.md").read_text()
     assert front_matter(card)["quantmill"]["quality_metric"] == "ppl"
-    for file, cells in table(card).items():
-        entry = next(e for e in record.variants.values() if e.artifact and (e.artifact / file).is_file())
-        expected = recovery(entry.evaluation.metrics["ppl"], only_ppl.evaluation.metrics["ppl"])
-        assert expected is not None and cells["recovery"] == f"{expected:.4g}", file
+
+    def assert_reports_recovery(card: str) -> None:
+        for file, cells in table(card).items():
+            entry = next(e for e in record.variants.values() if e.artifact and (e.artifact / file).is_file())
+            expected = recovery(entry.evaluation.metrics["ppl"], only_ppl.evaluation.metrics["ppl"])
+            assert expected is not None and cells["recovery"] == f"{expected:.4g}", file
+
+    assert_reports_recovery(card)
+    # a card written before the definition was recorded held baseline / value: the rows a later run keeps
+    # (types it did not measure) are read in today's definition
+    path = tmp_path / "zoo" / REPO / "README.md"
+    meta = front_matter(card)
+    for row in meta["quantmill"]["files"].values():
+        row["recovery"] = 1 / row["recovery"]
+        del row["recovery_is"]
+    body = card.split("---\n", 2)[2]
+    path.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + body)
+    publish_all(ran, with_variants(record, gguf_q4_k_m=None, gguf_iq4_xs=None), zoo)
+    assert len(table(path.read_text())) == len(TYPES)
+    assert_reports_recovery(path.read_text())
 
 
 @pytest.mark.slow
