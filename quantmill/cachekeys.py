@@ -113,14 +113,14 @@ def servable_key(evaluation: str, baseline: str, repo_id: str) -> str:
 
 def evaluation_data_fingerprint(loaded) -> str:
     """Hash of the local evaluation inputs: task folders and the perplexity corpus."""
+    from quantmill.filehash import sha256_of
     from quantmill.resolve import content_hash
 
     evaluation = loaded.recipe.evaluation
     parts = {path: content_hash(loaded.resolve(path)) for path in evaluation.include_paths}
     if evaluation.perplexity is not None and evaluation.perplexity.dataset.path is not None:
-        corpus = loaded.resolve(evaluation.perplexity.dataset.path)
-        with corpus.open("rb") as handle:  # streamed: a corpus can be larger than memory
-            parts["perplexity"] = hashlib.file_digest(handle, "sha256").hexdigest()
+        # read once while unchanged: a corpus may be large, and every rerun computes this key
+        parts["perplexity"] = sha256_of(loaded.resolve(evaluation.perplexity.dataset.path))
     return _digest(parts)
 
 

@@ -25,18 +25,14 @@ from quantmill.errors import QuantmillError
 from quantmill.runstore import atomic_write_bytes
 from quantmill.settings import get_settings
 
-_BLOCK = 1 << 20
 #: a file changed this recently when it was read may still change within the same timestamp tick
 RACY_SECONDS = 2.0
 
 
 def read_sha256(path: Path) -> str:
     """The hex sha256 of the file's bytes, read now."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    with path.open("rb") as fh:  # streamed: a file can be larger than memory
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def sha256_of(path: Path) -> str:
