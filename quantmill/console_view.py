@@ -167,9 +167,8 @@ class RunView:
         found = self.numbers.get(name)
         return found is not None and found.status != ""
 
-    def _quality_header(self) -> str:
-        quality = quality_metric(self.record) if self.record else None
-        return f"{quality or 'quality'} (recovery)"
+    def _quality(self) -> str | None:
+        return quality_metric(self.record) if self.record else None
 
     def table(self, now: float | None = None) -> Table:
         """The live table: stage, elapsed time and numbers of every row."""
@@ -179,7 +178,8 @@ class RunView:
         table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
         table.add_column("variant", no_wrap=True)
         table.add_column("stage")
-        for column in ("elapsed", self._quality_header(), "ppl", "size MB"):
+        quality = self._quality()
+        for column in ("elapsed", _quality_header(quality), *_ppl_column(quality), "size MB"):
             table.add_column(column, justify="right")
         table.add_column("verdict")
         for name, row in self.rows.items():
@@ -190,7 +190,7 @@ class RunView:
                 Text(row.stage, style="bold" if row.stage not in ("queued", "done") else "dim"),
                 _duration(row.elapsed(now)),
                 landed.quality_and_recovery if landed else "",
-                landed.ppl if landed else "",
+                *_ppl_column(quality, landed.ppl if landed else ""),
                 landed.size_mb if landed else "",
                 _status(landed, row),
             )
@@ -205,11 +205,11 @@ class RunView:
             return text
         status = numbers.status or str(event.fields.get("status", ""))
         parts = [status + (" (cached)" if numbers.cached else "")]
+        quality = self._quality()
         if numbers.quality != "-":
-            quality = quality_metric(self.record) if self.record else "quality"
-            recovery = f" (recovery {numbers.recovery})" if numbers.recovery != "-" else ""
-            parts.append(f"{quality} {numbers.quality}{recovery}")
-        if numbers.ppl != "-":
+            ratio = f" ({_ratio_name(quality)} {numbers.recovery})" if numbers.recovery != "-" else ""
+            parts.append(f"{quality or 'quality'} {numbers.quality}{ratio}")
+        if numbers.ppl != "-" and _ppl_column(quality):
             parts.append(f"ppl {numbers.ppl}")
         if numbers.size_mb != "-":
             parts.append(f"{numbers.size_mb} MB")
@@ -218,13 +218,28 @@ class RunView:
         return f"{text} {'  '.join(parts)}"
 
 
+def _ratio_name(quality: str | None) -> str:
+    """What the variant/baseline ratio is called: a recovery for a higher-is-better score; for
+    perplexity (lower is better) the same ratio is shown as a multiple of the baseline, where above 1 is worse."""
+    return "x baseline" if quality == "ppl" else "recovery"
+
+
+def _quality_header(quality: str | None) -> str:
+    return f"{quality or 'quality'} ({_ratio_name(quality)})"
+
+
+def _ppl_column(quality: str | None, cell: str = "ppl") -> tuple[str, ...]:
+    """The ppl column's header or cell, or nothing when perplexity is already the quality column."""
+    return () if quality == "ppl" else (cell,)
+
+
 def results_table(record: RunRecord) -> Table:
     """The table a run ends with: baseline and variants; status, quality (recovery), ppl, size, bits/weight, reason."""
     quality = quality_metric(record)
     table = Table(title=f"{record.recipe} — run {record.run_id}", title_justify="left")
     table.add_column("variant", no_wrap=True)
     table.add_column("status")
-    for column in (f"{quality or 'quality'} (recovery)", "ppl", "size MB", "bits/w"):
+    for column in (_quality_header(quality), *_ppl_column(quality), "size MB", "bits/w"):
         table.add_column(column, justify="right")
     table.add_column("reason", overflow="fold")
     found = numbers_of(record)
@@ -236,7 +251,7 @@ def results_table(record: RunRecord) -> Table:
             name,
             _status(numbers),
             numbers.quality_and_recovery,
-            numbers.ppl,
+            *_ppl_column(quality, numbers.ppl),
             numbers.size_mb,
             numbers.bits,
             escape(numbers.reason),

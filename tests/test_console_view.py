@@ -185,6 +185,25 @@ def test_results_table_columns_and_values():
     assert row_of(text, "rtn-w2")[-1] == "t/acc min_recovery 0.97"
 
 
+def test_when_perplexity_is_the_quality_it_is_shown_once_as_a_multiple_of_the_baseline():
+    def ppl_only(ppl: float) -> EvaluationResult:
+        return EvaluationResult({"ppl": MetricValue(ppl), "size_mb": MetricValue(1.2)})
+
+    run = record(**{"rtn-w2": VariantRecord(method="rtn", status=VariantStatus.PASSED, evaluation=ppl_only(60.3))})
+    run = run.model_copy(update={"baseline": BaselineRecord(evaluation=ppl_only(57.8))})
+    view = RunView(started=T0)
+    view.update(run)
+    assert view.line(StageEvent("rtn-w2", "done", T0 + 5, {"status": "passed"})) == (
+        "[    5.0s] rtn-w2    done passed  ppl 60.3 (x baseline 1.043)  1.2 MB"
+    )
+    text = rendered(results_table(run))
+    header = next(line for line in text.splitlines() if "variant" in line)
+    assert [c.strip() for c in re.split(r"[│┃]", header)[1:-1]][2:4] == ["ppl (x baseline)", "size MB"]
+    assert row_of(text, "rtn-w2")[2:4] == ["60.3 (1.043)", "1.2"]
+    live = rendered(view.table(now=T0 + 6))
+    assert "ppl (x baseline)" in live and " ppl " not in live.replace("ppl (x baseline)", "")
+
+
 def test_follower_prints_a_done_line_once_the_record_holds_the_numbers(tmp_path):
     run = RunStore(tmp_path).create_run("demo", "name: demo\n", {})
     out = io.StringIO()
