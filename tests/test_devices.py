@@ -307,11 +307,10 @@ def test_processes_on_simulated_gpus_give_each_step_its_own_gpu_and_a_cpu_method
     GPU steps overlap in two worker processes that each see, and hold, a different GPU; the ``gpu="none"``
     method's step runs on the CPU, holding no GPU."""
     import json
-    import subprocess
-    import sys
 
     from quantmill.testing.recipes import fast_recipe
     from tests.conftest import REPO
+    from tests.support.cli import run_cli
 
     plugin = tmp_path / "plugin"
     dist_info = plugin / "quantmill_probes-0.1.dist-info"
@@ -337,14 +336,7 @@ def test_processes_on_simulated_gpus_give_each_step_its_own_gpu_and_a_cpu_method
     }
     env.pop("PREFECT_API_URL", None)
     env.pop(VISIBLE_DEVICES, None)
-    result = subprocess.run(
-        [sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--processes", "2", "--no-publish"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    result = run_cli("run", str(recipe), "--processes", "2", "--no-publish", env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     steps = [json.loads(line) for line in trace.read_text().splitlines()]
     gpu = [s for s in steps if s["name"] == "gpuprobe"]

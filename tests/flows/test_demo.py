@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 from huggingface_hub import ModelCard
@@ -15,6 +14,7 @@ from huggingface_hub import ModelCard
 from quantmill.publish.targets import front_matter
 from quantmill.runstore import RunStore
 from tests.conftest import REPO
+from tests.support.cli import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -76,16 +76,8 @@ def demo_run(prefect_server, tmp_path_factory):
 
 
 def _cli(command: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "quantmill.cli", *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=1800,  # the demo takes ~3 min on 2 free cores; a shared machine can be several times slower
-    )
+    # the demo takes ~3 min on 2 free cores; a shared machine can be several times slower
+    return run_cli(*command, env=env, cwd=cwd, timeout=1800, merge_output=True)
 
 
 def test_demo_recipe_end_to_end(demo_run):

@@ -11,6 +11,7 @@ import pytest
 from quantmill.testing.prefect_server import start_prefect_server
 from quantmill.testing.recipes import fast_recipe
 from tests.conftest import REPO
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +28,7 @@ def real_server(tmp_path):
 
 
 def test_deploy_registers_the_nightly_zoo_and_recipe_schedules(real_server):
-    result = subprocess.run(
-        [sys.executable, "-m", "quantmill.cli", "deploy", str(REPO / "recipes")],
-        env=real_server,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    result = run_cli("deploy", str(REPO / "recipes"), env=real_server, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     code = (
         "from prefect import get_client\n"
@@ -103,14 +97,7 @@ def test_processes_run_heavy_steps_in_parallel_and_plugins_load_from_entry_point
         "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
     }
     env.pop("PREFECT_API_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "quantmill.cli", "run", str(recipe), "--processes", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    result = run_cli("run", str(recipe), "--processes", "2", env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "probe-w4" in result.stdout and "probe-w8" in result.stdout
     pids = trace.read_text().split()

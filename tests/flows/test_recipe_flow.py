@@ -13,7 +13,7 @@ import time
 import pytest
 
 from quantmill.testing.recipes import fast_recipe
-from tests.conftest import REPO
+from tests.support.cli import QUANTMILL, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -110,13 +110,7 @@ def test_cli_exit_code_is_non_zero_when_a_variant_fails(tmp_path, write_recipe):
             "PREFECT_API_URL": PREFECT_API_URL.value(),  # the test's server, where the flow run's state is read
             "QUANTMILL_NOTIFY_URLS": json.dumps([receiver.url + "/hook"]),
         }
-        result = subprocess.run(
-            [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
+        result = run_cli("run", str(recipe), env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 3, output
     assert "2 variant(s) did not pass: gguf-q8_0 (failed), rtn-w2-g128 (failed)" in result.stderr
@@ -149,7 +143,7 @@ def test_killed_run_resumes_without_redoing_finished_variants(tmp_path, write_re
     }
     output = (tmp_path / "killed-run.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+        [*QUANTMILL, "run", str(recipe)],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -347,14 +341,7 @@ def test_cli_run_renders_a_table_and_a_regression_exits_5(tmp_path, write_recipe
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         "COLUMNS": "250",  # the error line unwrapped
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=REPO,
-    )
+    result = run_cli("run", str(recipe), env=env)
     assert result.returncode == 5, result.stdout[-2000:] + result.stderr[-2000:]
     assert "bnb-int8" in result.stdout and "passed" in result.stdout
     assert "1 regression(s) since the previous run: bnb-int8 size_mb 0.001 →" in result.stderr
@@ -398,7 +385,7 @@ def test_two_concurrent_runs_of_one_recipe(tmp_path, write_recipe):
     env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "quantmill.cli", "run", str(recipe)],
+            [*QUANTMILL, "run", str(recipe)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
