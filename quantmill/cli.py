@@ -80,8 +80,7 @@ def _human_bytes(count: int | None) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from quantmill.cachekeys import cache_status
-    from quantmill.pipeline import latest_completed
+    from quantmill.pipeline import cache_status, latest_completed
     from quantmill.plan import BUILT_IN_CHECKS, build_plan, last_outcomes
     from quantmill.recipe import load_recipe
     from quantmill.resolve import resolve_device

@@ -129,6 +129,33 @@ def step_keys(
     )
 
 
+def cache_status(loaded: LoadedRecipe, cache: Path, device: str) -> dict[str, str]:
+    """Per variant: ``cached`` (quantize, evaluate and servable results stored for today's keys, as
+    :func:`step_keys` computes them for a run), ``stale`` (an artifact of other inputs), or ``not run``.
+
+    Reads only local files: a hub model (or tokenizer) cannot be pinned offline, so its variants are
+    ``unknown``. The calibration set's fingerprint comes from the calibration cache: a miss tokenizes
+    the set and stores it there, as a run would."""
+    from quantmill.recipe.checks import is_local_model
+    from quantmill.resolve import resolve_model
+
+    model = loaded.recipe.model
+    if not all(is_local_model(name, loaded.base_dir) for name in (model.id, model.tokenizer or model.id)):
+        return {v.id: "unknown" for v in loaded.variants}
+    resolved = resolve_model(loaded)
+    keys = step_keys(loaded, list(loaded.variants), resolved, stages.prepare_calibration(loaded, resolved), device)
+    status = {}
+    for variant in loaded.variants:
+        steps = (keys.quantize[variant.id], keys.evaluate[variant.id], keys.servable[variant.id])
+        if all((cache / "keys" / key).is_file() for key in steps):
+            status[variant.id] = "cached"
+        elif any((cache.parent / "artifacts").glob(f"{variant.id}-*")):
+            status[variant.id] = "stale"
+        else:
+            status[variant.id] = "not run"
+    return status
+
+
 def discard_unreadable_cache_entry(cache: Path, key: str) -> bool:
     """Delete a cache entry whose record or result does not parse, so the step runs again.
 

@@ -352,7 +352,7 @@ def test_cli_run_renders_a_table_and_a_regression_exits_5(tmp_path, write_recipe
 
 
 def test_plan_shows_cached_and_stale_variants(tmp_path, write_recipe):
-    from quantmill.cachekeys import cache_status
+    from quantmill.pipeline import cache_status
     from quantmill.recipe import load_recipe
 
     rows = "    - {method: rtn, bits: 4, group_size: 128}\n    - {method: bnb, type: int8}\n"

@@ -91,7 +91,7 @@ def recorded_loads(monkeypatch) -> list[tuple[str, object]]:
 
 @pytest.mark.parametrize("trust", [True, False])
 def test_every_run_path_load_is_told_the_recipes_choice(trust, tmp_path, monkeypatch, recorded_loads):
-    from quantmill import cachekeys, stages
+    from quantmill import pipeline, stages
     from quantmill.evaluation.results import EvaluationResult
     from quantmill.recipe import load_recipe
     from quantmill.resolve import resolve_model
@@ -108,7 +108,7 @@ def test_every_run_path_load_is_told_the_recipes_choice(trust, tmp_path, monkeyp
     stages.evaluate_baseline(loaded, resolved, "cpu")
     artifact = stages.quantize_one(loaded, variant, resolved, None, "cpu", tmp_path / "artifact")
     stages.evaluate_variant(loaded, variant, artifact.path, "cpu", resolved.tokenizer_path)
-    cachekeys.cache_status(loaded, tmp_path / "cache" / "keys", "cpu")  # the gptq row makes it tokenize
+    pipeline.cache_status(loaded, tmp_path / "cache", "cpu")  # the gptq row makes it tokenize
 
     auto_calls = [(name, told) for name, told in recorded_loads if name != "AutoConfig"]
     assert {name for name, _ in auto_calls} == {"AutoModelForCausalLM", "AutoTokenizer"}
