@@ -46,7 +46,7 @@ def weight_scheme(
     """
     from compressed_tensors.quantization import QuantizationScheme
 
-    groups = {}
+    groups: dict[str, Any] = {}
     for own_bits in sorted({b for _, b in layer_bits} - {bits}):
         names = sorted(name for name, b in layer_bits if b == own_bits)
         groups[f"group_{len(groups)}"] = QuantizationScheme(

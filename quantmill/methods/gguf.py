@@ -129,7 +129,7 @@ class GGUFParams(MethodParams):
         json_schema_extra={"_ci": True},
     )
     imatrix: bool | None = Field(None, description="use an importance matrix (default: on for IQ types)")
-    tensor_types: TensorTypes = Field(
+    tensor_types: TensorTypes = Field(  # type: ignore[valid-type]
         (),
         description="per-tensor types: llama.cpp tensor name or pattern (blk.0.ffn_down.weight, attn_v) → type, "
         "as llama-quantize --tensor-type (the first pattern that matches a tensor wins); the rest follow 'type'",
