@@ -49,11 +49,16 @@ def test_insensitive_layers_stay_low_while_sensitive_ones_go_up():
     assert smallest["model.layers.0.self_attn.q_proj"] == smallest["model.layers.1.self_attn.q_proj"] == 2
 
 
-def test_the_allocation_is_deterministic_whatever_the_units_order():
-    shuffled = Sensitivity(tuple(reversed(UNITS)), tuple(reversed(LEVELS)), dict(reversed(KLD.items())), 512)
-    once = [bits_of(a) for a in choose(allocation_path(SENSITIVITY), LEVELS, 3)]
-    again = [bits_of(a) for a in choose(allocation_path(shuffled), LEVELS, 3)]
-    assert once == again
+def test_the_allocation_is_deterministic_whatever_the_units_order_even_on_ties():
+    twins = {"model.layers.9.mlp.gate_proj": {"2": 0.3, "4": 0.04, "8": 0.001}}  # exactly as layer 1's up_proj
+    units = (*UNITS, Unit("model.layers.9.mlp.gate_proj", "model.layers.9.mlp.gate_proj", 2000))
+    tied = Sensitivity(units, LEVELS, {**KLD, **twins}, 512)
+    shuffled = Sensitivity(tuple(reversed(units)), tuple(reversed(LEVELS)), dict(reversed(tied.kld.items())), 512)
+    once = [bits_of(a) for a in allocation_path(tied)]
+    assert once == [bits_of(a) for a in allocation_path(shuffled)]
+    assert [bits_of(a) for a in choose(allocation_path(tied), LEVELS, 5)] == [
+        bits_of(a) for a in choose(allocation_path(shuffled), LEVELS, 5)
+    ]
 
 
 def test_a_chosen_assignment_is_an_ordinary_variant_that_its_recipe_row_makes_again():
@@ -79,3 +84,12 @@ def test_the_rtn_probe_rounds_to_the_levels_grid():
         grid = fake_quantize(weight, level).reshape(4, 2, 64)
         assert max(len(group.unique()) for row in grid for group in row) <= 2**level.probe_bits
     assert torch.equal(fake_quantize(weight, Level("f16", 16.0, 0, -1)), weight)
+
+
+def test_of_two_layers_whose_upgrade_saves_as_much_the_smaller_goes_up_first():
+    units = (Unit("small", "small", 1000), Unit("large", "large", 4000))
+    # the large layer saves a little more in all, but four times less per byte
+    kld = {"small": {"2": 1.0, "4": 0.0, "8": 0.0}, "large": {"2": 1.2, "4": 0.0, "8": 0.0}}
+    path = allocation_path(Sensitivity(units, LEVELS, kld, 512))
+    assert bits_of(path[1]) == {"small": 4, "large": 2}
+    assert bits_of(path[-1]) == {"small": 4, "large": 4}  # 8 bits saves nothing more: never bought

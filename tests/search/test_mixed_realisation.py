@@ -6,6 +6,7 @@ Direct stage calls (no flow): llm-compressor ``config_groups`` naming layers for
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def test_mixed_rtn_on_stories260k(tmp_path, stories_hf):
     rows = "    - {method: rtn, bits: 4, group_size: -1, layer_bits: {model.layers.4.mlp.down_proj: 8}}\n"
     variant, artifact, result = make_and_evaluate(recipe(rows, stories_hf), tmp_path)
 
-    assert artifact.provenance["parameters"]["layer_bits"] == {"model.layers.4.mlp.down_proj": 8}
-    assert math.isfinite(result.value("ppl"))
+    groups = json.loads((artifact.path / "config.json").read_text())["quantization_config"]["config_groups"]
+    bits_by_target = {tuple(g["targets"]): g["weights"]["num_bits"] for g in groups.values()}
+    assert bits_by_target == {("model.layers.4.mlp.down_proj",): 8, ("Linear",): 4}
+    assert variant.id.startswith("rtn-w4-gch-mix") and math.isfinite(result.value("ppl"))
 
 
 @pytest.mark.fast
