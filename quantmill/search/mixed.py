@@ -148,7 +148,7 @@ def choose(path: Sequence[Assignment], levels: Sequence[Level], steps: int) -> l
     return sorted(chosen.values(), key=lambda a: a.bytes)
 
 
-def to_variant(method: str, space: Mapping[str, Any], assignment: Assignment, gates: tuple = ()) -> Variant:
+def to_variant(method: str, assignment: Assignment, gates: tuple = ()) -> Variant:
     """The variant that realises ``assignment``: GPTQ/RTN at the level holding most parameters with the other
     layers in ``layer_bits``; GGUF with every tensor in ``tensor_types`` (a file type's own per-tensor
     choices would otherwise change the unnamed ones)."""
@@ -180,6 +180,18 @@ def recipe_fragment(variant: Variant) -> dict[str, Any]:
     return {"method": variant.method, **{k: v for k, v in params.items() if k in spec.params.axes or v != defaults[k]}}
 
 
+def _refuse_findings(method: str, levels: Sequence[Level], shape: ModelShape, device: str) -> None:
+    """The method's own rules (group sizes that divide the layers …) for the lowest level, before any scan."""
+    spec = get_method(method)
+    lowest = levels[0]
+    params = {"type": "q8_0"} if method == "gguf" else {"bits": lowest.value, "group_size": lowest.group_size}
+    findings = spec.check(spec.params.model_validate(params), shape, device)
+    if findings:
+        raise QuantizationError(
+            "; ".join(f"mixed {method}: {f.message}" + (f" ({f.hint})" if f.hint else "") for f in findings)
+        )
+
+
 def mixed_candidates(loaded: LoadedRecipe, space: Mapping[str, Any], device: str) -> list[Variant]:
     """One variant per distinct mixed assignment of the ``mixed:`` entry ``space`` (keys ``method``, ``bits``,
     ``group_size``, ``types``, ``steps``), smallest estimated size first. Scans sensitivity on ``device``
@@ -197,10 +209,13 @@ def mixed_candidates(loaded: LoadedRecipe, space: Mapping[str, Any], device: str
     calibration = loaded.recipe.calibration
     if calibration.dataset is None:
         raise QuantizationError("mixed precision needs calibration.dataset: the sensitivity scan measures layers on it")
+    if method not in ("gptq", "rtn", "gguf"):
+        raise QuantizationError(f"mixed precision is made by gptq, rtn or gguf, not {method!r}")
+    levels = levels_for(space)
+    _refuse_findings(method, levels, shape, loaded.recipe.device)
     units = units_for(method, shape)
     if not units:
         raise QuantizationError(f"mixed {method}: no layer of this model has a known name (a Llama-like layout)")
-    levels = levels_for(space)
     resolved = resolve_model(loaded)
     samples = cached_calibration_set(
         calibration, resolved.tokenizer_path, loaded.base_dir, trust_remote_code=loaded.trust_remote_code

@@ -26,7 +26,6 @@ KLD = {
     "model.layers.1.self_attn.q_proj": {"2": 0.01, "4": 0.004, "8": 0.0},
 }
 SENSITIVITY = Sensitivity(UNITS, LEVELS, KLD, tokens=512)
-GPTQ_SPACE = {"method": "gptq", "bits": [2, 4, 8], "group_size": 64, "steps": 3}
 
 
 def bits_of(assignment) -> dict[str, int]:
@@ -65,7 +64,7 @@ def test_a_chosen_assignment_is_an_ordinary_variant_that_its_recipe_row_makes_ag
     from quantmill.registry import get_method
 
     assignment = choose(allocation_path(SENSITIVITY), LEVELS, steps=3)[1]
-    variant = to_variant("gptq", GPTQ_SPACE, assignment)
+    variant = to_variant("gptq", assignment)
     assert variant.id.startswith("gptq-w") and "-mix" in variant.id
     row = recipe_fragment(variant)
     spec = get_method(row["method"])
