@@ -231,7 +231,5 @@ def mixed_candidates(loaded: LoadedRecipe, space: Mapping[str, Any], device: str
         trust_remote_code=loaded.trust_remote_code,
     )
     gates = tuple(loaded.recipe.gates)
-    variants = [
-        to_variant(method, space, a, gates) for a in choose(allocation_path(sensitivity), levels, space["steps"])
-    ]
+    variants = [to_variant(method, a, gates) for a in choose(allocation_path(sensitivity), levels, space["steps"])]
     return sorted(variants, key=lambda v: v.spec.average_bits_per_weight(v.params, shape))
