@@ -122,6 +122,7 @@ def needs_imatrix(gguf_type: str) -> bool:
 
 class GGUFParams(MethodParams):
     axes: ClassVar[tuple[str, ...]] = ("type",)
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("tensor_types",)
 
     type: GGUFType = Field(  # type: ignore[valid-type]
         "q4_k_m",
@@ -131,6 +132,7 @@ class GGUFParams(MethodParams):
     imatrix: bool | None = Field(None, description="use an importance matrix (default: on for IQ types)")
     tensor_types: TensorTypes = Field(  # type: ignore[valid-type]
         (),
+        json_schema_extra={"default": {}},  # stored as pairs, written as a mapping
         description="per-tensor types: llama.cpp tensor name or pattern (blk.0.ffn_down.weight, attn_v) → type, "
         "as llama-quantize --tensor-type (the first pattern that matches a tensor wins); the rest follow 'type'",
     )

@@ -24,6 +24,7 @@ from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
 
 class GPTQParams(MethodParams):
     axes: ClassVar[tuple[str, ...]] = ("bits", "group_size")
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("layer_bits",)
 
     bits: Literal[2, 3, 4, 8] = Field(4, description="weight bits")
     group_size: int = Field(128, description="weights per scale; -1 for per-channel", ge=-1)
@@ -33,6 +34,7 @@ class GPTQParams(MethodParams):
     block_size: int = Field(128, gt=0)
     layer_bits: LayerBits = Field(
         (),
+        json_schema_extra={"default": {}},  # stored as pairs, written as a mapping
         description="per-layer bits: linear module name (model.layers.0.mlp.down_proj) → bits; the rest get 'bits'",
     )
 

@@ -53,6 +53,12 @@ def precision_map(allowed: Collection[Any], *, ordered: bool, what: str) -> Any:
         return tuple(pairs) if ordered else tuple(sorted(pairs))
 
     value_schema: dict[str, Any] = {"enum": list(allowed)}
+    if all(isinstance(value, str) for value in allowed):  # names are case-insensitive, as llama.cpp's are
+
+        def fold(text: str) -> str:
+            return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+        value_schema = {"type": "string", "pattern": "^(?:" + "|".join(map(fold, allowed)) + ")$"}
     return Annotated[
         Pairs,
         BeforeValidator(to_pairs),

@@ -20,12 +20,14 @@ from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings
 
 class RTNParams(MethodParams):
     axes: ClassVar[tuple[str, ...]] = ("bits", "group_size")
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("layer_bits",)
 
     bits: Literal[2, 3, 4, 8] = 4
     group_size: int = Field(128, ge=-1, description="weights per scale; -1 for per-channel")
     symmetric: bool = True
     layer_bits: LayerBits = Field(
         (),
+        json_schema_extra={"default": {}},  # stored as pairs, written as a mapping
         description="per-layer bits: linear module name (model.layers.0.mlp.down_proj) → bits; the rest get 'bits'",
     )
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from quantmill.methods.formats import OutputFormat
 
@@ -32,6 +32,17 @@ class MethodParams(BaseModel):
 
     #: fields a matrix row may give as a list, expanded into one variant per value
     axes: ClassVar[tuple[str, ...]] = ()
+    #: fields left out of a dump while empty (per-layer maps): a uniform variant's parameters, and so its
+    #: cache keys, provenance and card, stay what they were before the field existed
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self.omitted_when_empty:
+            if name in data and not data[name]:
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)

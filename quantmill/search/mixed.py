@@ -177,7 +177,10 @@ def recipe_fragment(variant: Variant) -> dict[str, Any]:
     spec = variant.spec
     defaults = spec.params().model_dump(mode="json")
     params = variant.params.model_dump(mode="json")
-    return {"method": variant.method, **{k: v for k, v in params.items() if k in spec.params.axes or v != defaults[k]}}
+    return {
+        "method": variant.method,
+        **{k: v for k, v in params.items() if k in spec.params.axes or v != defaults.get(k)},
+    }
 
 
 def _refuse_findings(method: str, levels: Sequence[Level], shape: ModelShape, device: str) -> None:
