@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CANDIDATE_GROUP_SIZES = (16, 32, 64, 128, 256)
@@ -25,12 +25,15 @@ class ModelShape:
         parameters: total parameters, when the weights' headers were readable.
         linear_parameters: parameters inside decoder-layer linear weights (what most methods quantize).
         checkpoint_bytes: bytes of the weight files.
+        weight_parameters: parameters of every matrix weight by module name
+            (``{"model.layers.0.mlp.down_proj": 131072, "model.embed_tokens": …}``), for per-layer precision.
     """
 
     linear_in_features: dict[str, int]
     parameters: int | None = None
     linear_parameters: int | None = None
     checkpoint_bytes: int | None = None
+    weight_parameters: dict[str, int] = field(default_factory=dict)
 
     def valid_group_sizes(self) -> list[int]:
         return [g for g in CANDIDATE_GROUP_SIZES if all(n % g == 0 for n in self.linear_in_features.values())]
@@ -76,15 +79,16 @@ def read_model_shape(model_dir: Path) -> ModelShape | None:
         "mlp.up_proj": hidden,
         "mlp.down_proj": intermediate,
     }
-    total, linear, size = _count_parameters(model_dir)
-    return ModelShape(in_features, total, linear, size)
+    total, linear, size, matrices = _count_parameters(model_dir)
+    return ModelShape(in_features, total, linear, size, matrices)
 
 
-def _count_parameters(model_dir: Path) -> tuple[int | None, int | None, int | None]:
+def _count_parameters(model_dir: Path) -> tuple[int | None, int | None, int | None, dict[str, int]]:
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        return None, None, None
+        return None, None, None, {}
     total = linear = size = 0
+    matrices: dict[str, int] = {}
     for file in files:
         size += file.stat().st_size
         for name, info in _safetensors_header(file).items():
@@ -96,7 +100,9 @@ def _count_parameters(model_dir: Path) -> tuple[int | None, int | None, int | No
             total += count
             if ".layers." in name and name.endswith("proj.weight"):
                 linear += count
-    return total, linear, size
+            if len(info["shape"]) == 2 and name.endswith(".weight"):
+                matrices[name.removesuffix(".weight")] = count
+    return total, linear, size, matrices
 
 
 def _safetensors_header(path: Path) -> dict:

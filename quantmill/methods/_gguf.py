@@ -151,20 +151,34 @@ def _quantize_in_process(base: Path, out: Path, gguf_type: str) -> str:
     return "".join(lines)
 
 
-def describe_file(path: Path) -> dict:
-    """Tensor types, parameter count and effective bits per weight, read from the GGUF file itself."""
+def describe_file(path: Path, *, per_tensor: bool = False) -> dict:
+    """Tensor types, parameter count and effective bits per weight, read from the GGUF file itself;
+    ``per_tensor`` adds each matrix's type (``tensors``), the realised per-tensor precision."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
     types = Counter(t.tensor_type.name for t in reader.tensors)
     parameters = sum(int(t.n_elements) for t in reader.tensors)
     size = path.stat().st_size
-    return {
+    described = {
         "tensor_types": dict(types),
         "parameters": parameters,
         "bytes": size,
         "bits_per_weight": round(size * 8 / parameters, 3),
     }
+    if per_tensor:
+        described["tensors"] = {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+    return described
+
+
+def tensor_type_arguments(tensor_types: tuple[tuple[str, str], ...], folder: Path) -> list[str]:
+    """llama-quantize's ``--tensor-type-file``, written into ``folder``: one ``pattern=type`` per line, in the
+    map's order (llama.cpp gives a tensor the type of the first pattern that matches it)."""
+    if not tensor_types:
+        return []
+    file = folder / "tensor-types.txt"
+    file.write_text("".join(f"{pattern}={kind}\n" for pattern, kind in tensor_types))
+    return ["--tensor-type-file", str(file)]
 
 
 def quantize(params, ctx: QuantizeContext) -> dict:
@@ -199,10 +213,14 @@ def quantize(params, ctx: QuantizeContext) -> dict:
         command = [str(tool)]
         if imatrix is not None:
             command += ["--imatrix", str(imatrix_path)]
-        log_text = run_tool(
-            command + [str(base), str(out), gguf_type.upper(), str(os.cpu_count() or 1)], what="llama-quantize"
-        )
+        with tempfile.TemporaryDirectory(prefix="quantize-") as scratch:
+            command += tensor_type_arguments(params.tensor_types, Path(scratch))
+            log_text = run_tool(
+                command + [str(base), str(out), gguf_type.upper(), str(os.cpu_count() or 1)], what="llama-quantize"
+            )
         how = "llama-quantize"
+    elif params.tensor_types:
+        raise QuantizationError("per-tensor types need llama.cpp's llama-quantize: run `quantmill setup llama-cpp`")
     else:
         log_text = _quantize_in_process(base, out, gguf_type)
         how = "llama_cpp.llama_model_quantize (in-process; tools not built, so no imatrix)"
@@ -216,5 +234,5 @@ def quantize(params, ctx: QuantizeContext) -> dict:
         "vocabulary": vocabulary_route(ctx.source_dir),
         "fallbacks": parse_fallbacks(log_text),
         "imatrix": imatrix,
-        **describe_file(out),
+        **describe_file(out, per_tensor=bool(params.tensor_types)),
     }

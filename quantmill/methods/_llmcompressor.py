@@ -34,10 +34,28 @@ def weight_args(bits: int, group_size: int, symmetric: bool):
     return QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="channel")
 
 
-def weight_scheme(bits: int, group_size: int, symmetric: bool) -> dict[str, Any]:
+def weight_scheme(
+    bits: int, group_size: int, symmetric: bool, layer_bits: tuple[tuple[str, int], ...] = ()
+) -> dict[str, Any]:
+    """llm-compressor's ``config_groups``: one group per bit width in ``layer_bits`` (``(module name, bits)``
+    pairs) naming its layers, then every other linear layer at ``bits``.
+
+    compressed-tensors gives a layer the scheme of its most specific target, so an exact name overrides
+    ``Linear``; the named groups come first because its check for unmatched targets stops at a module's
+    first matching target and would call the names unmatched after ``Linear``.
+    """
     from compressed_tensors.quantization import QuantizationScheme
 
-    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weight_args(bits, group_size, symmetric))}
+    groups: dict[str, Any] = {}
+    for own_bits in sorted({b for _, b in layer_bits} - {bits}):
+        names = sorted(name for name, b in layer_bits if b == own_bits)
+        groups[f"group_{len(groups)}"] = QuantizationScheme(
+            targets=names, weights=weight_args(own_bits, group_size, symmetric)
+        )
+    groups[f"group_{len(groups)}"] = QuantizationScheme(
+        targets=["Linear"], weights=weight_args(bits, group_size, symmetric)
+    )
+    return groups
 
 
 @contextlib.contextmanager

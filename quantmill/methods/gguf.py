@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,12 +12,22 @@ from pydantic import Field, field_validator, model_validator
 
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.formats import OutputFormat
-from quantmill.methods.spec import MethodParams, MethodSpec
+from quantmill.methods.layers import (
+    first_match,
+    grouped_rows,
+    invalid_pattern_findings,
+    mix_suffix,
+    pattern_matches,
+    precision_map,
+    unknown_name_findings,
+)
+from quantmill.methods.spec import Finding, MethodParams, MethodSpec
 
 if TYPE_CHECKING:
     from quantmill.evaluation.backends import EvalModel
     from quantmill.evaluation.evaluate import EvaluationSetup
     from quantmill.evaluation.results import EvaluationResult
+    from quantmill.modelinfo import ModelShape
 
 # Nominal bits per weight of each llama.cpp type (llama.cpp's quantize table).
 GGUF_TYPES: dict[str, float] = {
@@ -52,6 +63,57 @@ GGUF_TYPES: dict[str, float] = {
 }
 GGUFType = Literal[tuple(GGUF_TYPES)]  # type: ignore[valid-type]
 
+# Bits per weight of the tensor types ``tensor_types`` may give single tensors (ggml's block sizes;
+# the IQ types below IQ4 are left out: they need an importance matrix per tensor).
+TENSOR_TYPES: dict[str, float] = {
+    "q2_k": 2.625,
+    "q3_k": 3.4375,
+    "q4_k": 4.5,
+    "q5_k": 5.5,
+    "q6_k": 6.5625,
+    "q4_0": 4.5,
+    "q4_1": 5.0,
+    "q5_0": 5.5,
+    "q5_1": 6.0,
+    "q8_0": 8.5,
+    "iq4_nl": 4.5,
+    "iq4_xs": 4.25,
+    "f16": 16.0,
+    "bf16": 16.0,
+    "f32": 32.0,
+}
+TensorTypes = precision_map(tuple(TENSOR_TYPES), ordered=True, what="tensor")
+
+# transformers module names of a Llama-like decoder → llama.cpp tensor names (its converter's mapping)
+_BLOCK_TENSORS = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_BLOCK = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def tensor_name(module: str) -> str | None:
+    """The llama.cpp name of a Llama-like matrix: ``model.layers.0.mlp.down_proj`` → ``blk.0.ffn_down.weight``."""
+    if module == "model.embed_tokens":
+        return "token_embd.weight"
+    if module == "lm_head":
+        return "output.weight"
+    block = _BLOCK.match(module)
+    if block and block.group(2) in _BLOCK_TENSORS:
+        return f"blk.{block.group(1)}.{_BLOCK_TENSORS[block.group(2)]}.weight"
+    return None
+
+
+def model_tensors(shape: ModelShape) -> dict[str, str]:
+    """The model's matrices that have llama.cpp names: module name → tensor name."""
+    named = {module: tensor_name(module) for module in shape.weight_parameters}
+    return {module: name for module, name in named.items() if name is not None}
+
 
 def needs_imatrix(gguf_type: str) -> bool:
     """llama.cpp refuses the IQ types (except IQ4) without an importance matrix."""
@@ -60,6 +122,7 @@ def needs_imatrix(gguf_type: str) -> bool:
 
 class GGUFParams(MethodParams):
     axes: ClassVar[tuple[str, ...]] = ("type",)
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("tensor_types",)
 
     type: GGUFType = Field(  # type: ignore[valid-type]
         "q4_k_m",
@@ -67,6 +130,12 @@ class GGUFParams(MethodParams):
         json_schema_extra={"_ci": True},
     )
     imatrix: bool | None = Field(None, description="use an importance matrix (default: on for IQ types)")
+    tensor_types: TensorTypes = Field(  # type: ignore[valid-type]
+        (),
+        json_schema_extra={"default": {}},  # stored as pairs, written as a mapping
+        description="per-tensor types: llama.cpp tensor name or pattern (blk.0.ffn_down.weight, attn_v) → type, "
+        "as llama-quantize --tensor-type (the first pattern that matches a tensor wins); the rest follow 'type'",
+    )
 
     @field_validator("type", mode="before")
     @classmethod
@@ -77,6 +146,12 @@ class GGUFParams(MethodParams):
     def _imatrix_for_iq(self) -> GGUFParams:
         if self.imatrix is False and needs_imatrix(self.type):
             raise ValueError(f"GGUF type {str(self.type).upper()} needs an importance matrix; remove 'imatrix: false'")
+        return self
+
+    @model_validator(mode="after")
+    def _tensor_types_need_quantized_type(self) -> GGUFParams:
+        if self.tensor_types and self.type in ("f16", "bf16", "f32"):
+            raise ValueError(f"tensor_types need a quantized type; {str(self.type).upper()} is a plain conversion")
         return self
 
     @property
@@ -167,6 +242,34 @@ class GGUFFormat(OutputFormat):
         return gguf_greedy_generate(self.usage(repo_id, provenance), prompts, max_new_tokens)
 
 
+def _tensor_findings(params: GGUFParams, shape: ModelShape | None, device: str) -> list[Finding]:
+    """``tensor_types`` patterns must compile and match a tensor of the model (when its shape is known)."""
+    invalid = invalid_pattern_findings("tensor_types", params.tensor_types)
+    if invalid or shape is None or not params.tensor_types:
+        return invalid
+    names = model_tensors(shape).values()
+    if not names:
+        return []  # not a Llama-like layout: llama.cpp's names are not known here
+    return unknown_name_findings(
+        "tensor_types", params.tensor_types, names, lambda pattern, name: pattern_matches(pattern, name), "tensor"
+    )
+
+
+def _tensor_bits(params: GGUFParams, shape: ModelShape) -> dict[str, float]:
+    """Each matrix's bits per weight: its ``tensor_types`` type's, else the nominal bits of ``type``."""
+    return {
+        module: TENSOR_TYPES.get(first_match(name, params.tensor_types), GGUF_TYPES[params.type])
+        for module, name in model_tensors(shape).items()
+    }
+
+
+def _tensor_rows(params: GGUFParams, details: dict[str, Any]) -> list[dict[str, str]]:
+    """The card's rows for a variant with ``tensor_types``: the types llama.cpp wrote, per tensor."""
+    if not params.tensor_types:
+        return []
+    return grouped_rows({name: kind.upper() for name, kind in (details.get("tensors") or {}).items()}, None)
+
+
 SPEC = MethodSpec(
     name="gguf",
     params=GGUFParams,
@@ -177,9 +280,12 @@ SPEC = MethodSpec(
     quantize=quantize,
     gpu="none",  # llama.cpp's quantization runs on the CPU
     needs_calibration=lambda p: p.use_imatrix,
-    variant_id=lambda p: f"gguf-{p.type}",
+    variant_id=lambda p: f"gguf-{p.type}{mix_suffix(p.tensor_types)}",
     bits_per_weight=lambda p: GGUF_TYPES[p.type],
     quantizes_embeddings=True,
     # convert_hf_to_gguf.py loads some tokenizers with AutoTokenizer(..., trust_remote_code=True)
     runs_model_code=True,
+    check=_tensor_findings,
+    layer_bits_per_weight=_tensor_bits,
+    layer_precision=_tensor_rows,
 )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from quantmill.methods.formats import OutputFormat
 
@@ -32,6 +32,17 @@ class MethodParams(BaseModel):
 
     #: fields a matrix row may give as a list, expanded into one variant per value
     axes: ClassVar[tuple[str, ...]] = ()
+    #: fields left out of a dump while empty (per-layer maps): a uniform variant's parameters, and so its
+    #: cache keys, provenance and card, stay what they were before the field existed
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self.omitted_when_empty:
+            if name in data and not data[name]:
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,8 @@ class MethodSpec:
         packages: the backend's distribution names; their versions are part of every cache key
             of this method and are recorded in each variant's provenance.
         variant_id: builds the stable id of one expanded variant.
-        bits_per_weight: nominal bits per quantized weight (scales included), for the plan's size estimate.
+        bits_per_weight: nominal bits per quantized weight (scales included) of the uniform setting, for the
+            plan's size estimate; :meth:`average_bits_per_weight` weighs in per-layer precision.
         quantize: ``quantize(params, ctx) -> details``; writes the model into ``ctx.out_dir``.
         gpu: how the method uses a GPU (shown in the plan, which warns when a ``required`` one
             meets a CPU recipe); ``none``: its steps run on the CPU and take no GPU slot (:attr:`uses_gpu`).
@@ -73,6 +85,11 @@ class MethodSpec:
         runs_model_code: whether making the output runs Python shipped with the model when the
             model has any (``auto_map``), whatever ``trust_remote_code`` says (llama.cpp's converter
             loads such tokenizers with remote code); such models need the ``remote_code`` capability.
+        layer_bits_per_weight: ``layer_bits_per_weight(params, shape)``: bits per weight of each matrix
+            the method quantizes, by module name (a key of ``shape.weight_parameters``), for methods
+            whose parameters can give layers their own precision (:meth:`average_bits_per_weight`).
+        layer_precision: ``layer_precision(params, details)``: the card's per-layer precision rows
+            (``precision``, ``layers``, ``count``); none for a uniform variant.
     """
 
     name: str
@@ -92,6 +109,8 @@ class MethodSpec:
     card_notes: Callable[[Any, dict[str, Any]], str | None] = field(default=lambda params, details: None)
     training_tokens: Callable[[Any], int] = field(default=lambda params: 0)
     runs_model_code: bool = False
+    layer_bits_per_weight: Callable[[Any, ModelShape], dict[str, float]] | None = None
+    layer_precision: Callable[[Any, dict[str, Any]], list[dict[str, str]]] = field(default=lambda params, details: [])
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,6 +130,18 @@ class MethodSpec:
         """Whether its steps take a GPU slot on a CUDA run; a ``gpu="none"`` method's take a CPU slot
         and run on the CPU (``quantmill.pipeline.SlotPolicy``)."""
         return self.gpu != "none"
+
+    def average_bits_per_weight(self, params: Any, shape: ModelShape | None) -> float:
+        """Bits per quantized weight over the whole model: each quantized matrix's bits weighted by its
+        parameters when the method knows per-layer bits and the model's shape is known, else the nominal
+        :attr:`bits_per_weight` (the same number for a uniform variant)."""
+        if self.layer_bits_per_weight is None or shape is None or not shape.weight_parameters:
+            return self.bits_per_weight(params)
+        bits_of = self.layer_bits_per_weight(params, shape)
+        if not bits_of:
+            return self.bits_per_weight(params)
+        total = sum(shape.weight_parameters[name] for name in bits_of)
+        return sum(bits * shape.weight_parameters[name] for name, bits in bits_of.items()) / total
 
     def missing_packages(self) -> list[str]:
         """The backend packages that are not installed."""

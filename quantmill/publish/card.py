@@ -178,6 +178,16 @@ def card_metadata(inputs: CardInputs):
     )
 
 
+def layer_precision_section(variant: Variant, provenance: dict[str, Any]) -> dict[str, str]:
+    """The card's "Per-layer precision" section (a table) for a variant whose layers differ in precision."""
+    rows = variant.spec.layer_precision(variant.params, provenance.get("details") or {})
+    if not rows:
+        return {}
+    lines = ["| precision | layers | count |", "|---|---|---|"]
+    lines += [f"| {row['precision']} | {row['layers']} | {row['count']} |" for row in rows]
+    return {"Per-layer precision": "\n".join(lines)}
+
+
 def _template_text(loaded: LoadedRecipe) -> str:
     custom = loaded.recipe.publish.card_template
     if custom:
@@ -233,5 +243,5 @@ def render_card(inputs: CardInputs):
         versions=versions,
         reproduce=f"quantmill run {loaded.path.name if loaded.path else 'recipe.yaml'} --only {variant.id}",
         related=inputs.related,
-        extras=loaded.recipe.publish.card_extras,
+        extras={**layer_precision_section(variant, provenance), **loaded.recipe.publish.card_extras},
     )
