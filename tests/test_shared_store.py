@@ -3,8 +3,13 @@ and two workers with separate local homes sharing one recipe's work through it."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -244,3 +249,103 @@ def test_a_missing_bucket_is_one_clear_line(s3, tmp_path, monkeypatch):
     assert message.startswith("shared run store s3://no-such-bucket/runs: ")
     assert "create the bucket or fix QUANTMILL_RUNS_DIR" in message and "\n" not in message
     assert isinstance(caught.value, QuantmillError)  # the CLI prints it without a traceback
+
+
+# Worker A's run as `quantmill run` runs it, with one test seam: the second servable check to start
+# writes its variant into a file and never ends, so A is killed with one variant finished and the
+# other half done (quantized and evaluated, not checked), whichever order the heavy steps took.
+STALLS_ON_THE_SECOND_CHECK = """
+import sys, time
+from pathlib import Path
+from quantmill import stages
+from quantmill.flows.recipe import run_recipe
+recipe, stalled = sys.argv[1:]
+original, checks = stages.check_servable, []
+def check_servable(loaded, variant, *args, **kwargs):
+    checks.append(variant.id)
+    if len(checks) == 2:
+        Path(stalled).write_text(variant.id)
+        time.sleep(3600)
+    return original(loaded, variant, *args, **kwargs)
+stages.check_servable = check_servable
+run_recipe(recipe, publish=False)
+"""
+TWO = "    - {method: rtn, bits: [4, 8], group_size: 128}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_worker_killed_midway_is_resumed_by_another_that_redoes_no_finished_step(
+    url, tmp_path, write_recipe, monkeypatch
+):
+    """Two workers with separate local homes share one store: B resumes what A (kill -9) left, and each
+    sees the other's runs (the nightly zoo on a fresh machine sees yesterday's run)."""
+    import fsspec
+    from prefect.settings import PREFECT_API_URL
+
+    from quantmill.flows.recipe import run_recipe
+    from quantmill.quantize import read_artifact
+    from quantmill.tasks.limits import MACHINE_LIMITS_ENV
+    from quantmill.testing.recipes import fast_recipe
+    from tests.support.calls import Calls
+
+    recipe = write_recipe(fast_recipe(TWO))
+    stalled = tmp_path / "stalled"
+    env_a = {
+        **os.environ,
+        "QUANTMILL_RUNS_DIR": url,
+        "QUANTMILL_CACHE_DIR": str(tmp_path / "a"),
+        "QUANTMILL_STORE_LEASE_S": "3",
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        MACHINE_LIMITS_ENV: "1",  # A's heavy slot is a file lock on A's machine, which the kill frees
+    }
+    keys = url.removeprefix("s3://") + "/flowtest/.cache/keys"
+    store = fsspec.filesystem("s3")
+    log = (tmp_path / "worker-a.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-c", STALLS_ON_THE_SECOND_CHECK, str(recipe), str(stalled)],
+        env=env_a,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:  # kill once the store holds the baseline's entry and 2 + 3 of the variants' steps
+        deadline = time.monotonic() + 600
+        while not (stalled.exists() and len(_listed(store, keys)) == 6):
+            assert process.poll() is None, "worker A ended: " + (tmp_path / "worker-a.log").read_text()
+            assert time.monotonic() < deadline, "worker A never got to its second servable check"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        log.close()
+    half_done = stalled.read_text()
+    finished = ({"rtn-w4-g128", "rtn-w8-g128"} - {half_done}).pop()
+    run_a = next((tmp_path / "a" / "stores").glob("*/flowtest/2*")).name
+
+    store_b = worker(url, tmp_path / "b", monkeypatch)
+    calls = Calls(monkeypatch)
+    results = run_recipe(str(recipe), publish=False)
+    assert calls.log == []  # no quantization or evaluation ran again, nor the baseline
+    assert {v: r["status"] for v, r in results["variants"].items()} == {finished: "passed", half_done: "passed"}
+    assert results["baseline"]["cached"] is True
+    assert results["variants"][finished]["cached"] == {"quantize": True, "evaluate": True, "servable": True}
+    assert results["variants"][half_done]["cached"] == {"quantize": True, "evaluate": True, "servable": False}
+    # A's artifact, recorded under B's mirror, is fetched from the store when read
+    artifact = Path(results["variants"][finished]["artifact"])
+    assert artifact.is_relative_to(store_b.root) and not artifact.exists()
+    assert read_artifact(artifact).path == artifact and (artifact / "COMPLETE").is_file()
+
+    assert [run.run_id for run in RunStore(store_b.root).runs("flowtest")] == [run_a, results["run_id"]]
+    store_a = worker(url, tmp_path / "a", monkeypatch)  # A's machine, the next night
+    previous = latest_completed(store_a, "flowtest")
+    assert previous is not None and previous.run_id == results["run_id"]
+
+
+def _listed(fs, path: str) -> list[str]:
+    fs.invalidate_cache(path)
+    try:
+        return fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
