@@ -19,8 +19,8 @@ Layout (``QUANTMILL_RUNS_DIR``, default ``./runs``)::
 
 With ``QUANTMILL_RUNS_DIR=<url>`` the store is shared (``quantmill.sharedstore``): this layout is
 then the store's, and the root here is its local mirror. A RunStore on the mirror pulls a recipe's
-runs and cache from the store before it lists them (and when a run starts), and a run pushes its
-files as it writes them.
+run records and step cache from the store before it lists its runs (and when a run starts), and a
+run pushes its files as it writes them.
 
 Every file the store writes is written atomically (temporary file in the same
 folder, fsync, rename), so a crash leaves either the old or the new file, never

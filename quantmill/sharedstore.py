@@ -6,7 +6,8 @@ on local folders, in a mirror under the local cache (``quantmill.settings``); th
 copies between the mirror and the store, keeping the store's layout (``quantmill.runstore``):
 
 - **pull** (:meth:`SharedStore.pull`, when a run starts and when runs are listed): the recipe's
-  run folders (history and regressions see runs made elsewhere) and its step cache
+  run records (``results.json`` with the recipe and plan copies: history and regressions see runs
+  made elsewhere; their reports and logs stay in the store) and its step cache
   (``.cache/results`` before ``.cache/keys``, so a key is never local without its result).
   Artifacts are fetched lazily (:meth:`SharedStore.fetch_artifact`), when one is read.
 - **push**, as work finishes: a step's cache entry, its result before its key record
@@ -45,6 +46,8 @@ _Item = tuple[str, Path, dict[str, Any]]
 
 COMPLETE_MARKER = "COMPLETE"  # quantmill.runstore's, repeated: runstore imports this module
 RESULTS_FILE = "results.json"
+#: what is pulled of a run: its record and what it ran (reports and logs stay in the store)
+RECORD_FILES = ([RESULTS_FILE], ["recipe.yaml"], ["plan.json"])
 
 
 class SharedStore:
@@ -107,7 +110,7 @@ class SharedStore:
                 f"shared run store {self.url}: cannot {doing}: {exc}; install the store's fsspec backend "
                 "(pip install 'quantmill[s3]' for s3://)"
             ) from None
-        except (PermissionError, _NoCredentials) as exc:
+        except (PermissionError, *_NoCredentials) as exc:
             raise RunStoreError(
                 f"shared run store {self.url}: access denied while trying to {doing} ({exc}); check the "
                 "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or QUANTMILL_STORE_OPTIONS)"
@@ -117,7 +120,7 @@ class SharedStore:
                 f"shared run store {self.url}: not found while trying to {doing} ({exc}); create the bucket "
                 "or fix QUANTMILL_RUNS_DIR"
             ) from None
-        except (OSError, ValueError, _ClientError) as exc:
+        except (OSError, ValueError, *_BotoError) as exc:  # the endpoint is down or refused the request
             raise RunStoreError(
                 f"shared run store {self.url}: cannot {doing} ({type(exc).__name__}: {exc}); check the "
                 "endpoint (AWS_ENDPOINT_URL or QUANTMILL_STORE_OPTIONS) and the network"
@@ -126,7 +129,7 @@ class SharedStore:
     # -- pull
 
     def pull(self, recipe: str) -> None:
-        """Copy the recipe's run folders and step cache from the store into the mirror (what changed only)."""
+        """Copy the recipe's run records and step cache from the store into the mirror (what changed only)."""
         prefix = self.remote(self.mirror / recipe)
         with self._talking(f"list {recipe}"):
             self.fs.invalidate_cache(prefix)
@@ -143,9 +146,9 @@ class SharedStore:
             if parts[0] == ".cache" and len(parts) == 3 and parts[1] in ("keys", "results"):
                 if not local.exists():  # entries are never rewritten under a key
                     (cache_keys if parts[1] == "keys" else cache_results).append((path, local, info))
-            elif RUN_ID.fullmatch(parts[0]) and len(parts) > 1 and _newer(info, local):
+            elif RUN_ID.fullmatch(parts[0]) and parts[1:] in RECORD_FILES and _newer(info, local):
                 (records if parts[-1] == RESULTS_FILE else run_files).append((path, local, info))
-        # results before the keys naming them; a run's files before its record
+        # results before the keys naming them; what a run ran before its record
         self._download(cache_results + cache_keys + run_files + records, f"pull {recipe}")
 
     def _download(self, items: list[_Item], doing: str) -> None:
@@ -279,16 +282,13 @@ class _TalkingLease(Lease):
             super().acquire()
 
 
-try:  # botocore's own errors, when an S3 store is in use; absent otherwise
-    from botocore.exceptions import ClientError as _ClientError
-    from botocore.exceptions import NoCredentialsError as _NoCredentials
+try:  # botocore's own errors (not OSErrors), when an S3 store is in use
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    _BotoError: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+    _NoCredentials: tuple[type[Exception], ...] = (NoCredentialsError,)
 except ImportError:  # pragma: no cover
-
-    class _ClientError(Exception):  # type: ignore[no-redef]
-        pass
-
-    class _NoCredentials(Exception):  # type: ignore[no-redef]
-        pass
+    _BotoError, _NoCredentials = (), ()
 
 
 def _is_local(fs: Any) -> bool:

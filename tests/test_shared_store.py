@@ -349,3 +349,29 @@ def _listed(fs, path: str) -> list[str]:
         return fs.ls(path, detail=False)
     except FileNotFoundError:
         return []
+
+
+@pytest.mark.fast
+def test_a_variant_another_worker_finished_is_fetched_under_the_lock_not_made_again(url, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from quantmill.quantize import quantize_variant
+    from quantmill.recipe import matrix
+
+    store_a = worker(url, tmp_path / "a", monkeypatch)
+    made = store_a.root / "r" / "artifacts" / "rtn-w4-g128-0123456789ab"
+    artifact(made)
+    store_a.shared.push_artifact(made)
+
+    store_b = worker(url, tmp_path / "b", monkeypatch)
+    rtn = matrix.get_method("rtn")
+
+    def made_again(params, ctx):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(matrix, "get_method", lambda name: replace(rtn, quantize=made_again))
+    variant = matrix.Variant("rtn-w4-g128", "rtn", rtn.params.model_validate({"bits": 4, "group_size": 128}), (), 0)
+    out = store_b.root / "r" / "artifacts" / made.name
+    got = quantize_variant(variant, source_dir=tmp_path, out_dir=out, calibration=None)
+    assert got.path == out and (out / "model.safetensors").read_bytes() == b"\0" * 1000
+    assert not store_b.shared.fs.exists(store_b.shared.remote(out.with_name(f".{out.name}.lease")))  # released
