@@ -37,6 +37,7 @@ from typing import Any
 
 from quantmill.errors import RunStoreError
 from quantmill.leases import Lease, objects_for
+from quantmill.runstore import COMPLETE_MARKER, RUN_ID  # runstore imports this module only when a store opens
 from quantmill.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,21 @@ log = logging.getLogger(__name__)
 #: a file to fetch: its store path, its mirror path, its listing entry
 _Item = tuple[str, Path, dict[str, Any]]
 
-COMPLETE_MARKER = "COMPLETE"  # quantmill.runstore's, repeated: runstore imports this module
 RESULTS_FILE = "results.json"
 #: what is pulled of a run: its record and what it ran (reports and logs stay in the store)
 RECORD_FILES = ([RESULTS_FILE], ["recipe.yaml"], ["plan.json"])
+
+
+try:  # botocore's own errors (not OSErrors), when an S3 store is in use
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    _BOTO: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+    _NO_CREDENTIALS: tuple[type[Exception], ...] = (NoCredentialsError,)
+except ImportError:  # pragma: no cover
+    _BOTO, _NO_CREDENTIALS = (), ()
+#: what the store answers when it refuses us, and when it cannot be reached (or answers nonsense)
+_DENIED: tuple[type[Exception], ...] = (PermissionError, *_NO_CREDENTIALS)
+_UNREACHABLE: tuple[type[Exception], ...] = (OSError, ValueError, *_BOTO)
 
 
 class SharedStore:
@@ -110,7 +122,7 @@ class SharedStore:
                 f"shared run store {self.url}: cannot {doing}: {exc}; install the store's fsspec backend "
                 "(pip install 'quantmill[s3]' for s3://)"
             ) from None
-        except (PermissionError, *_NoCredentials) as exc:
+        except _DENIED as exc:
             raise RunStoreError(
                 f"shared run store {self.url}: access denied while trying to {doing} ({exc}); check the "
                 "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or QUANTMILL_STORE_OPTIONS)"
@@ -120,7 +132,7 @@ class SharedStore:
                 f"shared run store {self.url}: not found while trying to {doing} ({exc}); create the bucket "
                 "or fix QUANTMILL_RUNS_DIR"
             ) from None
-        except (OSError, ValueError, *_BotoError) as exc:  # the endpoint is down or refused the request
+        except _UNREACHABLE as exc:
             raise RunStoreError(
                 f"shared run store {self.url}: cannot {doing} ({type(exc).__name__}: {exc}); check the "
                 "endpoint (AWS_ENDPOINT_URL or QUANTMILL_STORE_OPTIONS) and the network"
@@ -134,8 +146,6 @@ class SharedStore:
         with self._talking(f"list {recipe}"):
             self.fs.invalidate_cache(prefix)
             listing = self.fs.find(prefix, detail=True)
-        from quantmill.runstore import RUN_ID
-
         cache_results: list[_Item] = []
         cache_keys: list[_Item] = []
         run_files: list[_Item] = []
@@ -280,15 +290,6 @@ class _TalkingLease(Lease):
     def acquire(self) -> None:
         with self.store._talking(f"lock {self.label}"):
             super().acquire()
-
-
-try:  # botocore's own errors (not OSErrors), when an S3 store is in use
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    _BotoError: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
-    _NoCredentials: tuple[type[Exception], ...] = (NoCredentialsError,)
-except ImportError:  # pragma: no cover
-    _BotoError, _NoCredentials = (), ()
 
 
 def _is_local(fs: Any) -> bool:
