@@ -5,7 +5,8 @@ is the ``cache_key`` argument the pipeline computed (``quantmill.pipeline.step_k
 what determines the step's output). Its small, JSON-able result persists under the
 recipe's cache folder in the run store (:func:`steps_cached_in`), so a rerun of an
 unchanged recipe executes no task body, and a run killed midway resumes from the
-finished steps.
+finished steps. With a shared run store (``quantmill.sharedstore``) each entry is copied to the
+store as its task completes, so a worker on another machine resumes from it too.
 
 Retries: network-bound steps (resolving/downloading the model) retry with
 exponential backoff; compute steps never retry blindly.
