@@ -310,10 +310,18 @@ def test_a_worker_killed_midway_is_resumed_by_another_that_redoes_no_finished_st
         start_new_session=True,
     )
     try:  # kill once the store holds the baseline's entry and 2 + 3 of the variants' steps
-        deadline = time.monotonic() + 600
-        while not (stalled.exists() and len(_listed(store, keys)) == 6):
+        deadline, stalled_at = time.monotonic() + 600, None
+        while True:
+            entries, stalling = _listed(store, keys), stalled.exists()
+            if stalling and len(entries) == 6:
+                break
             assert process.poll() is None, "worker A ended: " + (tmp_path / "worker-a.log").read_text()
             assert time.monotonic() < deadline, "worker A never got to its second servable check"
+            if stalling:  # its other steps are done: their entries are on the way to the store
+                stalled_at = stalled_at or time.monotonic()
+                assert time.monotonic() - stalled_at < 60, (
+                    f"only {len(entries)} of A's 6 cache entries reached the store"
+                )
             time.sleep(0.2)
     finally:
         with contextlib.suppress(ProcessLookupError):
