@@ -19,7 +19,9 @@ cancels out as far as it can:
 4. evaluation parity: quantmill's evaluation vs ``lm_eval.simple_evaluate`` on
    the same model and task (numbers must be identical), and the time ratio;
 5. memory: peak RSS growth during GPTQ of a random-weight model built from a
-   config, against the model's fp16 size (sequential pipeline).
+   config, against the model's fp16 size (sequential pipeline);
+6. shared_store: ``quantmill run`` with the run store on S3 (moto's server, started here) / with a local
+   store, fresh caches both; then an unchanged rerun of each, and the S3 one from a second, empty home.
 """
 
 from __future__ import annotations
@@ -359,6 +361,85 @@ print(json.dumps({{"parameters": params, "fp16_bytes": params * 2, "rss_before_b
     return data
 
 
+SHARED_ROWS = "    - {method: rtn, bits: [4, 8], group_size: 128}\n"
+# `quantmill run`, adding up the seconds spent in the shared store's operations (pull, push, fetch, lock) on the
+# threads that wait for them (the lease heartbeat runs beside the work), written to the file argv[1] names.
+STORE_TIMED_RUN = """
+import sys, threading, time
+from quantmill import leases, sharedstore
+from quantmill.cli import entry_point
+spent, depth, out = [0.0], threading.local(), sys.argv.pop(1)
+def timed(cls, name):
+    original = getattr(cls, name)
+    def wrapper(*args, **kwargs):
+        depth.n = getattr(depth, "n", 0) + 1
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            depth.n -= 1
+            if depth.n == 0:
+                spent[0] += time.perf_counter() - start
+    setattr(cls, name, wrapper)
+for name in ("pull", "push_files", "push_cache_entry", "push_artifact", "fetch_artifact"):
+    timed(sharedstore.SharedStore, name)
+for name in ("acquire", "release"):
+    timed(leases.Lease, name)
+try:
+    entry_point()
+finally:
+    open(out, "w").write(str(spent[0]))
+"""
+
+
+def shared_store(work: Path) -> dict:
+    """The same recipe on a local run store and on a shared one (S3, moto's server in this process), each a
+    fresh ``quantmill run`` process with its own empty cache folder; then an unchanged rerun of each (the
+    same home: replayed from the cache) and the shared one from another empty home (a second machine: it
+    pulls the records and cache, and runs the flow with every step cached). The shared first run also
+    reports the seconds its store operations took (``store_io_seconds``), which load on the machine
+    disturbs far less than the difference of two wall times."""
+    from tests.support.s3server import s3_server
+
+    recipe = work / "shared.yaml"
+    recipe.write_text(recipe_text(SHARED_ROWS))
+    io_file = work / "store-io-seconds"
+
+    def one(runs_dir: str, home: Path, s3_env: dict[str, str], timed_io: bool = False) -> float:
+        env = {**os.environ, **s3_env, "QUANTMILL_RUNS_DIR": runs_dir, "QUANTMILL_CACHE_DIR": str(home)}
+        cli = ["-c", STORE_TIMED_RUN, str(io_file), "run"] if timed_io else ["-m", "quantmill.cli", "run"]
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, *cli, str(recipe), "--no-publish"], env=env, capture_output=True, text=True
+        )
+        if done.returncode not in (0, 3):
+            raise RuntimeError(
+                f"shared_store: the run on {runs_dir} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+            )
+        return time.perf_counter() - start
+
+    with s3_server() as s3_env:
+        local, shared = str(work / "store-local"), "s3://quantmill/bench"
+        local_first = one(local, work / "home-local", s3_env)
+        shared_first = one(shared, work / "home-a", s3_env, timed_io=True)
+        local_rerun = one(local, work / "home-local", s3_env)
+        shared_rerun = one(shared, work / "home-a", s3_env)
+        shared_elsewhere = one(shared, work / "home-b", s3_env)
+    store_io = float(io_file.read_text())
+    return {
+        "local_seconds": local_first,
+        "shared_seconds": shared_first,
+        "shared_over_local": shared_first / local_first,
+        "store_io_seconds": store_io,
+        "store_io_over_local": store_io / local_first,
+        "rerun_local_seconds": local_rerun,
+        "rerun_shared_seconds": shared_rerun,
+        "rerun_shared_over_local": shared_rerun / local_rerun,
+        "rerun_shared_other_home_seconds": shared_elsewhere,
+        "rerun_shared_other_home_over_local_first": shared_elsewhere / local_first,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -387,6 +468,7 @@ def main() -> None:
                 "fan_out": lambda: fan_out(work),
                 "evaluation_parity": lambda: evaluation_parity(work),
                 "gptq_memory": lambda: gptq_memory(work, args.hidden, args.layers),
+                "shared_store": lambda: shared_store(work),
             }
             for name, item in items.items():
                 if args.only and name not in args.only:

@@ -34,6 +34,7 @@ from quantmill.evaluation.results import EvaluationResult
 from quantmill.notify import notify_error, notify_run
 from quantmill.outcome import Outcome, run_outcome
 from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys, with_servable
+from quantmill.quantize import local_artifact_path
 from quantmill.recipe import load_recipe
 from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
 from quantmill.redact import redact
@@ -190,7 +191,8 @@ def _record_variant(
     error = run.variant_error(_error(quantized), _error(evaluated), _error(checked) if checked else None)
     evaluation = with_servable(_evaluation(evaluated), _evaluation(checked) if checked else None)
     verdict = gate_task(variant, evaluation, run.record.baseline_evaluation(), error)
-    artifact = Path(quantized.result()["path"]) if _error(quantized) is None else None
+    # where this machine has (or will fetch) a folder another worker of a shared store made
+    artifact = local_artifact_path(Path(quantized.result()["path"])) if _error(quantized) is None else None
     cached = CachedSteps(
         quantize=_cached(quantized), evaluate=_cached(evaluated), servable=checked is not None and _cached(checked)
     )

@@ -404,6 +404,7 @@ class RecipeRun:
         previous = latest_completed(self.store, self.loaded.name, before=self.run.run_id)
         self.record.regressions = write_report(self.path, self.record, previous)
         self._save()
+        self.run.push()  # the report and logs, the record last
         return self.record.regressions
 
 
@@ -439,6 +440,7 @@ def start_run(
         raise ValueError("a run needs its recipe as a file (the record points at it)")
     variants = select_variants(loaded, only)
     store = store or RunStore(get_settings().runs_dir)
+    store.pull(loaded.name)  # a shared store: earlier runs and cached steps from every worker
     run = store.create_run(loaded.name, loaded.text, build_plan(loaded).to_dict())
     record = RunRecord(
         recipe=loaded.name,

@@ -4,10 +4,16 @@ The output folder appears only when complete: the method writes into
 ``.<id>.partial``, then ``quantmill.json`` and the ``COMPLETE`` marker are written,
 and the folder is renamed into place. A crash leaves at most a partial folder,
 which the next attempt removes.
+
+With a shared store (``quantmill.sharedstore``) the lock that stops two processes making one
+variant is also a lease in the store, which stops two machines; whoever gets it first looks for
+the finished folder in the store, and a folder made here is pushed to the store (``COMPLETE``
+last). A folder recorded by another machine is fetched when it is read (:func:`read_artifact`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import shutil
@@ -23,6 +29,7 @@ from quantmill.measure import measure
 from quantmill.methods.base import COMMON_PACKAGES, QuantizeContext, package_version
 from quantmill.recipe.matrix import Variant
 from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, exclusive_lock, read_json
+from quantmill.sharedstore import configured, store_holding
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,19 @@ def _versions(*names: str) -> dict[str, str | None]:
     return {name: package_version(name) for name in names}
 
 
+def local_artifact_path(path: Path) -> Path:
+    """Where a recorded artifact folder is on this machine: in this machine's mirror of the shared store
+    when another machine made it (not fetched: :func:`read_artifact` fetches it); else ``path``."""
+    store = configured()
+    return store.localize(path) if store is not None else path
+
+
 def read_artifact(path: Path) -> QuantizedArtifact:
-    """The artifact of a completed variant folder (raises if it is not complete)."""
+    """The artifact of a completed variant folder (raises if it is not complete); a folder only the shared
+    store has complete is fetched first (``path`` may be where another machine had it)."""
+    store = configured()
+    if store is not None and not (path / COMPLETE_MARKER).is_file():
+        path = store.fetch_artifact(path)
     if not (path / COMPLETE_MARKER).is_file():
         raise QuantizationError(f"{path} is not a completed variant folder (no {COMPLETE_MARKER} marker)")
     provenance = read_json(path / PROVENANCE_FILE)
@@ -111,7 +129,12 @@ def quantize_variant(
     if missing:
         raise MissingDependencyError(missing[0], spec.extra, f"{variant.id} ({spec.name})")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out_dir.with_name(f".{out_dir.name}.lock")):
+    shared = store_holding(out_dir)
+    with contextlib.ExitStack() as locked:
+        locked.enter_context(exclusive_lock(out_dir.with_name(f".{out_dir.name}.lock")))
+        lease = locked.enter_context(shared.lease(out_dir, f"artifact {out_dir.name}")) if shared else None
+        if shared is not None:
+            shared.fetch_artifact(out_dir)  # another machine may have finished it
         if (out_dir / COMPLETE_MARKER).is_file():
             return read_artifact(out_dir)  # another process made exactly this while we waited
         staging = out_dir.with_name(f".{out_dir.name}.partial")
@@ -167,6 +190,8 @@ def quantize_variant(
         atomic_write_json(staging / PROVENANCE_FILE, provenance)
         atomic_write_json(staging / COMPLETE_MARKER, {"variant": variant.id})
         staging.rename(out_dir)
+        if shared is not None and lease is not None:
+            shared.push_artifact(out_dir, before_marker=lease.check)
     return read_artifact(out_dir)
 
 

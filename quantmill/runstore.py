@@ -17,6 +17,11 @@ Layout (``QUANTMILL_RUNS_DIR``, default ``./runs``)::
             .shared/                 intermediates the variants share (GGUF conversions, importance matrices)
         .cache/                      the flow's step cache: keys/ (one record per cache key), results/
 
+With ``QUANTMILL_RUNS_DIR=<url>`` the store is shared (``quantmill.sharedstore``): this layout is
+then the store's, and the root here is its local mirror. A RunStore on the mirror pulls a recipe's
+run records and step cache from the store before it lists its runs (and when a run starts), and a
+run pushes its files as it writes them.
+
 Every file the store writes is written atomically (temporary file in the same
 folder, fsync, rename), so a crash leaves either the old or the new file, never
 half of one. A variant folder counts as finished only once its ``COMPLETE`` marker exists.
@@ -37,15 +42,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantmill.errors import RunStoreError
 from quantmill.record import RunRecord, parse_record
 from quantmill.redact import redact
 from quantmill.trust.files import open_no_follow
+
+if TYPE_CHECKING:
+    from quantmill.sharedstore import SharedStore
 
 COMPLETE_MARKER = "COMPLETE"
 
@@ -167,9 +175,10 @@ def new_run_id(now: datetime | None = None) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One run's folder in the store."""
+    """One run's folder in the store (``shared``: the shared store it is pushed to, if any)."""
 
     path: Path
+    shared: SharedStore | None = field(default=None, compare=False, repr=False)
 
     @property
     def run_id(self) -> str:
@@ -194,13 +203,33 @@ class Run:
 
     def write_record(self, record: RunRecord) -> None:
         atomic_write_json(self.results_path, record.to_json())
+        self.push([self.results_path])
+
+    def push(self, files: list[Path] | None = None) -> None:
+        """Copy these files of the run (default: all, ``results.json`` last) to the shared store, if any."""
+        if self.shared is None:
+            return
+        if files is None:
+            every = sorted(f for f in self.path.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files = [f for f in every if f != self.results_path] + [f for f in every if f == self.results_path]
+        self.shared.push_files(files)
 
 
 class RunStore:
     """All runs under one root folder."""
 
     def __init__(self, root: Path) -> None:
+        from quantmill.sharedstore import store_holding
+
         self.root = Path(root)
+        self.shared = store_holding(self.root)
+        self._pulled: set[str] = set()
+
+    def pull(self, recipe_name: str) -> None:
+        """Bring the recipe's runs and step cache from the shared store into this root (no-op for a local store)."""
+        if self.shared is not None:
+            self.shared.pull(recipe_name)
+            self._pulled.add(recipe_name)
 
     def recipe_dir(self, recipe_name: str) -> Path:
         return self.root / recipe_name
@@ -221,18 +250,21 @@ class RunStore:
             raise RunStoreError(f"cannot create a run under {parent}: {exc.strerror or exc}") from exc
         (path / "logs").mkdir()
         (path / "variants").mkdir()
-        run = Run(path)
+        run = Run(path, self.shared)
         atomic_write_text(path / "recipe.yaml", recipe_text)
         atomic_write_json(path / "plan.json", plan)
+        run.push([path / "recipe.yaml", path / "plan.json"])
         return run
 
     def runs(self, recipe_name: str) -> list[Run]:
         """Runs of a recipe, oldest first: the folders named by a run id (the recipe's folder also
-        holds ``artifacts/`` and ``.cache/``, which are not runs)."""
+        holds ``artifacts/`` and ``.cache/``, which are not runs). A shared store's are pulled first, once."""
+        if recipe_name not in self._pulled:
+            self.pull(recipe_name)
         parent = self.recipe_dir(recipe_name)
         if not parent.is_dir():
             return []
-        return [Run(p) for p in sorted(parent.iterdir()) if p.is_dir() and RUN_ID.fullmatch(p.name)]
+        return [Run(p, self.shared) for p in sorted(parent.iterdir()) if p.is_dir() and RUN_ID.fullmatch(p.name)]
 
     def latest(self, recipe_name: str) -> Run | None:
         runs = self.runs(recipe_name)

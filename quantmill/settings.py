@@ -8,10 +8,13 @@ equal to these defaults.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quantmill.errors import QuantmillError
@@ -21,7 +24,16 @@ class Settings(BaseSettings):
     """Environment variables that change quantmill's behaviour.
 
     Attributes:
-        runs_dir: the run store's root (``QUANTMILL_RUNS_DIR``).
+        runs_dir: the run store's root (``QUANTMILL_RUNS_DIR``). When that is a URL (``s3://bucket/prefix``,
+            any fsspec URL, ``file://…`` too) the store is shared: ``runs_dir`` is then its local working
+            mirror under ``cache_dir/stores/`` and ``shared_store`` holds the URL (``quantmill.sharedstore``).
+        shared_store: the shared store's URL, set only from ``QUANTMILL_RUNS_DIR`` (None: a local store).
+        store_options: options for the shared store's fsspec file system (``QUANTMILL_STORE_OPTIONS``, JSON,
+            e.g. ``{"endpoint_url": …}``); credentials otherwise come from the standard environment
+            (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``). Operator settings:
+            a recipe never says where the store is.
+        store_lease_s: how long a lock in the shared store lasts without a renewal (``QUANTMILL_STORE_LEASE_S``);
+            a worker killed while holding one blocks the others this long at most.
         cache_dir: downloads and built tools (``QUANTMILL_CACHE_DIR``).
         debug: show tracebacks in the CLI (``QUANTMILL_DEBUG=1``).
         verbose: also stream what the libraries print during steps to the console; it always
@@ -46,6 +58,9 @@ class Settings(BaseSettings):
 
     runs_dir: Path = Field(Path("runs"))
     cache_dir: Path = Field(Path.home() / ".cache" / "quantmill")
+    shared_store: str | None = None
+    store_options: dict[str, Any] = Field(default_factory=dict)
+    store_lease_s: float = Field(60.0, gt=0)
     debug: bool = False
     verbose: bool = False
     hub_timeout: float = Field(60.0, ge=0)
@@ -55,6 +70,33 @@ class Settings(BaseSettings):
     gpus_per_variant: int = Field(1, ge=1)
     nightly_cron: str = "0 2 * * *"
     work_pool: str = "quantmill-local"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_store_from_url(cls, values: Any) -> Any:
+        """``QUANTMILL_RUNS_DIR=<url>`` makes the store shared, with its mirror as ``runs_dir``.
+
+        ``shared_store`` is derived here only (an environment variable of that name is ignored), so
+        there is one setting that says where the store is.
+        """
+        if not isinstance(values, dict):
+            return values
+        values = {k: v for k, v in values.items() if k != "shared_store"}
+        runs = values.get("runs_dir")
+        if isinstance(runs, str) and is_store_url(runs):
+            url = runs.rstrip("/")
+            cache_dir = Path(values.get("cache_dir") or cls.model_fields["cache_dir"].default)
+            values["shared_store"] = url
+            values["runs_dir"] = cache_dir / "stores" / hashlib.sha256(url.encode()).hexdigest()[:16]
+        return values
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_store_url(value: str) -> bool:
+    """Whether a ``QUANTMILL_RUNS_DIR`` value names a shared store (``scheme://…``) rather than a folder."""
+    return bool(_URL.match(value))
 
 
 @cache

@@ -5,7 +5,8 @@ is the ``cache_key`` argument the pipeline computed (``quantmill.pipeline.step_k
 what determines the step's output). Its small, JSON-able result persists under the
 recipe's cache folder in the run store (:func:`steps_cached_in`), so a rerun of an
 unchanged recipe executes no task body, and a run killed midway resumes from the
-finished steps.
+finished steps. With a shared run store (``quantmill.sharedstore``) each entry is copied to the
+store as its task completes, so a worker on another machine resumes from it too.
 
 Retries: network-bound steps (resolving/downloading the model) retry with
 exponential backoff; compute steps never retry blindly.
@@ -35,8 +36,10 @@ from typing import Any, TypeVar
 
 from prefect import Task, task
 from prefect.cache_policies import NONE, CachePolicy
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
+from prefect.results import ResultRecord
 from prefect.tasks import exponential_backoff
 
 from quantmill import progress, stages, steplog
@@ -51,6 +54,7 @@ from quantmill.recipe.matrix import Variant
 from quantmill.record import PublishOutcome, RunRecord
 from quantmill.resolve import ResolvedModel, resolve_model
 from quantmill.settings import get_settings
+from quantmill.sharedstore import SharedStore, store_holding
 from quantmill.tasks.limits import hold_slot
 
 # Heavy steps run one at a time per process, all on one thread. One at a time:
@@ -213,14 +217,35 @@ class CachedTasks:
 def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
     """The compute tasks, their cache keys and results stored in the recipe's cache folder (``keys/``, ``results/``)."""
     storage = _result_storage(recipe_name, cache / "results")
+    shared = store_holding(cache)
+    pushed = [_push_cache_entry(shared, cache)] if shared is not None else []
 
     def stored(step: Task) -> Task:
         assert isinstance(step.cache_policy, StepKey)
         return step.with_options(
-            cache_policy=step.cache_policy.configure(key_storage=cache / "keys"), result_storage=storage
+            cache_policy=step.cache_policy.configure(key_storage=cache / "keys"),
+            result_storage=storage,
+            on_completion=[*step.on_completion_hooks, *pushed],
         )
 
     return CachedTasks(stored(baseline_task), stored(quantize_task), stored(evaluate_task), stored(servable_task))
+
+
+def _push_cache_entry(shared: SharedStore, cache: Path) -> Callable[[Task, TaskRun, State], None]:
+    """An on-completion hook that copies the step's cache entry to the shared store.
+
+    Prefect runs completion hooks after the task's transaction committed, i.e. after it wrote the
+    result and the key record; the entry is named by the result's storage key, the cache key.
+    A cached step's entry is copied only when the store lacks it (made before the store was shared).
+    """
+
+    def push(task: Task, task_run: TaskRun, state: State) -> None:
+        record = state.data
+        if isinstance(record, ResultRecord) and record.metadata.storage_key:
+            key = Path(record.metadata.storage_key).name
+            shared.push_cache_entry(cache, key, unless_present=state.name == "Cached")
+
+    return push
 
 
 def _result_storage(recipe_name: str, folder: Path) -> str:

@@ -38,3 +38,19 @@ def test_environment_overrides_a_default_and_a_bad_value_is_a_clear_error(monkey
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def test_a_runs_dir_url_is_a_shared_store_worked_on_in_a_local_mirror(monkeypatch, tmp_path):
+    get_settings.cache_clear()
+    try:
+        monkeypatch.setenv("QUANTMILL_CACHE_DIR", str(tmp_path))
+        monkeypatch.setenv("QUANTMILL_SHARED_STORE", "s3://chosen-elsewhere")  # only QUANTMILL_RUNS_DIR says
+        monkeypatch.setenv("QUANTMILL_RUNS_DIR", "s3://bucket/prefix/")
+        settings = get_settings()
+        assert settings.shared_store == "s3://bucket/prefix"
+        assert settings.runs_dir.parent == tmp_path / "stores"  # one mirror per store URL
+        get_settings.cache_clear()
+        monkeypatch.setenv("QUANTMILL_RUNS_DIR", str(tmp_path / "runs"))
+        assert get_settings().shared_store is None and get_settings().runs_dir == tmp_path / "runs"
+    finally:
+        get_settings.cache_clear()
