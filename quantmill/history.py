@@ -64,6 +64,7 @@ def _recipes_in(store: RunStore) -> list[str]:
 
 def recipe_name(store: RunStore, given: str) -> str:
     """The recipe a ``quantmill runs`` argument names: a recipe name in the store, or a recipe file."""
+    store.pull(given)  # a shared store: a recipe that only other workers ran
     if store.recipe_dir(given).is_dir():
         return given
     path = Path(given)

@@ -40,6 +40,7 @@ from quantmill.pipeline import (
     step_keys,
     with_servable,
 )
+from quantmill.quantize import local_artifact_path
 from quantmill.recipe import LoadedRecipe, load_recipe
 from quantmill.recipe.matrix import Variant
 from quantmill.record import CachedSteps
@@ -102,7 +103,7 @@ def _replay(
         run.record_variant(
             variant,
             error=None,  # a step that failed stored no result: such a run is not replayed
-            artifact=Path(results[keys.quantize[variant.id]]["path"]),
+            artifact=local_artifact_path(Path(results[keys.quantize[variant.id]]["path"])),
             evaluation=evaluation,
             verdict=stages.gate_variant(variant, evaluation, baseline),
             cached=CachedSteps(quantize=True, evaluate=True, servable=True),
@@ -119,6 +120,7 @@ def _cached_steps(
     loaded: LoadedRecipe, variants: list[Variant], store: RunStore
 ) -> tuple[str, ResolvedModel, StepKeys, dict[str, dict]] | None:
     """The device, model, keys and stored result of every step, when all are cached."""
+    store.pull(loaded.name)  # a shared store: the steps other workers cached
     cache = recipe_cache_dir(store, loaded.name)
     refresh = os.environ.get("PREFECT_TASKS_REFRESH_CACHE", "").strip().lower() in ("1", "true", "yes")
     if refresh or not any((cache / "keys").glob("*")):

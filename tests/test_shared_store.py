@@ -24,6 +24,7 @@ from quantmill.record import RunRecord, RunStatus
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
 from quantmill.sharedstore import SharedStore
+from tests.support.cli import run_cli
 from tests.support.s3server import _environment, s3_server
 
 LEASE_S = 1.0  # short leases keep the lock tests quick
@@ -349,6 +350,17 @@ def test_a_worker_killed_midway_is_resumed_by_another_that_redoes_no_finished_st
     store_a = worker(url, tmp_path / "a", monkeypatch)  # A's machine, the next night
     previous = latest_completed(store_a, "flowtest")
     assert previous is not None and previous.run_id == results["run_id"]
+
+    # a third machine, empty home: every step is in the store, so the rerun is replayed, without Prefect
+    env_c = {**os.environ, "QUANTMILL_RUNS_DIR": url, "QUANTMILL_CACHE_DIR": str(tmp_path / "c")}
+    env_c.pop("PREFECT_API_URL", None)
+    replayed = run_cli("run", str(recipe), "--no-publish", env=env_c, merge_output=True)
+    assert replayed.returncode == 0, replayed.stdout[-3000:]
+    assert "replayed without Prefect" in replayed.stdout
+    run_c = RunStore(next((tmp_path / "c" / "stores").glob("*"))).latest("flowtest")
+    assert run_c is not None
+    recorded = Path(run_c.read_record().variants[finished].artifact or "")
+    assert recorded.is_relative_to(tmp_path / "c")  # where this machine has (or fetches) it, not A's path
 
 
 def _listed(fs, path: str) -> list[str]:
