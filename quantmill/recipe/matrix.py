@@ -99,7 +99,7 @@ def _expand_row(
     doc: LocatedDocument,
     problems: list[RecipeProblem],
 ) -> list[Variant]:
-    loc = (*section, index)
+    loc: tuple[str | int, ...] = (*section, index)
     own_gates = _validate_gates(row.get("gates", []), doc, loc + ("gates",), problems)
     params = {k: v for k, v in row.items() if k not in ROW_KEYS}
     written_as: dict[str, str] = {}  # axis -> the key the recipe used for it

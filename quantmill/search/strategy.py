@@ -6,15 +6,20 @@ there is no next step; :meth:`Search.result` then names the winner and why each 
 
 The rules, for an objective that is the weights' size (``size_mb``, ``size_gb``, ``bits_per_weight``):
 
-* **Order**: candidates go smallest first, by estimated size (the plan's bits per weight × parameters);
-  candidates without an estimate go last, in space order.
+* **Size**: a candidate's size is its measured size once screened (screening quantizes it), else its
+  *predicted* size: its estimate (the plan's bits per weight × parameters) times the smallest
+  measured/estimated ratio among the screened candidates of its method (estimates miss what a format keeps
+  unquantized: embeddings in the model's dtype, GGUF's per-tensor types; the ratio corrects that per
+  method), else nothing is known of its size.
+* **Order**: candidates go smallest first by that size, re-ordered as sizes are measured; candidates
+  whose size is unknown (no estimate, or no screened candidate of their method) go by their estimate.
 * **Proxy first**: a candidate is quantized and screened with the cheap proxy (perplexity on a slice of
   the perplexity corpus) before it may get a full evaluation; screening also measures its real size.
-* **Cannot win by size**: once a candidate passed, a candidate that is not smaller cannot win. Measured
-  sizes decide between quantized candidates; a candidate not yet quantized is skipped unquantized when its
-  estimate exceeds the passing candidate's estimate by more than :data:`SIZE_SLACK` (estimates misorder
-  formats a little: GGUF keeps some tensors at other types). Risk: a candidate whose real size is below
-  the winner's while its estimate is over :data:`SIZE_SLACK` above is never tried.
+* **Cannot win by size**: once a candidate passed, a candidate that is not smaller cannot win. A screened
+  candidate is compared by measured size; an unscreened one is skipped unquantized when its predicted size
+  exceeds the passing candidate's measured size by more than :data:`SIZE_SLACK`, and screened (to measure
+  it) when its size is unknown. Risk: a candidate whose real size is below the winner's while its predicted
+  size is over :data:`SIZE_SLACK` above (its method's ratio varies that much across settings) is never tried.
 * **Screened out by proxy**: a candidate whose proxy is worse by more than :data:`SCREEN_MARGIN` than that
   of a candidate that already failed a quality constraint (a rule on a metric that is not a cost: size,
   speed, memory) is expected to fail too, and gets no full evaluation. Risk: the proxy (a few documents'
@@ -41,7 +46,7 @@ from typing import Literal
 
 #: objectives that are the weights' size: the order by size decides which candidates can still win
 SIZE_OBJECTIVES = ("size_mb", "size_gb", "bits_per_weight")
-#: an unquantized candidate whose estimated size exceeds a passing candidate's by more than this fraction is not tried
+#: an unquantized candidate whose predicted size exceeds a passing candidate's by more than this fraction is not tried
 SIZE_SLACK = 0.10
 #: a proxy worse by more than this fraction than a candidate's that failed a quality constraint screens a candidate out
 SCREEN_MARGIN = 0.02
@@ -59,10 +64,12 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate as the strategy sees it: its id and estimated size in MB (None: unknown)."""
+    """A candidate as the strategy sees it: its id, estimated size in MB (None: unknown) and method (the
+    candidates whose measured sizes correct its estimate)."""
 
     id: str
     estimated_mb: float | None
+    method: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class SearchResult:
 
     Attributes:
         winner: the winning candidate, or None when none met the constraints within the budget.
-        decisions: every candidate's outcome and why, in search order (smallest first).
+        decisions: every candidate's outcome and why, smallest first (:meth:`Search.order`).
         full_evaluations: how many full evaluations the search used.
         exhaustive: every candidate was fully evaluated (the frontier is the grid's).
         frontier: fully evaluated candidates that no other beats on both objective and quality, best objective first.
@@ -151,6 +158,7 @@ class Search:
             raise ValueError("candidate ids must be unique")
         unknown = math.inf  # candidates without an estimate go last, in the order given
         self.candidates = sorted(candidates, key=lambda c: unknown if c.estimated_mb is None else c.estimated_mb)
+        self._by_id = {c.id: c for c in self.candidates}
         self.objective = objective
         self.lower_is_better = lower_is_better
         self.budget = budget
@@ -175,13 +183,40 @@ class Search:
     def by_size(self) -> bool:
         return self.objective in SIZE_OBJECTIVES
 
-    def _estimate(self, candidate: str) -> float | None:
-        return next(c.estimated_mb for c in self.candidates if c.id == candidate)
+    def _measured(self, candidate: str) -> float | None:
+        screened = self.proxies.get(candidate)
+        return screened.size_mb if screened else None
 
-    def _size(self, candidate: str) -> float | None:
-        """The candidate's measured size (screening measures it), else its estimate."""
-        measured = self.proxies.get(candidate)
-        return measured.size_mb if measured and measured.size_mb is not None else self._estimate(candidate)
+    def _predicted(self, candidate: str) -> float | None:
+        """The estimate corrected by the smallest measured/estimated ratio of the method's screened candidates."""
+        own = self._by_id[candidate]
+        if own.estimated_mb is None:
+            return None
+        ratios = [
+            measured / c.estimated_mb
+            for c in self.candidates
+            if c.method == own.method and c.estimated_mb and (measured := self._measured(c.id)) is not None
+        ]
+        return own.estimated_mb * min(ratios) if ratios else None
+
+    def size(self, candidate: str) -> tuple[float | None, str]:
+        """The candidate's size in MB and how it is known: ``size`` (measured), ``predicted size``, or unknown."""
+        measured = self._measured(candidate)
+        if measured is not None:
+            return measured, "size"
+        predicted = self._predicted(candidate)
+        return (predicted, "predicted size") if predicted is not None else (None, "unknown size")
+
+    def order(self) -> list[Candidate]:
+        """Smallest first: by measured or predicted size where known, else by estimate (see the module docstring)."""
+
+        def key(candidate: Candidate) -> float:
+            size, _ = self.size(candidate.id)
+            if size is None:
+                size = candidate.estimated_mb
+            return math.inf if size is None else size
+
+        return sorted(self.candidates, key=key)
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.lower_is_better else a > b
@@ -206,13 +241,11 @@ class Search:
         """Size objectives only: ``candidate`` is not smaller than a passing one (see the module docstring)."""
         if not self.by_size or leader is None or candidate == leader:
             return False
-        if candidate in self.proxies and leader in self.proxies:
-            mine, theirs = self._size(candidate), self._size(leader)
-            return mine is not None and theirs is not None and mine >= theirs
-        mine, theirs = self._estimate(candidate), self._estimate(leader)
-        if mine is None or theirs is None:
-            return mine is None and theirs is not None  # unknown sizes go last: tried only while nothing passed
-        return mine > theirs * (1 + self.size_slack)
+        theirs = self._measured(leader)
+        mine, how = self.size(candidate)
+        if theirs is None or mine is None:
+            return False  # screening measures it
+        return mine >= theirs if how == "size" else mine > theirs * (1 + self.size_slack)
 
     def _screened_by(self, candidate: str) -> str | None:
         """The failed candidate whose proxy this one's is clearly worse than, if any."""
@@ -228,7 +261,7 @@ class Search:
     def next_step(self) -> Step | None:
         """The next thing to measure, or None when the search is decided."""
         leader = self.leader()
-        for candidate in self.candidates:
+        for candidate in self.order():
             name = candidate.id
             if name in self.full or self._cannot_win(name, leader):
                 continue
@@ -265,9 +298,8 @@ class Search:
         if proxy is not None and proxy.error is not None:
             return Decision(candidate, Outcome.ERROR, proxy.error)
         if winner is not None and self._cannot_win(candidate, winner):
-            how = "size" if candidate in self.proxies and winner in self.proxies else "estimated size"
-            mine = self._size(candidate) if how == "size" else self._estimate(candidate)
-            theirs = self._size(winner) if how == "size" else self._estimate(winner)
+            mine, how = self.size(candidate)
+            theirs = self._measured(winner)
             return Decision(candidate, Outcome.LARGER, f"{how} {_fmt(mine)} MB vs {_fmt(theirs)} MB ({winner})")
         if proxy is not None:
             by = self._screened_by(candidate)
@@ -295,12 +327,12 @@ class Search:
                 sign * o <= sign * objective and q >= quality and (o, q) != (objective, quality) for _, o, q in points
             )
 
-        kept = [p for p in points if not dominated(p)]  # type: ignore[arg-type]  # filtered to floats above
-        return tuple(name for name, _, _ in sorted(kept, key=lambda p: sign * p[1]))  # type: ignore[operator]
+        kept = [p for p in points if not dominated(p)]
+        return tuple(name for name, _, _ in sorted(kept, key=lambda p: sign * p[1]))
 
     def result(self) -> SearchResult:
         winner = self.leader()
-        decisions = tuple(self._decide(c.id, winner) for c in self.candidates)
+        decisions = tuple(self._decide(c.id, winner) for c in self.order())
         exhaustive = len(self.full) == len(self.candidates)
         count = len(self.full)
         if winner is not None:

@@ -49,7 +49,7 @@ def run(search: Search, world: dict[str, Truth], threshold: float) -> list[tuple
 
 
 def make(world: dict[str, Truth], budget: int, objective: str = "size_mb", lower: bool = True) -> Search:
-    candidates = [Candidate(name, truth.estimated) for name, truth in world.items()]
+    candidates = [Candidate(name, truth.estimated) for name, truth in world.items()]  # one method
     return Search(candidates, objective, lower, budget)
 
 
@@ -84,7 +84,7 @@ def test_smallest_first_stops_at_the_first_that_passes():
     }
     reasons = {d.candidate: d.reason for d in result.decisions}
     assert reasons["c0"] == "acc min_recovery 0.9 (got 0.5)"
-    assert reasons["c3"] == "estimated size 40 MB vs 30 MB (c2)"
+    assert reasons["c3"] == "predicted size 40 MB vs 30 MB (c2)"
     assert reasons["c2"] == "smallest size_mb (30) that meets every constraint"
     assert result.full_evaluations == 3 and not result.exhaustive
     assert result.summary.startswith("c2 wins")
@@ -135,7 +135,7 @@ def test_measured_sizes_correct_the_estimates_within_the_slack():
     world = {
         "a": Truth(estimated=20, size=20, quality=0.95, proxy=1),
         "b": Truth(estimated=21, size=18, quality=0.95, proxy=1),  # estimate 5 % over a's, really smaller
-        "c": Truth(estimated=30, size=15, quality=0.95, proxy=1),  # 50 % over: not tried (the rule's risk)
+        "c": Truth(estimated=30, size=15, quality=0.95, proxy=1),  # predicted 43 % over b: not tried (the risk)
     }
     search = make(world, budget=5)
     steps = run(search, world, threshold=0.9)
@@ -144,7 +144,26 @@ def test_measured_sizes_correct_the_estimates_within_the_slack():
     assert ("proxy", "c") not in steps
     reasons = {d.candidate: (d.outcome, d.reason) for d in result.decisions}
     assert reasons["a"] == (Outcome.LARGER, "passed, but size_mb 20 vs 18 (b)")
-    assert reasons["c"] == (Outcome.LARGER, "estimated size 30 MB vs 21 MB (b)")
+    # c's estimate × the smallest measured/estimated ratio of its method (18/21)
+    assert reasons["c"] == (Outcome.LARGER, "predicted size 25.71 MB vs 18 MB (b)")
+    assert [d.candidate for d in result.decisions] == ["b", "a", "c"]  # smallest first, by what is known
+
+
+def test_a_method_whose_estimates_are_off_is_measured_before_it_is_ruled_out():
+    """GGUF quantizes the embeddings that RTN keeps in the model's dtype: one method's estimates run low. A
+    candidate of a method with no measured size yet is screened (which measures it) before it can lose on size."""
+    world = {
+        "rtn": Truth(estimated=10, size=16, quality=0.95, proxy=1),
+        "gguf": Truth(estimated=12, size=11, quality=0.95, proxy=1),
+        "gguf-big": Truth(estimated=20, size=19, quality=0.99, proxy=1),
+    }
+    candidates = [Candidate(name, truth.estimated, name.split("-")[0]) for name, truth in world.items()]
+    search = Search(candidates, "size_mb", True, budget=5)
+    steps = run(search, world, threshold=0.9)
+    result = search.result()
+    assert result.winner == "gguf"
+    assert ("proxy", "gguf-big") not in steps  # its method's ratio (11/12) predicts 18.3 MB: larger than 11
+    assert outcomes(search) == {"gguf": Outcome.WINNER, "rtn": Outcome.LARGER, "gguf-big": Outcome.LARGER}
 
 
 def test_a_failed_quantization_costs_no_evaluation():
