@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quantmill.errors import RunStoreError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
+from quantmill.search.trace import SearchTrace
 
 SCHEMA_VERSION = 2
 #: the versions :func:`parse_record` accepts, oldest first
