@@ -34,7 +34,7 @@ from quantmill.record import VariantStatus
 from quantmill.report.quality import quality_metric
 from quantmill.resolve import ResolvedModel
 from quantmill.search.proxy import describe_proxy, measure_proxy, proxy_key
-from quantmill.search.strategy import Candidate, ProxyMeasurement, Search
+from quantmill.search.strategy import Candidate, Outcome, ProxyMeasurement, Search
 from quantmill.search.verdicts import full_measurement, trace_of
 from quantmill.tasks.limits import hold_slot
 from quantmill.tasks.steps import CachedTasks, StepKey, run_heavy, run_step
@@ -197,7 +197,19 @@ def _record_trace(run: RecipeRun, search: Search) -> None:
         if decision.candidate not in search.full:
             run.record.variants.pop(decision.candidate, None)
             progress.emit(run.path.resolve(), decision.candidate, "done", status=decision.outcome.value)
-    run.logger.info("search: %s", result.summary)
+    if run.baseline_failed:  # nothing was searched: say so rather than blame the budget
+        assert run.record.baseline is not None
+        why = f"the baseline failed: {run.record.baseline.error}"
+        run.record.search = run.record.search.model_copy(
+            update={
+                "summary": f"no search: {why}",
+                "candidates": [
+                    c.model_copy(update={"outcome": Outcome.ERROR.value, "reason": why})
+                    for c in run.record.search.candidates
+                ],
+            }
+        )
+    run.logger.info("search: %s", run.record.search.summary)
     run.run.write_record(run.record)
 
 
