@@ -33,7 +33,7 @@ from quantmill.errors import QuantmillError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.notify import notify_error, notify_run
 from quantmill.outcome import Outcome, run_outcome
-from quantmill.pipeline import RecipeRun, describe_error, slot_policy, start_run, step_keys, with_servable
+from quantmill.pipeline import Publication, RecipeRun, describe_error, slot_policy, start_run, step_keys, with_servable
 from quantmill.quantize import local_artifact_path
 from quantmill.recipe import load_recipe
 from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
@@ -139,6 +139,13 @@ def quantize_evaluate_publish(
     context = FlowRunContext.get()
     in_process = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
     slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
+    if loaded.recipe.search is not None:  # a goal instead of a matrix: only the winner is published
+        from quantmill.flows.search import search_and_publish  # it imports this module
+
+        search_and_publish(run, steps, keys, slots, resolved, calibration, device, publish, target)
+        run.finish()
+        _publish_artifacts(run)
+        return _final_state(run)
     with hold_slot(slots.run) as run_placement:
         baseline_slot = slots.for_step(needs_gpu=True, run_placement=run_placement)
         baseline = steps.baseline.submit(loaded, resolved, baseline_slot, run_path, cache_key=keys.baseline)
@@ -202,7 +209,11 @@ def _record_variant(
 
 def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
     """Publish every passing variant, each as one commit (a task with retries); related repos link to each other."""
-    publication = run.publication(publish, target)
+    _publish(run, run.publication(publish, target))
+
+
+def _publish(run: RecipeRun, publication: Publication | None) -> None:
+    """Publish the variants of ``publication`` (if any), each as one commit (a task with retries)."""
     if publication is None:
         return
     for variant_id in publication.variant_ids:

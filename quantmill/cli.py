@@ -135,6 +135,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     targets = {v.publish_to.rsplit("/", 1)[0] for v in plan.variants if v.publish_to}
     if targets:
         console.print(f"publish target: {', '.join(sorted(targets))} (accepted variants only)", highlight=False)
+    if plan.search:
+        search = plan.search
+        console.print(
+            f"search: {search.objective} under {'; '.join(search.constraints)}, at most {search.budget} full "
+            f"evaluations; the rows above are its uniform candidates, only the winner is published; "
+            f"screening proxy: {search.proxy or 'none'}",
+            highlight=False,
+        )
+        for mixed in search.mixed:
+            console.print(f"search: mixed {mixed}", highlight=False)
     for note in plan.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     for line in capability_lines(loaded.capabilities):

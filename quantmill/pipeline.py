@@ -30,7 +30,7 @@ from pathlib import Path
 from quantmill import __version__, cachekeys, progress, stages
 from quantmill.calibration import CalibrationSet
 from quantmill.devices import CPU_LIMIT, GPU_LIMIT, Placement
-from quantmill.errors import RecipeError
+from quantmill.errors import QuantmillError, RecipeError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
 from quantmill.plan import build_plan, variant_setting
@@ -410,8 +410,6 @@ class RecipeRun:
 
 def latest_completed(store: RunStore, recipe: str, before: str | None = None) -> RunRecord | None:
     """The record of the recipe's latest completed run (earlier than run id ``before``); unreadable runs are skipped."""
-    from quantmill.errors import QuantmillError
-
     for earlier in reversed(store.runs(recipe)):
         if before is not None and earlier.run_id >= before:
             continue
@@ -480,6 +478,8 @@ def run_sequential(
         raise ValueError("a run without the servable check cannot publish: pass publish=False")
 
     loaded = load_recipe(recipe_path)
+    if loaded.recipe.search is not None:
+        raise QuantmillError(f"{loaded.name}: a search runs in its flow (quantmill run), not step after step")
     run = start_run(loaded, only, RunStore(runs_dir) if runs_dir else None)
     device = resolve_device(loaded.recipe.device)
     resolved = resolve_model(loaded)

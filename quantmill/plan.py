@@ -12,6 +12,7 @@ from typing import Any
 from quantmill.recipe.checks import render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
+from quantmill.recipe.schema import MixedSpace
 from quantmill.record import RunRecord
 
 PLAN_SCHEMA_VERSION = 1
@@ -19,7 +20,7 @@ PLAN_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class PlannedVariant:
-    """One row of the plan.
+    """One row of the plan (a variant of the matrix, or a uniform candidate of the search).
 
     Attributes:
         id: the variant id.
@@ -50,6 +51,25 @@ class PlannedVariant:
 
 
 @dataclass(frozen=True)
+class PlannedSearch:
+    """A recipe's search: its goal, budget and proxy; its uniform candidates are the plan's variants.
+
+    Attributes:
+        objective: ``minimize size_mb``.
+        constraints: the rules the winner must pass, as text.
+        budget: full evaluations at most.
+        proxy: the screening proxy in words (None: the recipe has no perplexity corpus, nothing is screened).
+        mixed: the space's mixed-precision entries, whose candidates are made at run time.
+    """
+
+    objective: str
+    constraints: list[str]
+    budget: int
+    proxy: str | None
+    mixed: list[str]
+
+
+@dataclass(frozen=True)
 class Plan:
     recipe: str
     model: str
@@ -58,6 +78,7 @@ class Plan:
     variants: list[PlannedVariant]
     schema_version: int = PLAN_SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    search: PlannedSearch | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +87,8 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         fields = dict(data)
         fields["variants"] = [PlannedVariant(**v) for v in data["variants"]]
+        if data.get("search") is not None:
+            fields["search"] = PlannedSearch(**data["search"])
         return cls(**fields)
 
 
@@ -92,7 +115,7 @@ def expected_bytes(loaded: LoadedRecipe, variant: Variant) -> int | None:
     shape = loaded.shape
     if shape is None or shape.parameters is None or shape.linear_parameters is None:
         return None
-    bpw = variant.spec.bits_per_weight(variant.params)
+    bpw = variant.spec.average_bits_per_weight(variant.params, shape)
     quantized = shape.parameters if variant.spec.quantizes_embeddings else shape.linear_parameters
     return int(quantized * bpw / 8 + (shape.parameters - quantized) * 2)
 
@@ -138,6 +161,28 @@ def last_outcomes(record: RunRecord | None) -> dict[str, str]:
     }
 
 
+def describe_mixed(space: MixedSpace) -> str:
+    """A mixed-precision space entry in words: ``gptq bits 2/4/8 g64, 4 steps``."""
+    levels = f"bits {'/'.join(map(str, space.bits))}" if space.bits else f"types {'/'.join(space.types or [])}"
+    group = f" g{space.group_size}" if space.group_size else ""
+    return f"{space.method} {levels}{group}, {space.steps} steps"
+
+
+def plan_search(loaded: LoadedRecipe) -> PlannedSearch | None:
+    from quantmill.search.proxy import describe_proxy
+
+    search = loaded.recipe.search
+    if search is None:
+        return None
+    return PlannedSearch(
+        objective=search.objective.describe(),
+        constraints=[describe_gate(g) for g in search.constraints],
+        budget=search.budget.full_evaluations,
+        proxy=describe_proxy(loaded),
+        mixed=[f"{describe_mixed(space)}: candidates made at run time" for space in loaded.mixed_spaces],
+    )
+
+
 def build_plan(
     loaded: LoadedRecipe, cache_status: dict[str, str] | None = None, last_run: dict[str, str] | None = None
 ) -> Plan:
@@ -150,7 +195,7 @@ def build_plan(
             method=v.method,
             setting=variant_setting(v),
             output_format=v.spec.output_format.name,
-            bits_per_weight=round(v.spec.bits_per_weight(v.params), 3),
+            bits_per_weight=round(v.spec.average_bits_per_weight(v.params, shape), 3),
             expected_bytes=expected_bytes(loaded, v),
             gates=[describe_gate(g) for g in v.gates],
             publish_to=publish_destination(loaded, v),
@@ -166,6 +211,8 @@ def build_plan(
     if loaded.recipe.model.trust_remote_code:
         notes.append("trust_remote_code is ON: the model's own Python code will run")
     notes.extend(method_notes(loaded))
+    if loaded.recipe.search is not None and loaded.recipe.evaluation.perplexity is None:
+        notes.append("the search has no screening proxy: add evaluation.perplexity to screen candidates cheaply")
     return Plan(
         recipe=loaded.name,
         model=loaded.recipe.model.id,
@@ -173,4 +220,5 @@ def build_plan(
         baseline_bytes=shape.parameters * 2 if shape and shape.parameters else None,
         variants=rows,
         notes=notes,
+        search=plan_search(loaded),
     )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quantmill.errors import RunStoreError
 from quantmill.evaluation.results import EvaluationResult
 from quantmill.gates import Verdict
+from quantmill.search.trace import SearchTrace
 
 SCHEMA_VERSION = 2
 #: the versions :func:`parse_record` accepts, oldest first
@@ -157,6 +158,7 @@ class RunRecord(_Record):
     baseline: BaselineRecord | None = None  # unset until the baseline step finished
     variants: dict[str, VariantRecord] = Field(default_factory=dict)
     regressions: list[Regression] = Field(default_factory=list)
+    search: SearchTrace | None = None  # a recipe with search: every candidate's numbers and outcome, the winner
 
     def baseline_evaluation(self) -> EvaluationResult | None:
         return self.baseline.evaluation if self.baseline else None

@@ -61,6 +61,8 @@ def replay_cached_run(
 ) -> RecipeRun | None:
     """The finished run, when every step of the recipe's run is cached; None (no run folder created) otherwise."""
     loaded = load_recipe(recipe_path)
+    if loaded.recipe.search is not None:  # a search's rerun decides again (its flow, from the cache): not a matrix
+        return None
     variants = select_variants(loaded, only)
     store = RunStore(runs_dir or get_settings().runs_dir)
     found = _cached_steps(loaded, variants, store)

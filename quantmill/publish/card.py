@@ -206,9 +206,7 @@ def render_card(inputs: CardInputs):
         f"from `{Path(calibration['source']).name}` "
         f"(fingerprint `{calibration['fingerprint'][:16]}`)"
     )
-    row: dict[str, Any] = next(
-        (r for i, r in enumerate(yaml.safe_load(loaded.text)["variants"]["methods"]) if i == variant.row), {}
-    )
+    row = _recipe_row(loaded, variant)
     versions = ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items() if v)
     output_format = variant.spec.output_format
     lm_eval = inputs.evaluation.details.get("lm_eval", {}).get("lm_eval_version")
@@ -243,5 +241,38 @@ def render_card(inputs: CardInputs):
         versions=versions,
         reproduce=f"quantmill run {loaded.path.name if loaded.path else 'recipe.yaml'} --only {variant.id}",
         related=inputs.related,
-        extras={**layer_precision_section(variant, provenance), **loaded.recipe.publish.card_extras},
+        extras={
+            **layer_precision_section(variant, provenance),
+            **search_section(loaded),
+            **loaded.recipe.publish.card_extras,
+        },
     )
+
+
+def _recipe_row(loaded: LoadedRecipe, variant: Variant) -> dict[str, Any]:
+    """The recipe row that made the variant: a matrix row, or an entry of the search's space; for a
+    mixed-precision candidate of a search (no row of its own), the row that makes it again."""
+    if variant.row < 0:
+        from quantmill.search.mixed import recipe_fragment
+
+        return recipe_fragment(variant)
+    data = yaml.safe_load(loaded.text)
+    rows = data["search"]["space"] if loaded.recipe.search is not None else data["variants"]["methods"]
+    return rows[variant.row] if 0 <= variant.row < len(rows) and isinstance(rows[variant.row], dict) else {}
+
+
+def search_section(loaded: LoadedRecipe) -> dict[str, str]:
+    """The card's "Found by search" section, for the winner of a recipe's search (the only variant it publishes)."""
+    from quantmill.plan import describe_gate
+
+    search = loaded.recipe.search
+    if search is None:
+        return {}
+    constraints = "; ".join(f"`{describe_gate(g)}`" for g in search.constraints)
+    text = (
+        f"This variant was found by search: the best under the goal **{search.objective.describe()}** that meets "
+        f"every constraint ({constraints}), among the candidates of recipe `{loaded.name}`'s search space, with at "
+        f"most {search.budget.full_evaluations} full evaluations. The run's report lists every candidate, its numbers "
+        "and why it lost."
+    )
+    return {"Found by search": text}

@@ -137,15 +137,67 @@ def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[M
     return (read_model_shape(cached) if cached else None), []
 
 
+def variant_rows(recipe: Recipe) -> tuple[str, str]:
+    """Where the recipe's variants come from: the matrix's rows, or the search space's."""
+    return ("search", "space") if recipe.search is not None else ("variants", "methods")
+
+
+def check_matrix_or_search(recipe: Recipe, doc: LocatedDocument) -> list[RecipeProblem]:
+    """A recipe lists a matrix (``variants``) or states a goal (``search``): exactly one of them.
+
+    Both would publish the matrix's passing variants beside the search's winner; split them into two recipes.
+    """
+    if recipe.variants is None and recipe.search is None:
+        return [doc.problem((), "a recipe needs 'variants' (a matrix) or 'search' (a goal)", "see 'quantmill init'")]
+    if recipe.variants is not None and recipe.search is not None:
+        return [
+            doc.problem(
+                ("search",),
+                "give 'variants' or 'search', not both",
+                "a search publishes only its winner: put the matrix in a recipe of its own",
+            )
+        ]
+    return []
+
+
+def check_search(recipe: Recipe, doc: LocatedDocument) -> list[RecipeProblem]:
+    """The search's objective is measured by the evaluation, and its mixed entries have the data they need."""
+    search = recipe.search
+    if search is None:
+        return []
+    problems = []
+    group = BUILTIN_METRICS[search.objective.metric].produced_by
+    if group not in recipe.evaluation.metrics:
+        key = "minimize" if search.objective.minimize else "maximize"
+        problems.append(
+            doc.problem(
+                ("search", "objective", key),
+                f"no evaluation measures '{search.objective.metric}'",
+                f"add '{group}' to evaluation.metrics",
+            )
+        )
+    for index, row in enumerate(search.space):
+        mixed = row.get("mixed") if isinstance(row, dict) else None
+        if isinstance(mixed, dict) and mixed.get("method") == "gptq" and recipe.calibration.dataset is None:
+            problems.append(
+                doc.problem(
+                    ("search", "space", index, "mixed"),
+                    "mixed gptq needs calibration data",
+                    "add calibration.dataset with 'path' or 'hub'",
+                )
+            )
+    return problems
+
+
 def check_variants(
-    variants: list[Variant], shape: ModelShape | None, device: str, doc: LocatedDocument
+    variants: list[Variant], shape: ModelShape | None, device: str, doc: LocatedDocument, recipe: Recipe
 ) -> list[RecipeProblem]:
     problems = []
     for variant in variants:
         for finding in variant.spec.check(variant.params, shape, device):
             problems.append(
                 doc.problem(
-                    ("variants", "methods", variant.row, finding.field),
+                    (*variant_rows(recipe), variant.row, finding.field),
                     f"variant '{variant.id}': {finding.message}",
                     finding.hint,
                 )
@@ -172,7 +224,7 @@ def check_data(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, ba
         training = getattr(variant.params, "training", None)
         if training is not None:
             problems += _check_dataset(
-                training.dataset, ("variants", "methods", variant.row, "training", "dataset"), doc, base_dir
+                training.dataset, (*variant_rows(recipe), variant.row, "training", "dataset"), doc, base_dir
             )
     for i, folder in enumerate(recipe.evaluation.include_paths):
         if not _is(_resolve(base_dir, folder), "is_dir"):
@@ -196,16 +248,19 @@ def check_gates(recipe: Recipe, variants: list[Variant], doc: LocatedDocument, b
     sources: list[tuple[tuple[str | int, ...], GateRule]] = [
         (("gates", i), gate) for i, gate in enumerate(recipe.gates)
     ]
+    if recipe.search is not None:
+        sources += [(("search", "constraints", i), gate) for i, gate in enumerate(recipe.search.constraints)]
     seen = {id(gate) for _, gate in sources}
+    located = len(sources)  # the rules above are located at their own metric; a row's own gates at the row's
     for variant in variants:
         for gate in variant.gates:
             if id(gate) not in seen:
                 seen.add(id(gate))
-                sources.append((("variants", "methods", variant.row, "gates"), gate))
-    for loc, gate in sources:
+                sources.append(((*variant_rows(recipe), variant.row, "gates"), gate))
+    for index, (loc, gate) in enumerate(sources):
         problem = _gate_problem(gate, evaluation.tasks, local, produced, recipe)
         if problem:
-            problems.append(doc.problem(loc + ("metric",) if loc[0] == "gates" else loc, *problem))
+            problems.append(doc.problem(loc + ("metric",) if index < located else loc, *problem))
     return problems
 
 

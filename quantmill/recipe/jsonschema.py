@@ -6,7 +6,7 @@ import copy
 import re
 from typing import Any
 
-from quantmill.recipe.schema import GateRule, Recipe
+from quantmill.recipe.schema import GateRule, MixedRow, Recipe
 from quantmill.registry import get_method, method_names
 
 
@@ -61,6 +61,10 @@ def recipe_json_schema() -> dict[str, Any]:
         defs.update(row_defs)
         rows.append(row)
     defs["Variants"]["properties"]["methods"]["items"] = {"oneOf": rows}
+    # a search's space holds the same rows, or mixed-precision entries
+    defs.setdefault("MixedRow", MixedRow.model_json_schema(ref_template="#/$defs/{model}"))
+    defs.setdefault("MixedSpace", defs["MixedRow"].pop("$defs", {}).get("MixedSpace"))
+    defs["Search"]["properties"]["space"]["items"] = {"oneOf": [*rows, {"$ref": "#/$defs/MixedRow"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "quantmill recipe"
     return schema

@@ -16,8 +16,8 @@ from quantmill.errors import RecipeError, RecipeProblem
 from quantmill.modelinfo import ModelShape
 from quantmill.recipe import checks
 from quantmill.recipe.errors import problems_from_validation
-from quantmill.recipe.matrix import Variant, expand_matrix
-from quantmill.recipe.schema import SLUG, Recipe
+from quantmill.recipe.matrix import Variant, expand_matrix, expand_rows, merge_gates
+from quantmill.recipe.schema import SLUG, MixedRow, MixedSpace, Recipe
 from quantmill.trust.boundary import check_recipe_trust
 from quantmill.trust.capabilities import CapabilityRequest
 from quantmill.trust.operator import OperatorSettings, get_operator
@@ -30,7 +30,8 @@ class LoadedRecipe:
 
     Attributes:
         recipe: the validated recipe.
-        variants: expanded variants in matrix order.
+        variants: expanded variants in matrix order; for a recipe with ``search:``, its uniform
+            candidates (the space's matrix rows expanded, gated by the constraints) in space order.
         name: the recipe's name (its ``name:`` or the file's stem).
         path: the recipe file (None when loaded from a string).
         base_dir: folder that relative paths in the recipe are resolved against.
@@ -47,6 +48,8 @@ class LoadedRecipe:
     text: str
     shape: ModelShape | None
     capabilities: tuple[CapabilityRequest, ...] = ()
+    mixed_spaces: tuple[MixedSpace, ...] = ()
+    """the search space's ``mixed:`` entries, whose candidates are made at run time (``flows/search.py``)"""
 
     @property
     def sha256(self) -> str:
@@ -94,14 +97,20 @@ def validate_document(
     except ValidationError as exc:
         problems += problems_from_validation(exc, doc, Recipe)
     global_gates = list(recipe.gates) if recipe else []
-    variants = expand_matrix(doc, global_gates, problems)
+    mixed_spaces: list[MixedSpace] = []
+    if recipe is not None and recipe.search is not None:
+        variants, mixed_spaces = _search_candidates(doc, recipe, problems)
+    else:
+        variants = expand_matrix(doc, global_gates, problems)
     shape = None
     capabilities: list[CapabilityRequest] = []
     if recipe is not None:
         name = recipe.name or _stem_name(path)
         shape, model_problems = checks.check_model(recipe, doc, base_dir)
         problems += model_problems
-        problems += checks.check_variants(variants, shape, recipe.device, doc)
+        problems += checks.check_matrix_or_search(recipe, doc)
+        problems += checks.check_search(recipe, doc)
+        problems += checks.check_variants(variants, shape, recipe.device, doc, recipe)
         problems += checks.check_data(recipe, variants, doc, base_dir)
         problems += checks.check_gates(recipe, variants, doc, base_dir)
         problems += checks.check_publish(recipe, variants, doc, name)
@@ -111,7 +120,29 @@ def validate_document(
         problems.sort(key=lambda p: (p.line or 0, p.column or 0))
         raise RecipeError(problems)
     assert recipe is not None
-    return LoadedRecipe(recipe, tuple(variants), name, path, base_dir, text, shape, tuple(capabilities))
+    return LoadedRecipe(
+        recipe, tuple(variants), name, path, base_dir, text, shape, tuple(capabilities), tuple(mixed_spaces)
+    )
+
+
+def _search_candidates(
+    doc: LocatedDocument, recipe: Recipe, problems: list[RecipeProblem]
+) -> tuple[list[Variant], list[MixedSpace]]:
+    """The search space's uniform candidates (its matrix rows, expanded as a matrix is, gated by the recipe's
+    gates and the search's constraints, which replace a gate on the same metric) and its ``mixed:`` entries."""
+    assert recipe.search is not None
+    rows: list[tuple[int, object]] = []
+    mixed: list[MixedSpace] = []
+    for index, row in enumerate(recipe.search.space):
+        if "mixed" not in row:
+            rows.append((index, row))
+            continue
+        try:
+            mixed.append(MixedRow.model_validate(row).mixed)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, doc, MixedRow, ("search", "space", index)))
+    gates = list(merge_gates(list(recipe.gates), list(recipe.search.constraints)))
+    return expand_rows(doc, ("search", "space"), rows, gates, problems), mixed
 
 
 def load_recipe(path: str | Path, operator: OperatorSettings | None = None) -> LoadedRecipe:

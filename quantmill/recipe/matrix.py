@@ -60,7 +60,7 @@ def _validate_gates(raw: Any, doc: LocatedDocument, loc: tuple, problems: list[R
         return []
 
 
-def _merge_gates(global_gates: list[GateRule], own: list[GateRule]) -> tuple[GateRule, ...]:
+def merge_gates(global_gates: list[GateRule], own: list[GateRule]) -> tuple[GateRule, ...]:
     replaced = {g.metric for g in own}
     return tuple([g for g in global_gates if g.metric not in replaced] + own)
 
@@ -91,6 +91,7 @@ def _spec_for_row(row: Any, doc: LocatedDocument, loc: tuple, problems: list[Rec
 
 
 def _expand_row(
+    section: tuple[str, ...],
     index: int,
     row: dict,
     spec: MethodSpec,
@@ -98,7 +99,7 @@ def _expand_row(
     doc: LocatedDocument,
     problems: list[RecipeProblem],
 ) -> list[Variant]:
-    loc = ("variants", "methods", index)
+    loc: tuple[str | int, ...] = (*section, index)
     own_gates = _validate_gates(row.get("gates", []), doc, loc + ("gates",), problems)
     params = {k: v for k, v in row.items() if k not in ROW_KEYS}
     written_as: dict[str, str] = {}  # axis -> the key the recipe used for it
@@ -167,7 +168,7 @@ def _expand_row(
             )
         elif variants:
             variants = [Variant(explicit, spec.name, variants[0].params, (), index)]
-    merged = _merge_gates(global_gates, own_gates)
+    merged = merge_gates(global_gates, own_gates)
     return [Variant(v.id, v.method, v.params, merged, v.row) for v in variants]
 
 
@@ -198,7 +199,7 @@ def _apply_override(variant: Variant, changes: Any, doc: LocatedDocument, proble
         return variant
     gates = variant.gates
     if "gates" in changes:
-        gates = _merge_gates(list(variant.gates), _validate_gates(changes["gates"], doc, loc + ("gates",), problems))
+        gates = merge_gates(list(variant.gates), _validate_gates(changes["gates"], doc, loc + ("gates",), problems))
     return Variant(variant.id, variant.method, new_params, gates, variant.row)
 
 
@@ -219,20 +220,24 @@ def matrix_size(rows: list[Any]) -> int:
     return sum(_row_size(row) for row in rows)
 
 
-def expand_matrix(doc: LocatedDocument, global_gates: list[GateRule], problems: list[RecipeProblem]) -> list[Variant]:
-    """All variants of the recipe in ``doc``; problems found are appended to ``problems``.
+def expand_rows(
+    doc: LocatedDocument,
+    section: tuple[str, ...],
+    rows: list[tuple[int, Any]],
+    global_gates: list[GateRule],
+    problems: list[RecipeProblem],
+) -> list[Variant]:
+    """The variants that matrix ``rows`` (``(index, row)`` pairs of the list at ``section`` in ``doc``) expand to;
+    problems found are appended to ``problems``.
 
-    The matrix's size is computed from its axis lengths first: a matrix larger than the
-    operator's ``max_variants`` is refused with its count and never expanded.
+    The rows' size is computed from their axis lengths first: more variants than the
+    operator's ``max_variants`` are refused with their count and never expanded.
     """
-    section = doc.data.get("variants") if isinstance(doc.data, dict) else None
-    if not isinstance(section, dict) or not isinstance(section.get("methods"), list):
-        return []  # the schema check reports the missing or malformed section
-    size, limit = matrix_size(section["methods"]), get_operator().max_variants
+    size, limit = matrix_size([row for _, row in rows]), get_operator().max_variants
     if size > limit:
         problems.append(
             doc.problem(
-                ("variants", "methods"),
+                section,
                 f"the matrix expands to {size} variants, more than the limit of {limit}",
                 "split the recipe or shorten its axis lists (the operator sets QUANTMILL_MAX_VARIANTS)",
             )
@@ -240,15 +245,15 @@ def expand_matrix(doc: LocatedDocument, global_gates: list[GateRule], problems: 
         return []
     variants: list[Variant] = []
     first_row_of: dict[str, int] = {}
-    for index, row in enumerate(section["methods"]):
-        spec = _spec_for_row(row, doc, ("variants", "methods", index), problems)
+    for index, row in rows:
+        spec = _spec_for_row(row, doc, (*section, index), problems)
         if spec is None:
             continue
-        for variant in _expand_row(index, row, spec, global_gates, doc, problems):
+        for variant in _expand_row(section, index, row, spec, global_gates, doc, problems):
             if variant.id in first_row_of:
                 problems.append(
                     doc.problem(
-                        ("variants", "methods", index),
+                        (*section, index),
                         f"duplicate variant id '{variant.id}'",
                         f"row {first_row_of[variant.id]} already makes it; remove one or set a distinct 'id'",
                     )
@@ -256,6 +261,15 @@ def expand_matrix(doc: LocatedDocument, global_gates: list[GateRule], problems: 
                 continue
             first_row_of[variant.id] = index
             variants.append(variant)
+    return variants
+
+
+def expand_matrix(doc: LocatedDocument, global_gates: list[GateRule], problems: list[RecipeProblem]) -> list[Variant]:
+    """All variants of the recipe's matrix (``variants:``) in ``doc``, overrides applied (:func:`expand_rows`)."""
+    section = doc.data.get("variants") if isinstance(doc.data, dict) else None
+    if not isinstance(section, dict) or not isinstance(section.get("methods"), list):
+        return []  # the schema check reports the missing or malformed section
+    variants = expand_rows(doc, ("variants", "methods"), list(enumerate(section["methods"])), global_gates, problems)
     overrides = section.get("overrides") or {}
     if isinstance(overrides, dict):
         by_id = {v.id: i for i, v in enumerate(variants)}

@@ -160,6 +160,91 @@ class Variants(Strict):
     )
 
 
+class Objective(Strict):
+    """What a search optimises: exactly one of ``minimize`` or ``maximize``, naming a built-in cost metric."""
+
+    minimize: Literal["size_mb", "size_gb", "bits_per_weight", "peak_rss_gb", "load_s"] | None = Field(
+        None, description="the metric to make as small as possible"
+    )
+    maximize: Literal["decode_tok_s", "prefill_tok_s"] | None = Field(
+        None, description="the metric to make as large as possible"
+    )
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> Objective:
+        if (self.minimize is None) == (self.maximize is None):
+            raise ValueError("give exactly one of 'minimize' or 'maximize', e.g. {minimize: size_mb}")
+        return self
+
+    @property
+    def metric(self) -> str:
+        return self.minimize or self.maximize  # type: ignore[return-value]  # the validator set one
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.minimize is not None
+
+    def describe(self) -> str:
+        return f"minimize {self.minimize}" if self.minimize else f"maximize {self.maximize}"
+
+
+class MixedSpace(Strict):
+    """Mixed-precision candidates: a per-layer assignment of the given levels, at ``steps`` target average
+    precisions between the lowest and the highest level (made at run time from a sensitivity scan)."""
+
+    method: str = Field(..., description="gptq or rtn (levels in 'bits'), gguf (levels in 'types')")
+    bits: list[int] | None = Field(None, min_length=2, description="gptq/rtn: the bit widths a layer may get")
+    group_size: int | None = Field(None, gt=0, description="gptq/rtn: group size of every layer")
+    types: list[str] | None = Field(None, min_length=2, description="gguf: the tensor types a layer may get")
+    steps: int = Field(4, ge=1, le=16, description="target average precisions between the lowest and highest level")
+
+    @model_validator(mode="after")
+    def _levels_fit_method(self) -> MixedSpace:
+        from quantmill.registry import did_you_mean, method_names  # the registry imports methods, which import this
+
+        if self.method not in method_names():
+            hint = did_you_mean(self.method, method_names())
+            raise ValueError(f"unknown method '{self.method}'" + (f"; {hint}" if hint else ""))
+        if self.method in ("gptq", "rtn"):
+            if self.bits is None or self.types is not None:
+                raise ValueError(f"mixed {self.method} takes its levels in 'bits' (e.g. [2, 4, 8]), not 'types'")
+        elif self.method == "gguf":
+            if self.types is None or self.bits is not None or self.group_size is not None:
+                raise ValueError("mixed gguf takes its levels in 'types' (e.g. [q2_k, q4_k, q8_0]), not 'bits'")
+        else:
+            raise ValueError(f"mixed precision supports gptq, rtn and gguf, not '{self.method}'")
+        return self
+
+
+class MixedRow(Strict):
+    """A space entry whose candidates assign precision per layer."""
+
+    mixed: MixedSpace
+
+
+class Budget(Strict):
+    """How much a search may spend."""
+
+    full_evaluations: int = Field(..., gt=0, le=1000, description="full evaluations (evaluate + servable) at most")
+
+
+class Search(Strict):
+    """Goal-seeking: the best candidate under ``objective`` that meets every constraint, for at most
+    ``budget.full_evaluations`` full evaluations (``quantmill.search.strategy``); only the winner is published."""
+
+    objective: Objective
+    constraints: list[GateRule] = Field(..., min_length=1, description="rules the winner must pass (gate language)")
+    space: list[dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="matrix rows like {method: gguf, types: [q4_k_m, q8_0]}, or {mixed: {method: gptq, bits: [2, 8]}}",
+    )
+    budget: Budget
+    proxy_documents: int = Field(
+        8, gt=0, le=10_000, description="documents of the perplexity corpus the screening proxy scores"
+    )
+
+
 class Publish(Strict):
     """Where accepted variants go."""
 
@@ -192,7 +277,8 @@ class Recipe(Strict):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     calibration: Calibration = Field(default_factory=Calibration)
     evaluation: Evaluation
-    variants: Variants
+    variants: Variants | None = Field(None, description="the matrix; optional when 'search' is given")
+    search: Search | None = Field(None, description="find the best variant under a goal instead of listing them")
     gates: list[GateRule] = Field(default_factory=list, description="rules every variant must pass")
     publish: Publish = Field(default_factory=Publish)
     schedule: str | None = Field(None, description="cron expression for nightly runs, e.g. '0 2 * * *'")

@@ -1,4 +1,4 @@
-"""``report.md`` and a self-contained ``report.html`` (plots embedded) for one run.
+"""``report.md`` and a self-contained ``report.html`` (plots embedded) for one run; a search's trace first.
 
 Both link the per-step logs that exist (``logs/<variant>.log``, ``logs/baseline.log``) by
 relative paths, so the links work wherever the run folder is copied.
@@ -19,6 +19,7 @@ from quantmill.report.compare import find_regressions
 from quantmill.report.plots import plot
 from quantmill.report.quality import quality_metric, recovery
 from quantmill.report.recommend import recommend
+from quantmill.report.search import search_plot, trace_html, trace_markdown
 from quantmill.runstore import atomic_write_text
 
 COLUMNS = (
@@ -121,6 +122,8 @@ def _markdown(record: RunRecord, regressions: list[Regression], images: dict[str
         "",
     ]
     lines += [f"Verdicts: {status_counts(record)}.", ""]
+    if record.search is not None:
+        lines += trace_markdown(record.search)
     header = (*COLUMNS, "log")
     lines += ["## Variants", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows(record):
@@ -166,6 +169,8 @@ def _html(
     parts.append(f"<p>Verdicts: {cell(status_counts(record))}.</p>")
     if BASELINE in logs:
         parts.append(f"<p>Baseline: {log_link(BASELINE, 'log')}.</p>")
+    if record.search is not None:
+        parts.append(trace_html(record.search))
     header = (*COLUMNS, "log")
     parts.append("<h2>Variants</h2><table id='variants'><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr>")
     for row in markdown_rows:
@@ -194,6 +199,9 @@ def write_report(run_path: Path, record: RunRecord, previous: RunRecord | None =
         path = plot(record, run_path, cost)
         if path is not None:
             images[title] = path
+    searched = search_plot(record.search, run_path) if record.search is not None else None
+    if searched is not None:
+        images["Search: quality and proxy vs size"] = searched
     logs = log_links(run_path, record)
     atomic_write_text(run_path / "report.md", _markdown(record, regressions, images, logs))
     atomic_write_text(run_path / "report.html", _html(rows(record), record, regressions, images, logs))

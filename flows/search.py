@@ -1,0 +1,239 @@
+"""A recipe with ``search:``: the baseline once, then the strategy's steps (quantize + proxy, full evaluations
+within the budget), each through the cached tasks of a matrix run, then only the winner published.
+
+Called by the recipe flow (``flows/recipe.py``) in place of the matrix; the decisions are
+``quantmill.search.strategy``'s. Every step goes through the recipe's cache with the keys a matrix run
+uses (``quantmill.pipeline.step_keys``); the proxy has its own (``quantmill.search.proxy.proxy_key``). So a
+rerun, a larger budget or a widened space re-uses every quantization, proxy and evaluation already made,
+and a matrix of the same variants afterwards re-uses the search's work too.
+
+Fully evaluated candidates are recorded as variants (their verdicts, as a matrix records them); every
+candidate, evaluated or not, is in the record's ``search`` trace with its outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.futures import PrefectFuture
+
+from quantmill import cachekeys, progress
+from quantmill.calibration import CalibrationSet
+from quantmill.flows.recipe import _cached, _error, _evaluation, _publish, _record_variant
+from quantmill.pipeline import Publication, RecipeRun, SlotPolicy, StepKeys, StepSlot, step_keys
+from quantmill.plan import describe_gate, expected_bytes, variant_setting
+from quantmill.quantize import read_artifact
+from quantmill.recipe.load import LoadedRecipe
+from quantmill.recipe.matrix import Variant
+from quantmill.record import VariantStatus
+from quantmill.report.quality import quality_metric
+from quantmill.resolve import ResolvedModel
+from quantmill.search.proxy import describe_proxy, measure_proxy, proxy_key
+from quantmill.search.strategy import Candidate, Outcome, ProxyMeasurement, Search
+from quantmill.search.verdicts import full_measurement, trace_of
+from quantmill.tasks.limits import hold_slot
+from quantmill.tasks.steps import CachedTasks, StepKey, run_heavy, run_step
+
+
+@task(name="search-proxy", cache_policy=StepKey(), persist_result=True, result_serializer="json")
+def proxy_task(
+    loaded: LoadedRecipe, variant: Variant, quantized: dict[str, Any], slot: StepSlot, run_path: Path, cache_key: str
+) -> dict[str, Any]:
+    """The candidate's screening proxy and real size (``quantmill.search.proxy.measure_proxy``)."""
+    path = read_artifact(Path(quantized["path"])).path
+    return run_step(
+        run_path, variant.id, "evaluating", slot, lambda device: measure_proxy(loaded, variant, path, device)
+    )
+
+
+@task(name="mixed-candidates", cache_policy=NONE)
+def mixed_candidates_task(loaded: LoadedRecipe, space: dict[str, Any], slot: StepSlot) -> list[Variant]:
+    """The candidates of one ``mixed:`` entry (its sensitivity scan loads the model: a heavy step)."""
+    from quantmill.search.mixed import mixed_candidates
+
+    return run_heavy(slot, lambda device: mixed_candidates(loaded, space, device))
+
+
+def _with_mixed_candidates(run: RecipeRun, slot: StepSlot) -> None:
+    """Add the candidates of the space's ``mixed:`` entries to the run, as variants of its recipe."""
+    made: list[Variant] = []
+    for space in run.loaded.mixed_spaces:
+        made += mixed_candidates_task.submit(run.loaded, space.model_dump(), slot).result()
+    if not made:
+        return
+    known = {v.id for v in run.variants}
+    fresh = [v for v in made if v.id not in known]
+    run.loaded = replace(run.loaded, variants=run.loaded.variants + tuple(fresh))
+    run.variants = [*run.variants, *fresh]
+
+
+def search_variants(
+    run: RecipeRun,
+    steps: CachedTasks,
+    keys: StepKeys,
+    slots: SlotPolicy,
+    resolved: ResolvedModel,
+    calibration: CalibrationSet | None,
+    device: str,
+) -> None:
+    """Measure the baseline, run the search to its end, and record its trace (publishing is the caller's)."""
+    run_path = run.path.resolve()
+    with hold_slot(slots.run) as run_placement:
+        heavy = slots.for_step(needs_gpu=True, run_placement=run_placement)
+        baseline = steps.baseline.submit(run.loaded, resolved, heavy, run_path, cache_key=keys.baseline)
+        run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
+        progress.emit(run_path, progress.BASELINE, "done", status="failed" if run.baseline_failed else "passed")
+        if run.loaded.mixed_spaces:
+            _with_mixed_candidates(run, heavy)
+            keys = step_keys(run.loaded, run.variants, resolved, calibration, device)
+        search = _strategy(run)
+        if not run.baseline_failed:  # every variant would fail its gates: nothing to search
+            _run_steps(run, search, steps, keys, slots, run_placement, resolved, calibration, device)
+    _record_trace(run, search)
+
+
+def _strategy(run: RecipeRun) -> Search:
+    search = run.loaded.recipe.search
+    assert search is not None
+    candidates = []
+    for variant in run.variants:
+        size = expected_bytes(run.loaded, variant)
+        candidates.append(Candidate(variant.id, None if size is None else size / 1e6, variant.method))
+    objective = search.objective
+    return Search(candidates, objective.metric, objective.lower_is_better, search.budget.full_evaluations)
+
+
+def _run_steps(
+    run: RecipeRun,
+    search: Search,
+    steps: CachedTasks,
+    keys: StepKeys,
+    slots: SlotPolicy,
+    run_placement,
+    resolved: ResolvedModel,
+    calibration: CalibrationSet | None,
+    device: str,
+) -> None:
+    """Ask the strategy for the next step and run it, until it has none (its steps are sequential: each
+    decision depends on the numbers before it)."""
+    loaded, run_path = run.loaded, run.path.resolve()
+    by_id = {v.id: v for v in run.variants}
+    storage = steps.quantize.result_storage  # cached where the recipe's other steps are (``steps_cached_in``)
+    assert storage is not None
+    proxy = proxy_task.with_options(cache_policy=steps.quantize.cache_policy, result_storage=storage)
+    data = cachekeys.evaluation_data_fingerprint(loaded)
+    quantized: dict[str, PrefectFuture] = {}
+    objective = search.objective
+    while (step := search.next_step()) is not None:
+        variant = by_id[step.candidate]
+        slot = slots.for_step(needs_gpu=variant.spec.uses_gpu, run_placement=run_placement)
+        if step.kind == "proxy":
+            out_dir = run.artifact_dir(variant, keys)
+            future = steps.quantize.submit(
+                loaded, variant, resolved, calibration, out_dir, slot, run_path, cache_key=keys.quantize[variant.id]
+            )
+            quantized[variant.id] = future
+            error = _error(future)
+            if error is None:
+                on = cachekeys.step_device(variant, device)
+                key = proxy_key(keys.quantize[variant.id], variant, loaded, on, data)
+                screened = proxy.submit(loaded, variant, future.result(), slot, run_path, cache_key=key)
+                error = _error(screened)
+            search.record_proxy(
+                variant.id, ProxyMeasurement(error=error) if error else ProxyMeasurement(**screened.result())
+            )
+            if error:
+                progress.emit(run_path, variant.id, "done", status="failed")
+            continue
+        future = quantized[variant.id]
+        evaluated = steps.evaluate.submit(
+            loaded,
+            variant,
+            future,
+            resolved.tokenizer_path,
+            slot,
+            run_path,
+            cache_key=keys.evaluate[variant.id],
+        )
+        checked = steps.servable.submit(
+            loaded,
+            variant,
+            future,
+            run.record.baseline_evaluation(),
+            slot,
+            run_path,
+            cache_key=keys.servable[variant.id],
+            wait_for=[evaluated],
+        )
+        _record_variant(run, variant, future, evaluated, checked)
+        quality = quality_metric(run.record)
+        search.record_full(variant.id, full_measurement(run.record.variants[variant.id], objective, quality))
+
+
+def _record_trace(run: RecipeRun, search: Search) -> None:
+    """The trace in the record; candidates without a full evaluation leave the record's variants (they have
+    no verdict) and are ``done`` with their outcome."""
+    config = run.loaded.recipe.search
+    assert config is not None
+    result = search.result()
+    run.record.search = trace_of(
+        search,
+        result,
+        {v.id: (v.method, variant_setting(v)) for v in run.variants},
+        constraints=[describe_gate(g) for g in config.constraints],
+        proxy=describe_proxy(run.loaded),
+        quality_metric=quality_metric(run.record),
+    )
+    for decision in result.decisions:
+        if decision.candidate not in search.full:
+            run.record.variants.pop(decision.candidate, None)
+            progress.emit(run.path.resolve(), decision.candidate, "done", status=decision.outcome.value)
+    if run.baseline_failed:  # nothing was searched: say so rather than blame the budget
+        assert run.record.baseline is not None
+        why = f"the baseline failed: {run.record.baseline.error}"
+        run.record.search = run.record.search.model_copy(
+            update={
+                "summary": f"no search: {why}",
+                "candidates": [
+                    c.model_copy(update={"outcome": Outcome.ERROR.value, "reason": why})
+                    for c in run.record.search.candidates
+                ],
+            }
+        )
+    run.logger.info("search: %s", run.record.search.summary)
+    run.run.write_record(run.record)
+
+
+def winner_publication(run: RecipeRun, publish: bool, target: str | None) -> Publication | None:
+    """Only the search's winner is published (when it passed, and publishing is on)."""
+    from quantmill.publish.publish_run import related_links
+    from quantmill.publish.publisher import make_target
+
+    trace = run.record.search
+    kind = (target or run.loaded.recipe.publish.target) if publish else "none"
+    if kind == "none" or trace is None or trace.winner is None:
+        return None
+    if run.record.variants[trace.winner].status != VariantStatus.PASSED:
+        return None
+    chosen = [trace.winner]
+    return Publication(kind, chosen, related_links(run.loaded, run.record, chosen, make_target(run.loaded, kind)))
+
+
+def search_and_publish(
+    run: RecipeRun,
+    steps: CachedTasks,
+    keys: StepKeys,
+    slots: SlotPolicy,
+    resolved: ResolvedModel,
+    calibration: CalibrationSet | None,
+    device: str,
+    publish: bool,
+    target: str | None,
+) -> None:
+    """The search (:func:`search_variants`), then its winner published."""
+    search_variants(run, steps, keys, slots, resolved, calibration, device)
+    _publish(run, winner_publication(run, publish, target))
