@@ -12,6 +12,10 @@ outcome             when                                                        
 ``regressed``       worse than the recipe's previous completed run              5     Completed, named Regressed
 ``passed``          every variant passed (and published, when publishing)       0     Completed
 ==================  ==========================================================  ====  ===========================
+
+A search (``search:``) is judged by its winner: candidates that lost (failed a constraint, larger
+than the winner …) are the search working, not a failed run; a search without a winner is ``gate
+failed`` with the trace's summary.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ def describe_regression(regression: Regression) -> str:
 def run_outcome(record: RunRecord) -> RunOutcome:
     """The outcome of a finished run: publish failure before gate failure before regression."""
     variants = sorted(record.variants.items())  # the same words from the flow's record and from results.json
+    if record.search is not None:
+        if record.search.winner is None:
+            return RunOutcome(Outcome.GATE_FAILED, f"the search found no variant: {record.search.summary}")
+        variants = [(v, e) for v, e in variants if v == record.search.winner]
     unpublished = [v for v, e in variants if e.publish and e.publish.status == PublishStatus.FAILED]
     if unpublished:
         return RunOutcome(

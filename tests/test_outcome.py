@@ -60,6 +60,28 @@ def test_the_worst_trouble_decides_the_outcome_and_exit_code(
     assert raised.value.exit_code == exit_code and str(raised.value) == found.summary
 
 
+def test_a_search_is_judged_by_its_winner_not_by_the_candidates_that_lost(tmp_path):
+    from quantmill.search.trace import CandidateTrace, SearchTrace
+
+    record = record_with(tmp_path, publish_failed=False, failed=True, regressions=False)
+    record.variants["bnb-int8"].status = VariantStatus.PASSED  # the winner; gguf-q8_0 lost (pending)
+
+    def trace(winner: str | None) -> SearchTrace:
+        candidate = CandidateTrace(id="bnb-int8", method="bnb", setting="int8", outcome="winner", reason="smallest")
+        summary = "bnb-int8 wins" if winner else "no candidate meets every constraint"
+        return SearchTrace(
+            objective="minimize size_mb", constraints=[], budget=2, full_evaluations=1,
+            candidates=[candidate], winner=winner, summary=summary,
+        )  # fmt: skip
+
+    record.search = trace("bnb-int8")
+    assert run_outcome(record).kind == Outcome.PASSED and run_outcome(record).exit_code == 0
+    record.search = trace(None)
+    found = run_outcome(record)
+    assert found.exit_code == 3
+    assert found.summary == "the search found no variant: no candidate meets every constraint"
+
+
 def test_the_summary_names_the_variants(tmp_path):
     record = record_with(tmp_path, publish_failed=False, failed=True, regressions=True)
     assert run_outcome(record).summary == "2 variant(s) did not pass: bnb-int8 (failed), gguf-q8_0 (pending)"
