@@ -36,7 +36,7 @@ from quantmill.search.proxy import describe_proxy, measure_proxy, proxy_key
 from quantmill.search.strategy import Candidate, Outcome, ProxyMeasurement, Search
 from quantmill.search.verdicts import full_measurement, trace_of
 from quantmill.tasks.limits import hold_slot
-from quantmill.tasks.steps import CachedTasks, StepKey, run_heavy, run_step
+from quantmill.tasks.steps import CachedTasks, StepKey, run_logged, run_step
 
 
 @task(name="search-proxy", cache_policy=StepKey(), persist_result=True, result_serializer="json")
@@ -51,18 +51,20 @@ def proxy_task(
 
 
 @task(name="mixed-candidates", cache_policy=NONE)
-def mixed_candidates_task(loaded: LoadedRecipe, space: dict[str, Any], slot: StepSlot) -> list[Variant]:
-    """The candidates of one ``mixed:`` entry (its sensitivity scan loads the model: a heavy step)."""
+def mixed_candidates_task(loaded: LoadedRecipe, space: dict[str, Any], slot: StepSlot, run_path: Path) -> list[Variant]:
+    """The candidates of one ``mixed:`` entry (its sensitivity scan loads the model: a heavy step, whose
+    library output goes to the run's ``logs/sensitivity-scan.log``)."""
     from quantmill.search.mixed import mixed_candidates
 
-    return run_heavy(slot, lambda device: mixed_candidates(loaded, space, device))
+    title = f"sensitivity scan and allocation: {space['method']}"
+    return run_logged(run_path, "sensitivity-scan", title, slot, lambda device: mixed_candidates(loaded, space, device))
 
 
 def _with_mixed_candidates(run: RecipeRun, slot: StepSlot) -> None:
     """Add the candidates of the space's ``mixed:`` entries to the run, as variants of its recipe."""
     made: list[Variant] = []
     for space in run.loaded.mixed_spaces:
-        made += mixed_candidates_task.submit(run.loaded, space.model_dump(), slot).result()
+        made += mixed_candidates_task.submit(run.loaded, space.model_dump(), slot, run.path.resolve()).result()
     if not made:
         return
     known = {v.id for v in run.variants}

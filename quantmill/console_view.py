@@ -201,8 +201,11 @@ class RunView:
         width = max(len(name) for name in self.rows)
         text = f"[{event.t - self.started:7.1f}s] {event.variant:<{width}}  {event.stage}"
         numbers = self.numbers.get(event.variant)
-        if event.stage != "done" or numbers is None:
+        if event.stage != "done":
             return text
+        if numbers is None:  # not in the record: a search candidate that needed no full evaluation says why
+            status = str(event.fields.get("status", ""))
+            return f"{text} {status}" if status else text
         status = numbers.status or str(event.fields.get("status", ""))
         parts = [status + (" (cached)" if numbers.cached else "")]
         quality = self._quality()

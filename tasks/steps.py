@@ -86,17 +86,27 @@ def run_heavy(slot: StepSlot, call: Callable[[str], T]) -> T:
     return _HEAVY_THREAD.submit(in_slot).result()
 
 
+def run_logged(run_path: Path, log_name: str, title: str, slot: StepSlot, call: Callable[[str], T]) -> T:
+    """:func:`run_heavy` with what the libraries print going to the run's ``logs/<log_name>.log``, not the
+    console (``QUANTMILL_VERBOSE`` also streams it)."""
+
+    def logged(device: str) -> T:
+        log = progress.logs_dir(run_path) / f"{log_name}.log"
+        with steplog.capture(log, title=title, verbose=get_settings().verbose):
+            return call(device)
+
+    return run_heavy(slot, logged)
+
+
 def run_step(run_path: Path, variant: str, stage: str, slot: StepSlot, call: Callable[[str], T]) -> T:
-    """:func:`run_heavy`, reported: once the heavy thread takes the step, its ``stage`` event is
-    emitted, and what the libraries print goes to the variant's log (``QUANTMILL_VERBOSE`` also streams it)."""
+    """:func:`run_logged` into the variant's log, reported: once the heavy thread takes the step, its
+    ``stage`` event is emitted."""
 
     def reported(device: str) -> T:
         progress.emit(run_path, variant, stage)
-        log = progress.logs_dir(run_path) / f"{variant}.log"
-        with steplog.capture(log, title=f"{stage} {variant}", verbose=get_settings().verbose):
-            return call(device)
+        return call(device)
 
-    return run_heavy(slot, reported)
+    return run_logged(run_path, variant, f"{stage} {variant}", slot, reported)
 
 
 @dataclass

@@ -147,6 +147,14 @@ def test_a_line_per_event_and_the_done_line_carries_the_numbers():
     )
 
 
+def test_a_done_line_of_a_row_not_in_the_record_says_its_status():
+    view = RunView(started=T0)
+    view.update(record(**{"gptq-w4-g128": finished("passed", 0.76)}))
+    view.apply(StageEvent("gguf-q8_0", "queued", T0))
+    done = StageEvent("gguf-q8_0", "done", T0 + 7, {"status": "larger than the winner"})
+    assert view.line(done) == "[    7.0s] gguf-q8_0     done larger than the winner"
+
+
 def test_results_table_columns_and_values():
     failed_publish = PublishOutcome(status=PublishStatus.FAILED, error="hub said 503")
     text = rendered(
