@@ -17,7 +17,7 @@ from quantmill.modelinfo import ModelShape
 from quantmill.recipe import checks
 from quantmill.recipe.errors import problems_from_validation
 from quantmill.recipe.matrix import Variant, expand_matrix, expand_rows, merge_gates
-from quantmill.recipe.schema import SLUG, MixedRow, MixedSpace, Recipe
+from quantmill.recipe.schema import SLUG, GateRule, MixedRow, MixedSpace, Recipe
 from quantmill.trust.boundary import check_recipe_trust
 from quantmill.trust.capabilities import CapabilityRequest
 from quantmill.trust.operator import OperatorSettings, get_operator
@@ -141,8 +141,14 @@ def _search_candidates(
             mixed.append(MixedRow.model_validate(row).mixed)
         except ValidationError as exc:
             problems.extend(problems_from_validation(exc, doc, MixedRow, ("search", "space", index)))
-    gates = list(merge_gates(list(recipe.gates), list(recipe.search.constraints)))
-    return expand_rows(doc, ("search", "space"), rows, gates, problems), mixed
+    return expand_rows(doc, ("search", "space"), rows, list(search_gates(recipe)), problems), mixed
+
+
+def search_gates(recipe: Recipe) -> tuple[GateRule, ...]:
+    """What every candidate of the recipe's search is judged by, uniform or mixed: the recipe's gates and the
+    search's constraints (a constraint replaces a gate on the same metric); a recipe without a search: its gates."""
+    constraints = recipe.search.constraints if recipe.search is not None else []
+    return merge_gates(list(recipe.gates), list(constraints))
 
 
 def load_recipe(path: str | Path, operator: OperatorSettings | None = None) -> LoadedRecipe:

@@ -24,6 +24,7 @@ from quantmill.errors import QuantizationError
 from quantmill.methods.gguf import TENSOR_TYPES, model_tensors
 from quantmill.methods.layers import linear_layers
 from quantmill.methods.spec import scale_bits
+from quantmill.recipe.load import search_gates
 from quantmill.recipe.matrix import Variant
 from quantmill.registry import get_method
 from quantmill.search.sensitivity import Level, Sensitivity, Unit, cached_sensitivity
@@ -233,6 +234,6 @@ def mixed_candidates(loaded: LoadedRecipe, space: Mapping[str, Any], device: str
         device=device,
         trust_remote_code=loaded.trust_remote_code,
     )
-    gates = tuple(loaded.recipe.gates)
+    gates = search_gates(loaded.recipe)
     variants = [to_variant(method, a, gates) for a in choose(allocation_path(sensitivity), levels, space["steps"])]
     return sorted(variants, key=lambda v: v.spec.average_bits_per_weight(v.params, shape))

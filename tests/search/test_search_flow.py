@@ -15,7 +15,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BUDGET = 4
 # GGUF's q2_k (0.67 MB), the smallest candidate, generates 0.90 of the baseline's greedy tokens; q4_k_m (0.97 MB)
 # 0.95. RTN keeps the tied embeddings in float32, so even rtn-w2-g64 is larger (1.21 MB, and 0.52)
-SPACE = "    - {method: rtn, bits: [2, 4, 8], group_size: 64}\n    - {method: gguf, types: [q2_k, q4_k_m, q8_0]}\n"
+# A mix of GGUF types per tensor (sensitive tensors kept at higher precision) passes at 0.72 MB, between the two.
+SPACE = (
+    "    - {method: rtn, bits: [2, 4, 8], group_size: 64}\n    - {method: gguf, types: [q2_k, q4_k_m, q8_0]}\n"
+    "    - {mixed: {method: gguf, types: [q2_k, q4_k, q6_k, q8_0]}}\n"
+)
 CONSTRAINTS = "    - {metric: tiny_world_mc/acc, min_recovery: 0.95}\n    - {metric: greedy_agreement, min: 0.92}\n"
 UNMET = re.compile(r"(tiny_world_mc/acc min_recovery 0\.95|greedy_agreement min 0\.92): \d")
 
@@ -64,6 +68,22 @@ def test_nothing_smaller_in_the_space_meets_them(searched):
     for candidate in after:
         assert candidate["outcome"] in ("larger than the winner", "failed a constraint", "screened out by proxy")
         assert candidate["size_mb"] is None or candidate["size_mb"] >= winner_size
+
+
+def test_a_mixed_winner_is_smaller_than_any_uniform_candidate_that_meets_the_constraints(searched):
+    """The issue's bar: strictly smaller than the best uniform variant of the space that meets the constraints
+    (every uniform candidate smaller than the winner failed one, with numbers), and it says how it is mixed."""
+    record, folder = searched
+    trace = record["search"]
+    winner = next(c for c in trace["candidates"] if c["id"] == trace["winner"])
+    assert "-mix" in winner["id"], trace["summary"]
+    uniform = [c for c in trace["candidates"] if "-mix" not in c["id"]]
+    smaller = [c for c in uniform if c["size_mb"] is not None and c["size_mb"] < winner["size_mb"]]
+    assert smaller and all(c["outcome"] == "failed a constraint" for c in smaller), smaller
+    passing = [c for c in uniform if c["outcome"] not in ("failed a constraint", "screened out by proxy")]
+    assert all(c["size_mb"] is None or c["size_mb"] > winner["size_mb"] for c in passing)
+    card = next((folder / "zoo" / "org").iterdir()) / "README.md"
+    assert "## Per-layer precision" in card.read_text()
 
 
 def test_the_budget_holds_and_unevaluated_candidates_are_not_variants(searched):
