@@ -64,7 +64,7 @@ quality: install
 bench: tools
 	$(BIN)/python bench/run.py
 
-# GPTQ's peak RAM against the fp16 size of a 303.6M-parameter model built from a config (minutes on 2 cores)
+# GPTQ's peak RAM against the fp16 size of a 312.9M-parameter model built from a config (~10 min on 2 cores)
 bench-memory: install
 	$(BIN)/python bench/memory.py
 
