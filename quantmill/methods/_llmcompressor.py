@@ -106,10 +106,12 @@ def return_freed_buffers_to_the_os() -> bool:
     Quantizing frees large temporaries layer after layer (fp32 copies of weights, Hessians and their
     inverses, fp16 weights replaced by packed ones). glibc gives such a block its own mmap only above a
     threshold that it raises to the size of every such block freed (up to 32 MiB): after the first
-    layer, the same sizes come from the heap, which fragments and is not given back, so resident
-    memory grows layer by layer (measured with bench/memory.py: GPTQ of a 70 MB model grew 400 MB,
-    an RTN save 181 MB for a 137 MB model). A fixed threshold turns that adjustment off, for the rest
-    of the process (as ``MALLOC_MMAP_THRESHOLD_`` would); allocations under 1 MiB are unaffected.
+    layer, the same sizes come from the heap, which fragments and is not given back. Measured (peak
+    resident memory, fresh process, hidden 1024): GPTQ W4 of a 2-layer 70 MB model peaked 401 MB above
+    the loaded model before, 330 MB after, and kept 128 MB less once saved; saving an RTN W4 4-layer
+    137 MB model peaked 115 MB lower. A fixed threshold turns that adjustment off, for the rest of the
+    process (as ``MALLOC_MMAP_THRESHOLD_`` would); allocations under 1 MiB are unaffected, and the
+    outputs are byte-identical.
     """
     import ctypes
     import platform
