@@ -196,7 +196,7 @@ def slot_mapping(args, work: Path, figures: dict) -> None:
     ids = visible_gpu_ids(gpu_count(args.device), os.environ.get("CUDA_VISIBLE_DEVICES"))
     environments = worker_gpu_env(ids, 1, 2)
     start = time.perf_counter()
-    workers = [
+    processes = [
         subprocess.Popen(
             [sys.executable, __file__, "--worker", str(work / "model"), "--out", str(work / f"worker-{w}.json")],
             env={**os.environ, **env},
@@ -207,9 +207,9 @@ def slot_mapping(args, work: Path, figures: dict) -> None:
         for w, env in enumerate(environments)
     ]
     reports = []
-    for w, worker in enumerate(workers):
-        _, stderr = worker.communicate()
-        if worker.returncode != 0:
+    for w, process in enumerate(processes):
+        _, stderr = process.communicate()
+        if process.returncode != 0:
             raise SystemExit(f"slot worker {w} failed:\n{stderr[-3000:]}")
         reports.append(json.loads((work / f"worker-{w}.json").read_text()))
     section = {
