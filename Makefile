@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # Prefect's on-demand server can take longer than its default 20 s to start on a busy 2-core machine
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install tools browser demo test test-fast quality bench reliability clean
+.PHONY: install tools browser demo test test-fast quality bench bench-memory bench-gpu reliability clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,21 @@ quality: install
 # Ratios measured side by side (writes bench/results/summary.{json,md}); not part of the tests
 bench: tools
 	$(BIN)/python bench/run.py
+
+# GPTQ's peak RAM against the fp16 size of a 312.9M-parameter model built from a config (~10 min on 2 cores)
+bench-memory: install
+	$(BIN)/python bench/memory.py
+
+# On a GPU machine, one command: the CUDA build of torch (this venv's torch version), vLLM where it
+# installs beside that torch (else its load check is skipped), then bench/gpu.py on one and two GPUs
+bench-gpu:
+	$(MAKE) install tools CONSTRAINTS=
+	@torch_version=$$($(BIN)/python -c "import torch; print(torch.__version__.split('+')[0])"); \
+	  $(BIN)/python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" || \
+	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps --index-url https://pypi.org/simple "torch==$$torch_version"; \
+	  $(BIN)/python -c "import vllm" 2>/dev/null || $(BIN)/python -m pip install --quiet vllm "torch==$$torch_version" || \
+	  echo "vLLM does not install beside torch $$torch_version: bench/gpu.py will skip its load check"
+	$(BIN)/python bench/gpu.py $(BENCH_GPU_ARGS)
 
 # The large reliability runs: 10,000 fuzzed recipes, 20 kill -9 points, a token-leak scan
 reliability: tools

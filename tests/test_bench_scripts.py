@@ -36,6 +36,13 @@ def test_gpu_script_smoke_run_on_cpu(tmp_path):
     for variant in ("gptq-w4-g128", "gguf-q4_k_m"):
         assert figures[variant]["quantize_seconds"] > 0 and figures[variant]["ppl"] > 1
         assert figures[variant]["size_mb"] < figures["baseline"]["size_mb"]
+        assert figures[f"{variant}/evaluate"]["seconds"] > 0  # every step's absolute time
+    # on the CPU the GPU-only sections say why they did not run
+    assert figures["gpus"] == 0
+    assert figures["slot_mapping"] == {"skipped": "needs 2 GPUs; this run is on cpu"}
+    assert figures["gpus_per_variant_2"] == {"skipped": "needs 2 GPUs; this run is on cpu"}
+    assert "CUDA" in figures["vllm"]["skipped"]
+    assert "slot_mapping: skipped: needs 2 GPUs" in result.stdout
 
 
 @pytest.mark.slow
