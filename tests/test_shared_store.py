@@ -25,7 +25,7 @@ from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
 from quantmill.sharedstore import SharedStore
 from tests.support.cli import run_cli
-from tests.support.s3server import _environment, s3_server
+from tests.support.s3server import environment, s3_server
 
 LEASE_S = 1.0  # short leases keep the lock tests quick
 
@@ -33,7 +33,7 @@ LEASE_S = 1.0  # short leases keep the lock tests quick
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server with a ``quantmill`` bucket; its client environment is set for the module."""
-    with s3_server() as env, _environment(env):
+    with s3_server() as env, environment(env):
         yield env
 
 

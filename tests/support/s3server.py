@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from unittest import mock
 
 #: what a client of the server needs in its environment (moto accepts any credentials)
 S3_ENV = {
@@ -35,7 +36,7 @@ def s3_server(bucket: str = "quantmill") -> Iterator[dict[str, str]]:
     server.start()
     env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     try:
-        with _environment(env):
+        with environment(env):
             import boto3
 
             boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
@@ -44,15 +45,6 @@ def s3_server(bucket: str = "quantmill") -> Iterator[dict[str, str]]:
         server.stop()
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def environment(values: dict[str, str]):
+    """``os.environ`` with ``values`` set for a ``with`` block, then as it was."""
+    return mock.patch.dict(os.environ, values)
