@@ -1,12 +1,17 @@
 """What a search costs against the exhaustive grid over the same space, side by side in one run.
 
-    python bench/search.py [--budget N] [--model demo|stories|both] [--out bench/results]
+    python bench/search.py [--budget N] [--model demo|stories|both] [--mixed] [--out bench/results]
 
 For each model: the same space, constraints and evaluation run twice through the recipe flow, each in a
 fresh run store (nothing cached): once as a recipe with ``search:`` (objective ``minimize size_mb``), once as
 a plain matrix of every candidate with the constraints as its gates. Reports full evaluations,
 quantizations and wall time of each, their ratios, both winners (the grid's: the smallest passing variant by
 measured size) and whether they agree; then the search again on its own store (everything cached).
+
+``--mixed`` adds a ``mixed:`` GGUF entry to the search's space; the grid then also holds every candidate
+that entry makes (:func:`quantmill.search.mixed.mixed_candidates`, written back as matrix rows with
+``recipe_fragment``), so both cover the same space. The grid's rows are made after the search ran: the
+sensitivity scan is paid once, by the search.
 
 Models: the bundled demo model (tiny-llama, tiny_world_mc + perplexity), and the shared pretrained
 ``../shared/models/stories260K/hf`` (perplexity and greedy agreement only; skipped when absent). Writes
@@ -35,6 +40,9 @@ from quantmill.testing.recipes import DEMO_DATA, DEMO_MODEL, DEMO_TASKS  # noqa:
 
 STORIES = REPO.parent / "shared" / "models" / "stories260K" / "hf"
 CORPUS = DEMO_DATA / "tiny_world_ppl.jsonl"
+
+#: the ``mixed:`` entry ``--mixed`` adds to each scenario's space
+MIXED = "    - {mixed: {method: gguf, types: [q2_k, q4_k, q6_k, q8_0]}}\n"
 
 SCENARIOS: dict[str, dict[str, str]] = {
     "demo": {
@@ -80,8 +88,19 @@ def search_body(scenario: dict[str, str], budget: int) -> str:
     )
 
 
-def grid_body(scenario: dict[str, str]) -> str:
-    return f"variants:\n  methods:\n{scenario['space']}gates:\n{scenario['constraints']}"
+def grid_body(scenario: dict[str, str], mixed_rows: str = "") -> str:
+    space = scenario["space"].replace(MIXED, "") + mixed_rows
+    return f"variants:\n  methods:\n{space}gates:\n{scenario['constraints']}"
+
+
+def mixed_rows(text: str) -> str:
+    """The matrix rows that make the search's mixed candidates (the scan is cached by then: the search ran)."""
+    from quantmill.recipe import load_recipe_text
+    from quantmill.search.mixed import mixed_candidates, recipe_fragment
+
+    loaded = load_recipe_text(text, REPO)
+    made = [v for space in loaded.mixed_spaces for v in mixed_candidates(loaded, space.model_dump(), "cpu")]
+    return "".join(f"    - {json.dumps(recipe_fragment(v))}\n" for v in made)
 
 
 def timed_run(text: str, folder: Path) -> tuple[dict[str, Any], float]:
@@ -114,10 +133,13 @@ def warm_up(scenario: dict[str, str], work: Path) -> None:
 
 def compare(name: str, scenario: dict[str, str], budget: int | None, work: Path) -> dict[str, Any]:
     candidates = len(_candidates(recipe(scenario, search_body(scenario, 1000))))
-    budget = budget or candidates
+    mixed = MIXED in scenario["space"]
+    budget = budget or (candidates + 4 * mixed)  # a mixed: entry makes up to `steps` (4) candidates
     warm_up(scenario, work / f"{name}-warm-up")
     searched, search_s = timed_run(recipe(scenario, search_body(scenario, budget)), work / f"{name}-search")
-    grid, grid_s = timed_run(recipe(scenario, grid_body(scenario)), work / f"{name}-grid")
+    rows = mixed_rows(recipe(scenario, search_body(scenario, budget))) if mixed else ""
+    candidates += rows.count("\n")
+    grid, grid_s = timed_run(recipe(scenario, grid_body(scenario, rows)), work / f"{name}-grid")
     _, rerun_s = timed_run(recipe(scenario, search_body(scenario, budget)), work / f"{name}-search")
     trace = searched["search"]
     winner, size = grid_winner(grid)
@@ -160,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, help="full evaluations (default: as many as candidates)")
     parser.add_argument("--model", choices=("demo", "stories", "both"), default="both")
+    parser.add_argument("--mixed", action="store_true", help="add a mixed: GGUF entry to the space (and grid)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     names = ["demo", "stories"] if args.model == "both" else [args.model]
@@ -172,7 +195,10 @@ def main() -> None:
     # fresh run stores: every step of the search and of the grid computes (their caches live in their stores)
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         for name in names:
-            result = compare(name, SCENARIOS[name], args.budget, Path(tmp))
+            scenario = SCENARIOS[name]
+            if args.mixed:
+                scenario = {**scenario, "space": scenario["space"] + MIXED}
+            result = compare(name, scenario, args.budget, Path(tmp))
             results.append(result)
             s, g = result["search"], result["grid"]
             print(f"\n== {name}: {result['candidates']} candidates, budget {result['budget']}")
