@@ -195,6 +195,7 @@ class Lease:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._version: str | None = None
         self._lost = threading.Event()
+        self._renewed_at = 0.0  # when the store last accepted our lease (time.monotonic)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -210,6 +211,7 @@ class Lease:
                 version = self._take_over_if_expired()
             if version is not None:
                 self._version = version
+                self._renewed_at = time.monotonic()
                 self._heartbeat = threading.Thread(target=self._renew, name=f"lease {self.label}", daemon=True)
                 self._heartbeat.start()
                 return
@@ -246,11 +248,16 @@ class Lease:
                 self._lost.set()
                 return
             self._version = version
+            self._renewed_at = time.monotonic()
 
     def check(self) -> None:
-        """Raise LeaseLost when another holder took the lease (call before publishing what it guarded)."""
+        """Raise LeaseLost when another holder took the lease, or may have: when no renewal reached the store
+        for a whole lease length (a network outage), it expired there (call before publishing what it guarded)."""
         if self._lost.is_set():
             raise LeaseLost(f"lost the lock on {self.label}: it expired and another worker took it over")
+        if time.monotonic() - self._renewed_at > self.lease_s:
+            self._lost.set()
+            raise LeaseLost(f"lost the lock on {self.label}: no renewal reached the store for {self.lease_s:g} s")
 
     def release(self) -> None:
         self._stop.set()

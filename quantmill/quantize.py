@@ -136,6 +136,8 @@ def quantize_variant(
         if shared is not None:
             shared.fetch_artifact(out_dir)  # another machine may have finished it
         if (out_dir / COMPLETE_MARKER).is_file():
+            if shared is not None and lease is not None and not shared.has_artifact(out_dir):
+                shared.push_artifact(out_dir, before_marker=lease.check)  # made here; its push had failed
             return read_artifact(out_dir)  # another process made exactly this while we waited
         staging = out_dir.with_name(f".{out_dir.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)

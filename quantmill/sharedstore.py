@@ -26,17 +26,19 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from quantmill.errors import RunStoreError
 from quantmill.leases import Lease, objects_for
+from quantmill.recipe.schema import SLUG
 from quantmill.runstore import COMPLETE_MARKER, RUN_ID  # runstore imports this module only when a store opens
 from quantmill.settings import get_settings
 
@@ -89,7 +91,10 @@ class SharedStore:
 
     def remote(self, local: Path) -> str:
         """The store path of a path in the mirror."""
-        relative = Path(local).resolve().relative_to(self.mirror).as_posix()
+        try:
+            relative = Path(local).resolve().relative_to(self.mirror).as_posix()
+        except ValueError:
+            raise RunStoreError(f"{local} is not in the mirror of the shared run store {self.url}") from None
         self.fs  # noqa: B018 -- sets _root
         return self._root if relative == "." else f"{self._root}/{relative}"
 
@@ -106,7 +111,10 @@ class SharedStore:
         artifact = Path(artifact)
         if self.holds(artifact) or artifact.parent.name != "artifacts":
             return artifact
-        return self.mirror / artifact.parent.parent.name / "artifacts" / artifact.name
+        recipe, folder = artifact.parent.parent.name, artifact.name
+        if not (SLUG.fullmatch(recipe) and ARTIFACT_FOLDER.fullmatch(folder)):  # a record naming anything else
+            raise RunStoreError(f"shared run store {self.url}: {artifact} is not an artifact folder of a recipe")
+        return self.mirror / recipe / "artifacts" / folder
 
     # -- errors
 
@@ -214,11 +222,13 @@ class SharedStore:
     def push_artifact(self, folder: Path, before_marker: Callable[[], None] = lambda: None) -> None:
         """Copy a finished artifact folder to the store: its files, then ``COMPLETE`` listing them.
 
-        ``before_marker`` runs just before the marker is written (the caller's lease check: a lock
-        lost meanwhile must not make this folder visible).
+        ``before_marker`` runs before the files are written and again just before the marker (the caller's
+        lease check: a holder whose lock lapsed must neither overwrite the new holder's files nor make its
+        own folder visible).
         """
         files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != COMPLETE_MARKER)
         remote = self.remote(folder)
+        before_marker()
         with self._talking(f"write {remote}"):
             if files:
                 self.fs.put([str(f) for f in files], [self.remote(f) for f in files])
@@ -231,6 +241,16 @@ class SharedStore:
             self._put(Path(manifest.name), f"{remote}/{COMPLETE_MARKER}")
         finally:
             os.unlink(manifest.name)
+
+    def has_artifact(self, folder: Path) -> bool:
+        """Whether the store has this artifact folder complete (its ``COMPLETE`` marker)."""
+        remote = self.remote(folder)
+        with self._talking(f"read {remote}"):
+            try:
+                self.fs.cat_file(f"{remote}/{COMPLETE_MARKER}")
+            except FileNotFoundError:
+                return False
+        return True
 
     # -- artifacts, lazily
 
@@ -248,7 +268,7 @@ class SharedStore:
                 marker = self.fs.cat_file(f"{remote}/{COMPLETE_MARKER}")
             except FileNotFoundError:
                 return folder  # not finished anywhere: absent
-        files: dict[str, int] = json.loads(marker)["files"]
+        files = _listed_files(marker, f"{self.url}: {remote}/{COMPLETE_MARKER}")
         local.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.fetch-", dir=local.parent))
         try:
@@ -306,13 +326,43 @@ def _mtime(info: dict) -> float | None:
 
 
 def _newer(info: dict, local: Path) -> bool:
-    """Whether the store's file differs from the local one (absent, another size, or changed later)."""
+    """Whether the store's file should replace the local one: absent here, or written in the store later.
+
+    A pulled file keeps the store's time (:meth:`SharedStore._download`), so a later time there is a later
+    version; the same time with another size is one written within the same second (S3 keeps whole seconds).
+    A file this machine wrote after the store's copy is kept: a record whose last push failed is not
+    replaced by the stale one. Without times, another size means another version."""
     try:
         stat = local.stat()
     except FileNotFoundError:
         return True
     stamp = _mtime(info)
-    return stat.st_size != info.get("size") or (stamp is not None and stamp > stat.st_mtime + 1e-3)
+    resized = stat.st_size != info.get("size")
+    if stamp is None:
+        return resized
+    return stamp > stat.st_mtime + 1e-3 or (abs(stamp - stat.st_mtime) <= 1e-3 and resized)
+
+
+#: an artifact folder's name: ``<variant id>-<12 hex of its quantize key>`` (quantmill.pipeline.RecipeRun.artifact_dir)
+ARTIFACT_FOLDER = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}-[0-9a-f]{12}")
+
+
+def _listed_files(marker: bytes, where: str) -> dict[str, int]:
+    """The files a ``COMPLETE`` marker in the store lists, refused unless each is a plain relative path inside
+    the folder: the marker comes from the store, which any worker (or code running on one) can write."""
+    try:
+        files = json.loads(marker)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise RunStoreError(f"shared run store {where} is not a marker quantmill wrote (no file list)") from None
+    if not isinstance(files, dict):
+        raise RunStoreError(f"shared run store {where} is not a marker quantmill wrote (no file list)")
+    for name, size in files.items():
+        parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+        if not parts or name.startswith("/") or "\\" in name or any(p in ("..", ".", "") for p in parts):
+            raise RunStoreError(f"shared run store {where} lists {name!r}, which is not a file inside the folder")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RunStoreError(f"shared run store {where} gives {name!r} no size")
+    return files
 
 
 def configured() -> SharedStore | None:

@@ -152,7 +152,7 @@ def test_an_artifact_without_its_marker_is_absent_and_a_complete_one_is_fetched_
     from quantmill.quantize import local_artifact_path, read_artifact
 
     store_a = worker(url, tmp_path / "a", monkeypatch)
-    made = store_a.recipe_dir("r") / "artifacts" / "v-abc"
+    made = store_a.recipe_dir("r") / "artifacts" / "v-0123456789ab"
     artifact(made)
 
     def killed_before_marker():
@@ -164,7 +164,7 @@ def test_an_artifact_without_its_marker_is_absent_and_a_complete_one_is_fetched_
 
     store_b = worker(url, tmp_path / "b", monkeypatch)
     here = local_artifact_path(made)  # the path worker A recorded, in B's mirror
-    assert here == store_b.recipe_dir("r") / "artifacts" / "v-abc"
+    assert here == store_b.recipe_dir("r") / "artifacts" / "v-0123456789ab"
     with pytest.raises(QuantizationError, match="not a completed variant folder"):
         read_artifact(made)  # its files are in the store, its marker is not: absent
     assert not here.exists()
@@ -178,6 +178,62 @@ def test_an_artifact_without_its_marker_is_absent_and_a_complete_one_is_fetched_
     assert (here / "model.safetensors").read_bytes() == b"\0" * 1000
     assert (here / "sub" / "tokenizer.json").read_text() == "{}"
     assert json.loads((here / "COMPLETE").read_text())["files"]["model.safetensors"] == 1000
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("listed", ["../../escaped.pth", "/tmp/escaped.pth", "sub/../../escaped.pth"])
+def test_a_marker_listing_a_file_outside_its_folder_is_refused_and_nothing_is_written(
+    url, tmp_path, monkeypatch, listed
+):
+    """Anything that can write to the bucket (another worker, code running on one) could publish a marker
+    naming a path outside the folder: fetching it would write there."""
+    from quantmill.quantize import read_artifact
+
+    store_a = worker(url, tmp_path / "a", monkeypatch)
+    made = store_a.recipe_dir("r") / "artifacts" / "v-0123456789ab"
+    artifact(made)
+    store_a.shared.push_artifact(made)
+    marker = store_a.shared.remote(made) + "/COMPLETE"
+    store_a.shared.fs.pipe_file(marker, json.dumps({"variant": "v", "files": {listed: 1000}}).encode())
+    shutil.rmtree(made)
+
+    store_b = worker(url, tmp_path / "b", monkeypatch)
+    with pytest.raises(RunStoreError, match="which is not a file inside the folder"):
+        read_artifact(made)
+    assert not list(tmp_path.rglob("escaped.pth")) and not Path("/tmp/escaped.pth").exists()
+    assert not (store_b.recipe_dir("r") / "artifacts" / "v-0123456789ab").exists()
+
+
+@pytest.mark.fast
+def test_a_holder_whose_renewals_stopped_reaching_the_store_knows_its_lock_lapsed(url, tmp_path, monkeypatch):
+    """A network outage longer than the lease: another worker may have taken it over, so the holder must not
+    publish (or overwrite) what the lock guarded, although no renewal was ever refused."""
+    from quantmill.leases import LeaseLost
+
+    store = worker(url, tmp_path / "a", monkeypatch).shared
+    lease = store.lease(store.mirror / "r" / "artifacts" / "v-0123456789ab", "v")
+    with lease:
+        lease.check()
+
+        def unreachable(*args, **kwargs):
+            raise ConnectionError("the store does not answer")
+
+        monkeypatch.setattr(lease.objects, "replace", unreachable)
+        time.sleep(1.5 * LEASE_S)
+        with pytest.raises(LeaseLost, match="no renewal reached the store"):
+            lease.check()
+
+
+@pytest.mark.fast
+def test_a_record_written_here_after_its_last_push_is_not_replaced_by_the_stores_older_copy(url, tmp_path, monkeypatch):
+    store = worker(url, tmp_path / "a", monkeypatch)
+    run = store.create_run("r", "name: r\n", {})
+    run.write_record(record_of(run, RunStatus.RUNNING))  # pushed
+    time.sleep(1.1)  # S3 keeps whole seconds: the local write is later by any measure
+    monkeypatch.setattr(store.shared, "push_files", lambda files: None)  # the final push fails to arrive
+    run.write_record(record_of(run, RunStatus.COMPLETED))
+    store.pull("r")
+    assert run.read_record().status == RunStatus.COMPLETED
 
 
 def holder(lease: Lease) -> str:
@@ -195,9 +251,9 @@ def taking(lease: Lease) -> threading.Thread:
 @pytest.mark.fast
 def test_a_renewed_lease_blocks_another_worker_until_released(url, tmp_path, monkeypatch):
     store_a = worker(url, tmp_path / "a", monkeypatch)
-    a = store_a.shared.lease(store_a.root / "r" / "artifacts" / "v-abc", "v")
+    a = store_a.shared.lease(store_a.root / "r" / "artifacts" / "v-0123456789ab", "v")
     store_b = worker(url, tmp_path / "b", monkeypatch)
-    b = store_b.shared.lease(store_b.root / "r" / "artifacts" / "v-abc", "v")
+    b = store_b.shared.lease(store_b.root / "r" / "artifacts" / "v-0123456789ab", "v")
     assert a.path == b.path  # one lock object in the store for both workers
     with a:
         waiting = taking(b)
@@ -213,7 +269,7 @@ def test_a_renewed_lease_blocks_another_worker_until_released(url, tmp_path, mon
 @pytest.mark.fast
 def test_a_holder_that_stopped_renewing_is_taken_over_once_its_lease_expired(url, tmp_path, monkeypatch):
     store = worker(url, tmp_path / "a", monkeypatch).shared
-    folder = store.mirror / "r" / "artifacts" / "v-abc"
+    folder = store.mirror / "r" / "artifacts" / "v-0123456789ab"
     a, b = store.lease(folder, "v"), store.lease(folder, "v")
     a.acquire()
     a._stop.set()  # as a kill -9 leaves it: no more renewals, nothing released

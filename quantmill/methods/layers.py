@@ -27,12 +27,35 @@ if TYPE_CHECKING:
 Pairs = tuple[tuple[str, Any], ...]
 
 
+#: a ``layer_bits`` name: a module's dotted name, literally (llm-compressor would read ``re:…`` as a pattern)
+LAYER_NAME = re.compile(r"[A-Za-z0-9_.]{1,200}")
+#: a ``tensor_types`` name or pattern, as llama-quantize's tensor-type file takes it safely: lower case (llama.cpp
+#: lowercases patterns, which would change ``\D`` into ``\d``), no whitespace or ``=`` (its file's separators),
+#: no groups or alternatives, and at most two repetitions, so no pattern can backtrack for long (recipes are
+#: untrusted; Python checks the patterns at validation and llama.cpp's std::regex runs them again)
+TENSOR_PATTERN = re.compile(r"[a-z0-9_.*+]{1,64}")
+MAX_REPETITIONS = 2
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse a name a recipe may not give (ValueError, shown with the recipe's file, line and field)."""
+    if what == "tensor":
+        if not TENSOR_PATTERN.fullmatch(name) or name.count("*") + name.count("+") > MAX_REPETITIONS:
+            raise ValueError(
+                f"tensor name or pattern {name!r} is not allowed: use lower-case letters, digits, '_' and '.', "
+                f"with at most {MAX_REPETITIONS} of '*' or '+' (e.g. blk.0.ffn_down.weight, attn_v, ffn_down.*)"
+            )
+    elif not LAYER_NAME.fullmatch(name):
+        raise ValueError(f"{what} name {name!r} is not a module name: letters, digits, '_' and '.' only")
+
+
 def precision_map(allowed: Collection[Any], *, ordered: bool, what: str) -> Any:
     """An annotated parameter type for ``{name: precision}``, stored as a tuple of pairs.
 
     ``allowed``: the valid precisions (a bad one is refused with the list of valid ones).
     ``ordered``: keep the recipe's order (llama.cpp applies the first pattern that matches a
     tensor, so the order of GGUF patterns means something); otherwise the pairs are sorted.
+    ``what``: ``tensor`` (llama.cpp names and patterns, :data:`TENSOR_PATTERN`) or ``layer`` (module names).
     """
     valid = ", ".join(map(str, allowed))
 
@@ -45,6 +68,7 @@ def precision_map(allowed: Collection[Any], *, ordered: bool, what: str) -> Any:
         for name, precision in value.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{what} names must be non-empty strings, got {name!r}")
+            check_name(name, what)
             if isinstance(precision, str):
                 precision = precision.lower()
             if precision not in allowed or isinstance(precision, bool):
