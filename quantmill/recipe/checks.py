@@ -178,11 +178,11 @@ def check_search(recipe: Recipe, doc: LocatedDocument) -> list[RecipeProblem]:
         )
     for index, row in enumerate(search.space):
         mixed = row.get("mixed") if isinstance(row, dict) else None
-        if isinstance(mixed, dict) and mixed.get("method") == "gptq" and recipe.calibration.dataset is None:
-            problems.append(
+        if isinstance(mixed, dict) and recipe.calibration.dataset is None:
+            problems.append(  # the sensitivity scan measures each layer on calibration text, whatever the method
                 doc.problem(
                     ("search", "space", index, "mixed"),
-                    "mixed gptq needs calibration data",
+                    f"mixed {mixed.get('method', 'precision')} needs calibration data (its sensitivity scan reads it)",
                     "add calibration.dataset with 'path' or 'hub'",
                 )
             )

@@ -7,7 +7,7 @@ Every default lives here, in the field definitions. Unknown keys are errors.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -208,9 +208,19 @@ class MixedSpace(Strict):
         if self.method in ("gptq", "rtn"):
             if self.bits is None or self.types is not None:
                 raise ValueError(f"mixed {self.method} takes its levels in 'bits' (e.g. [2, 4, 8]), not 'types'")
+            from quantmill.registry import get_method
+
+            allowed = get_args(get_method(self.method).params.model_fields["bits"].annotation)
+            if any(b not in allowed for b in self.bits):
+                raise ValueError(f"mixed {self.method}: bits {self.bits} are not all allowed; valid: {list(allowed)}")
         elif self.method == "gguf":
             if self.types is None or self.bits is not None or self.group_size is not None:
                 raise ValueError("mixed gguf takes its levels in 'types' (e.g. [q2_k, q4_k, q8_0]), not 'bits'")
+            from quantmill.methods.gguf import TENSOR_TYPES
+
+            unknown = [t for t in self.types if t.lower() not in TENSOR_TYPES]
+            if unknown:
+                raise ValueError(f"mixed gguf: unknown tensor type(s) {unknown}; valid: {', '.join(TENSOR_TYPES)}")
         else:
             raise ValueError(f"mixed precision supports gptq, rtn and gguf, not '{self.method}'")
         return self

@@ -121,6 +121,20 @@ CASES = [
         "mixed:",
     ),
     (
+        "mixed-bits-not-a-width",
+        broken("bits: [2, 4, 8], group_size: 64}", "bits: [1, 5, 99], group_size: 64}"),
+        "search.space[2].mixed",
+        "bits [1, 5, 99] are not all allowed; valid: [2, 3, 4, 8]",
+        "mixed:",
+    ),
+    (
+        "mixed-unknown-tensor-type",
+        broken("{method: gptq, bits: [2, 4, 8], group_size: 64}", "{method: gguf, types: [q2_k, q9_k]}"),
+        "search.space[2].mixed",
+        "unknown tensor type(s) ['q9_k']",
+        "mixed:",
+    ),
+    (
         "zero-budget",
         broken("{full_evaluations: 3}", "{full_evaluations: 0}"),
         "search.budget.full_evaluations",
