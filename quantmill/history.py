@@ -20,6 +20,7 @@ from rich.text import Text
 
 from quantmill.errors import QuantmillError
 from quantmill.outcome import Headline, VariantNumbers, describe_regression, headline, run_outcome
+from quantmill.recipe.schema import SLUG
 from quantmill.record import PublishStatus, RunRecord, RunStatus, VariantRecord
 from quantmill.runstore import Run, RunStore
 
@@ -64,7 +65,8 @@ def _recipes_in(store: RunStore) -> list[str]:
 
 def recipe_name(store: RunStore, given: str) -> str:
     """The recipe a ``quantmill runs`` argument names: a recipe name in the store, or a recipe file."""
-    store.pull(given)  # a shared store: a recipe that only other workers ran
+    if SLUG.fullmatch(given):
+        store.pull(given)  # a shared store: a recipe that only other workers ran
     if store.recipe_dir(given).is_dir():
         return given
     path = Path(given)

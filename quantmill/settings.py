@@ -9,6 +9,7 @@ equal to these defaults.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -87,7 +88,9 @@ class Settings(BaseSettings):
             url = runs.rstrip("/")
             cache_dir = Path(values.get("cache_dir") or cls.model_fields["cache_dir"].default)
             values["shared_store"] = url
-            values["runs_dir"] = cache_dir / "stores" / hashlib.sha256(url.encode()).hexdigest()[:16]
+            # the same URL on two endpoints (a local MinIO, AWS) is two stores: their mirrors must not mix
+            where = [url, os.environ.get("AWS_ENDPOINT_URL", ""), str(values.get("store_options") or "")]
+            values["runs_dir"] = cache_dir / "stores" / hashlib.sha256("\n".join(where).encode()).hexdigest()[:16]
         return values
 
 

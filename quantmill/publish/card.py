@@ -241,10 +241,10 @@ def render_card(inputs: CardInputs):
         versions=versions,
         reproduce=f"quantmill run {loaded.path.name if loaded.path else 'recipe.yaml'} --only {variant.id}",
         related=inputs.related,
-        extras={
+        extras={  # the measured sections last: a recipe's extra section of the same title cannot replace them
+            **loaded.recipe.publish.card_extras,
             **layer_precision_section(variant, provenance),
             **search_section(loaded),
-            **loaded.recipe.publish.card_extras,
         },
     )
 
