@@ -340,6 +340,9 @@ class Search:
         elif any(d.outcome == Outcome.BUDGET for d in decisions):
             summary = f"no candidate met the constraints within {self.budget} full evaluations"
         else:
+            unproven = [d.candidate for d in decisions if d.outcome in (Outcome.SCREENED, Outcome.ERROR)]
             summary = "no candidate in the space meets the constraints"
+            if unproven:  # the proxy (or an error) ruled these out without a full evaluation: say so
+                summary = "no fully evaluated candidate meets the constraints; not proven: " + ", ".join(unproven)
         summary += f" ({count} of {len(self.candidates)} candidates fully evaluated)"
         return SearchResult(winner, decisions, count, exhaustive, self.frontier(), summary)

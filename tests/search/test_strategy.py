@@ -123,6 +123,17 @@ def test_a_proxy_clearly_worse_than_a_failed_candidate_is_screened_out():
     assert decision.reason == "proxy 10.5 worse than 10 of small, which failed: acc min_recovery 0.9 (got 0.5)"
 
 
+def test_without_a_winner_the_summary_names_the_candidates_only_the_proxy_ruled_out():
+    world = {"small": Truth(10, 10, 0.5, proxy=10.0), "broken": Truth(20, 20, 0.95, proxy=10.5)}
+    search = make(world, budget=5)
+    run(search, world, threshold=0.9)
+    result = search.result()
+    assert result.winner is None
+    assert result.summary == (
+        "no fully evaluated candidate meets the constraints; not proven: broken (1 of 2 candidates fully evaluated)"
+    )
+
+
 def test_a_failure_on_a_cost_metric_screens_nothing():
     world = {"small": Truth(10, 10, 0.5, proxy=10.0), "worse": Truth(20, 20, 0.95, proxy=12.0)}
     search = make(world, budget=5)
