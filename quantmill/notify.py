@@ -13,8 +13,8 @@ The payload is an incoming-webhook message (``text``, Slack markdown, which Slac
 Mattermost, Rocket.Chat and Discord's ``/slack`` endpoints accept) plus the same facts
 as data under ``quantmill`` for other receivers: the outcome, the headline numbers and a
 link to the report (its ``file://`` URL, or under ``report_url_base`` when the operator
-serves the run store). Known secrets are masked in it. Each call is bounded by
-``notify_timeout``; a notification that fails is logged, never raised: it never fails the run.
+serves the run store). Known secrets are masked in it. Each webhook gets at most
+``notify_timeout`` seconds in all; a notification that fails is logged, never raised: it never fails the run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,38 @@ def send(payload: dict[str, Any], logger: Logger = log) -> int:
             url, data=body, headers={"Content-Type": "application/json; charset=utf-8"}, method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=operator.notify_timeout) as response:
-                response.read()
+            _post_within(request, operator.notify_timeout)
             delivered += 1
         except Exception as exc:  # noqa: BLE001 -- a notification never fails the run
             where = _where(url)  # a webhook URL holds its token: only scheme and host are shown
             logger.warning("notification to %s failed: %s", where, redact(str(exc).replace(url, where)))
     return delivered
+
+
+def _post_within(request: urllib.request.Request, seconds: float) -> None:
+    """POST ``request`` and read the answer, giving up after ``seconds`` in all.
+
+    urllib's ``timeout`` bounds each socket operation, not the exchange: a receiver that
+    answers one byte at a time could hold the run for as long as it likes. So the exchange
+    runs in a daemon thread and the run waits for it at most ``seconds``; an abandoned
+    exchange ends with its socket's own timeout or with the process.
+    """
+    failure: list[BaseException] = []
+
+    def exchange() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=seconds) as response:
+                response.read()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+            failure.append(exc)
+
+    worker = threading.Thread(target=exchange, name="quantmill-notify", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"timed out: no complete answer within {seconds:g} s")
+    if failure:
+        raise failure[0]
 
 
 def _where(url: str) -> str:

@@ -16,7 +16,7 @@ from quantmill.notify import notify_error, notify_run
 from quantmill.record import RunRecord
 from quantmill.runstore import Run
 from quantmill.trust.operator import get_operator
-from tests.support.webhook import webhook_receiver
+from tests.support.webhook import DRIP_BYTES, webhook_receiver
 
 pytestmark = pytest.mark.fast
 
@@ -142,6 +142,18 @@ def test_a_dead_failing_or_slow_webhook_never_raises_and_is_logged_without_its_t
     notify_run(record, run)
     assert time.monotonic() - started < 1.5  # given up after notify_timeout, not after the receiver's 2 s
     assert "timed out" in caplog.records[-1].getMessage()
+
+
+def test_a_webhook_that_answers_one_byte_at_a_time_gets_notify_timeout_in_all(tmp_path, operator, receiver, caplog):
+    # each byte arrives well within the socket timeout, so only a bound on the whole exchange stops it
+    receiver.drip = 0.1
+    operator(notify_urls=[receiver.url], notify_timeout=0.8)
+    record, run = stored_record(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="quantmill.notify"):
+        assert notify_run(record, run) == ["failure", "regression", "publish"]
+    sent_when_given_up = receiver.dripped
+    assert 0 < sent_when_given_up < DRIP_BYTES / 2  # the receiver was still answering when the run moved on
+    assert caplog.records[-1].getMessage().endswith("timed out: no complete answer within 0.8 s")
 
 
 def test_secrets_are_masked_in_the_payload(tmp_path, operator, receiver, monkeypatch):
