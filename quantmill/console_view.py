@@ -31,7 +31,7 @@ from quantmill.progress import BASELINE, STAGES, StageEvent, logs_dir, read_even
 from quantmill.record import PublishStatus, RunRecord, VariantRecord, VariantStatus
 from quantmill.report.quality import quality_metric
 from quantmill.report.render import COLUMNS, rows
-from quantmill.runstore import Run, RunStore
+from quantmill.runstore import Run, RunStore, created_in_this_process
 
 #: stages a line is printed for, without a terminal. Only the outcome by default: one line
 #: per transition is ~5 lines per variant, which for the demo's 8 variants alone is over the
@@ -353,8 +353,10 @@ def follow_new_run(
 ) -> Iterator[RunFollower]:
     """Show the progress of the run of ``recipe`` that starts in ``store`` while the block runs.
 
-    The run is the first folder of the recipe that was not there on entry; the flow creates
-    it once it has started, so until then there is nothing to follow. The block runs the flow;
+    The run is the first folder of the recipe that was not there on entry and that this
+    process created (another run of the recipe may start meanwhile, here or on a worker
+    sharing the store); the flow creates it once it has started, so until then there is
+    nothing to follow. The block runs the flow;
     a thread polls every ``interval`` seconds, and a last poll on exit shows what is left.
     """
     before = {run.path for run in store.runs(recipe)}
@@ -363,7 +365,7 @@ def follow_new_run(
     broken: list[Exception] = []  # the view only informs: its failure must not fail or garble the run
 
     def attach_new_run() -> None:
-        started = [run for run in store.runs(recipe) if run.path not in before]
+        started = [run for run in store.runs(recipe) if run.path not in before and created_in_this_process(run)]
         if started:
             follower.attach(started[0])
 

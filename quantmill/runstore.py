@@ -152,10 +152,19 @@ def read_json(path: Path) -> Any:
 
 _last_stamp = datetime.min.replace(tzinfo=UTC)
 _stamp_lock = threading.Lock()
+_created_here: set[Path] = set()  # run folders RunStore.create_run made in this process
 
 
 #: what :func:`new_run_id` makes (and, without microseconds, what earlier versions made)
 RUN_ID = re.compile(r"\d{8}T\d{6}(\.\d{6})?Z-[0-9a-f]+")
+
+
+def created_in_this_process(run: Run) -> bool:
+    """Whether this process made ``run``'s folder: another process's run of the same recipe
+    (a second terminal, an overlapping cron job, a worker whose run a shared store brought
+    in) may appear in the store while this one starts."""
+    with _stamp_lock:
+        return run.path in _created_here
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -250,6 +259,8 @@ class RunStore:
             raise RunStoreError(f"cannot create a run under {parent}: {exc.strerror or exc}") from exc
         (path / "logs").mkdir()
         (path / "variants").mkdir()
+        with _stamp_lock:
+            _created_here.add(path)
         run = Run(path, self.shared)
         atomic_write_text(path / "recipe.yaml", recipe_text)
         atomic_write_json(path / "plan.json", plan)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -274,6 +276,19 @@ def test_follow_new_run_follows_the_folder_the_block_creates(tmp_path):
     text = out.getvalue()
     assert run.run_id in text and "gptq-w4-g128  done failed" in text
     assert "old-variant" not in text
+
+
+def test_follow_new_run_follows_this_process_run_not_one_another_process_starts_meanwhile(tmp_path):
+    store = RunStore(tmp_path)
+    make_other_run = "from quantmill.runstore import RunStore; import sys; RunStore(sys.argv[1]).create_run('demo', 'name: demo', {})"
+    out = io.StringIO()
+    with follow_new_run(store, "demo", Console(file=out, width=160), live=False, interval=0.01):
+        subprocess.run([sys.executable, "-c", make_other_run, str(tmp_path)], check=True)  # sorts first
+        run = store.create_run("demo", "name: demo\n", {})
+        run.write_record(record(run_id=run.run_id, **{"gptq-w4-g128": finished("failed", 0.4)}))
+    other = next(r for r in store.runs("demo") if r.path != run.path)
+    assert other.run_id < run.run_id
+    assert f"run {run.run_id}:" in out.getvalue() and other.run_id not in out.getvalue()
 
 
 def test_a_broken_progress_view_does_not_fail_the_run(tmp_path, monkeypatch):
