@@ -10,6 +10,7 @@ to no endpoint of its own, and names only repos that carry ``{variant}``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from quantmill.errors import RecipeProblem
@@ -154,8 +155,11 @@ def _check_paths(
     problems = []
     hint = "paths must lie in the recipe's folder or an operator data root (QUANTMILL_DATA_ROOTS)"
     for loc, named in _recipe_paths(recipe, variants, base_dir):
-        if not inside(_resolve(base_dir, named), roots):
+        resolved = _resolve(base_dir, named)
+        if not inside(resolved, roots):
             problems.append(doc.problem(loc, f"'{named}' resolves outside the recipe's folder and data roots", hint))
+        elif loc[:2] != ("evaluation", "include_paths"):  # task folders: their listing, below
+            problems += [doc.problem(loc, why, FOLDER_HINT) for why in _unsafe_entries(named, resolved, roots)]
     for index, _, listing in listings:
         for file in listing.files:
             if file.is_symlink() and not inside(_resolve(base_dir, str(file)), roots):
@@ -166,6 +170,49 @@ def _check_paths(
                         hint,
                     )
                 )
+    return problems
+
+
+#: entries walked in one named model, tokenizer or data folder (sharded checkpoints hold hundreds)
+MAX_FOLDER_ENTRIES = 10_000
+FOLDER_HINT = (
+    "a model or data folder may hold only regular files, and links to files in the recipe's folder "
+    "or an operator data root (QUANTMILL_DATA_ROOTS)"
+)
+
+
+def _unsafe_entries(named: str, resolved: Path, roots: list[Path]) -> list[str]:
+    """Why reading the file or folder ``named`` could read beyond the roots or hang.
+
+    A model folder inside the roots is read by the libraries file by file, links followed:
+    a committed ``chat_template.jinja -> /proc/self/environ`` would be read as the chat
+    template and saved into the artifact that gets published. So every link in it must
+    lead to a file inside the roots, and a FIFO or device (a read that never ends) is refused.
+    """
+    try:
+        if not resolved.is_dir():
+            return [] if not resolved.exists() or resolved.is_file() else [f"'{named}' is not a regular file"]
+    except OSError:
+        return []  # unreadable: the recipe checks and the loader say so
+    listing = list_folder(resolved, MAX_FOLDER_ENTRIES, sys.maxsize)
+    if listing.truncated:
+        return [f"'{named}' holds more than {MAX_FOLDER_ENTRIES} entries"]
+    problems = []
+    for entry in listing.files:
+        shown = entry.relative_to(resolved)
+        try:
+            if entry.is_symlink():
+                target = _resolve(resolved, str(entry))
+                if not inside(target, roots):
+                    problems.append(
+                        f"the link '{shown}' in '{named}' points outside the recipe's folder and data roots"
+                    )
+                elif not target.is_file():
+                    problems.append(f"the link '{shown}' in '{named}' leads to a folder or special file, not a file")
+            elif not entry.is_file():
+                problems.append(f"'{shown}' in '{named}' is not a regular file (a FIFO, socket or device)")
+        except OSError as exc:
+            problems.append(f"'{shown}' in '{named}' cannot be checked: {exc.strerror or exc}")
     return problems
 
 

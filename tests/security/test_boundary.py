@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import types
 from pathlib import Path
@@ -108,6 +109,26 @@ def test_include_paths_walk_is_capped(tmp_path, operator):
     operator(max_include_files=3)
     text = RECIPE.replace("metrics: [size]}", "metrics: [size], include_paths: [tasks]}")
     assert any("more than 3 files" in p for p in problems_of(text, tmp_path))
+
+
+def test_a_model_folder_may_link_only_to_files_in_the_roots_and_holds_no_special_files(tmp_path, operator):
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in Path(DEMO_MODEL).iterdir():
+        (model / file.name).symlink_to(file)  # links to files in a data root: a Hub cache snapshot looks like this
+    operator(policy="untrusted", data_roots=[str(Path(DEMO_MODEL).parent)])
+    text = RECIPE.replace(str(DEMO_MODEL), "model")
+    load_recipe_text(text, tmp_path)  # accepted
+
+    os.mkfifo(model / "special_tokens_map.json")  # a read that never ends
+    (model / "chat_template.jinja").symlink_to("/proc/self/environ")
+    (model / "extra").symlink_to(Path(DEMO_MODEL))  # a folder in the roots: not read file by file, so not allowed
+    problems = problems_of(text, tmp_path)
+    assert len(problems) == 3 and all(": model.id: " in p for p in problems), problems
+    said = "\n".join(problems)
+    assert "the link 'chat_template.jinja' in 'model' points outside the recipe's folder and data roots" in said
+    assert "the link 'extra' in 'model' leads to a folder or special file, not a file" in said
+    assert "'special_tokens_map.json' in 'model' is not a regular file (a FIFO, socket or device)" in said
 
 
 def test_operator_file_inside_the_recipes_folder_is_refused(tmp_path, operator, monkeypatch):

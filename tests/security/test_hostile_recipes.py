@@ -84,6 +84,11 @@ def world(tmp_path: Path) -> World:
     (recipes / "benign.yaml.txt").write_text(BENIGN)
     for recipe in [*recipes.glob("*.yaml"), recipes / "benign.yaml.txt"]:
         recipe.write_text(recipe.read_text().replace("@DEMO@", str(DEMO)))
+    leaky = recipes / "leaky-model"  # the demo model through links (allowed: a data root), and one link that is not
+    leaky.mkdir()
+    for file in (DEMO / "tiny-llama").iterdir():
+        (leaky / file.name).symlink_to(file)
+    (leaky / "chat_template.jinja").symlink_to("/proc/self/environ")
     operator = tmp_path / "operator" / "operator.yaml"
     operator.parent.mkdir()
     operator.write_text(
