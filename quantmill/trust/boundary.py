@@ -22,8 +22,10 @@ from quantmill.trust.capabilities import (
     FolderListing,
     Loc,
     list_folder,
+    may_be_hub_id,
     model_ships_code,
     requested_capabilities,
+    task_file_data_paths,
 )
 from quantmill.trust.operator import CAPABILITIES, OperatorSettings, get_operator, operator_file
 from quantmill.yamlio import LocatedDocument
@@ -162,14 +164,23 @@ def _check_paths(
             problems += [doc.problem(loc, why, FOLDER_HINT) for why in _unsafe_entries(named, resolved, roots)]
     for index, _, listing in listings:
         for file in listing.files:
+            loc = ("evaluation", "include_paths", index)
             if file.is_symlink() and not inside(_resolve(base_dir, str(file)), roots):
                 problems.append(
-                    doc.problem(
-                        ("evaluation", "include_paths", index),
-                        f"the link {file} points outside the recipe's folder and data roots",
-                        hint,
-                    )
+                    doc.problem(loc, f"the link {file} points outside the recipe's folder and data roots", hint)
                 )
+                continue
+            for data in task_file_data_paths(file):
+                # relative names resolve against the worker's working folder or the task's: both must stay inside
+                places = [_resolve(base, data) for base in (file.parent, Path.cwd())]
+                if may_be_hub_id(data):  # "json", "org/name": read from disk only where such a folder exists
+                    places = [place for place in places if place.exists()]
+                if not all(inside(place, roots) for place in places):
+                    problems.append(
+                        doc.problem(
+                            loc, f"{file.name} reads data at '{data}', outside the recipe's folder and data roots", hint
+                        )
+                    )
     return problems
 
 

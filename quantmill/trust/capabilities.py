@@ -15,6 +15,7 @@ so ``include_paths: ["/"]`` costs a bounded listing, never a walk of the filesys
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -142,7 +143,71 @@ def task_file_findings(file: Path, folder: Path) -> list[tuple[str, str]]:
     kwargs = data.get("dataset_kwargs") if isinstance(data, dict) else None
     if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):  # the data set's own loading code
         findings.append(("remote_code", f"{name}: dataset_kwargs.trust_remote_code"))
+    findings += [("task_code", f"{name}: metric_list: {why}") for why in _metrics_loaded_as_code(data)]
     return findings
+
+
+def _metrics_loaded_as_code(data: Any) -> list[str]:
+    """Metrics of a task that lm-eval would load as code: a name it has not registered goes to
+    HF ``evaluate.load(name)``, which imports a local script at that path (or a Hub Space's)."""
+    entries = data.get("metric_list") if isinstance(data, dict) else None
+    named = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    found = []
+    for entry in named:
+        metric = entry.get("metric")
+        if not isinstance(metric, str):
+            continue  # a tag (``!function``) is reported as one
+        if entry.get("hf_evaluate") is True:
+            found.append(f"{json.dumps(metric[:80])} with hf_evaluate: true loads HF evaluate code")
+        elif metric not in _registered_metrics():
+            found.append(
+                f"{json.dumps(metric[:80])} is not an lm-eval metric: lm-eval would load it as code (HF evaluate)"
+            )
+    return found
+
+
+@functools.cache
+def _registered_metrics() -> frozenset[str]:
+    import lm_eval.api.metrics  # noqa: F401 -- registers the built-in metrics
+    from lm_eval.api.registry import metric_registry
+
+    return frozenset(metric_registry.keys())
+
+
+def may_be_hub_id(name: str) -> bool:
+    """``name`` reads as a builder (``json``) or a Hub data set id (``org/name``), not as a path."""
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1
+
+
+#: task YAML fields naming files lm-eval's data loading reads (``dataset_path`` may be a local folder)
+_DATA_FIELDS = ("data_files", "data_dir")
+
+
+def task_file_data_paths(file: Path) -> list[str]:
+    """Files and folders a task YAML's data set may read from disk: ``dataset_kwargs.data_files`` /
+    ``data_dir`` (a name, a list, or a split → name(s) mapping) and ``dataset_path`` (a Hub id
+    unless it is written as a path or names an existing folder: :func:`may_be_hub_id`)."""
+    if file.suffix not in (".yaml", ".yml"):
+        return []
+    try:
+        data = yaml.load(file.read_text(), Loader=_TaggedLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    paths = []
+    dataset_path = data.get("dataset_path")
+    if isinstance(dataset_path, str) and "://" not in dataset_path:
+        paths.append(dataset_path)
+    kwargs = data.get("dataset_kwargs")
+    if not isinstance(kwargs, dict):
+        return paths
+    for field in _DATA_FIELDS:
+        value = kwargs.get(field)
+        values = value.values() if isinstance(value, dict) else [value]
+        for item in values:
+            paths += [v for v in (item if isinstance(item, list) else [item]) if isinstance(v, str) and "://" not in v]
+    return paths
 
 
 def model_ships_code(model_dir: Path | None) -> bool:

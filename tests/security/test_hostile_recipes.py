@@ -82,8 +82,9 @@ def world(tmp_path: Path) -> World:
     recipes = tmp_path / "checkout" / "recipes"
     shutil.copytree(HERE / "recipes", recipes, symlinks=True)
     (recipes / "benign.yaml.txt").write_text(BENIGN)
-    for recipe in [*recipes.glob("*.yaml"), recipes / "benign.yaml.txt"]:
-        recipe.write_text(recipe.read_text().replace("@DEMO@", str(DEMO)))
+    for recipe in [*recipes.rglob("*.yaml"), recipes / "benign.yaml.txt"]:  # task YAMLs name demo data too
+        if not recipe.is_symlink() and "@DEMO@" in (text := recipe.read_text()):  # never write through a link
+            recipe.write_text(text.replace("@DEMO@", str(DEMO)))
     leaky = recipes / "leaky-model"  # the demo model through links (allowed: a data root), and one link that is not
     leaky.mkdir()
     for file in (DEMO / "tiny-llama").iterdir():
