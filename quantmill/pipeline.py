@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from quantmill import __version__, cachekeys, progress, stages
+from quantmill.cacheentry import plain_json_entry
 from quantmill.calibration import CalibrationSet
 from quantmill.devices import CPU_LIMIT, GPU_LIMIT, Placement
 from quantmill.errors import QuantmillError, RecipeError
@@ -192,17 +193,7 @@ def cached_result(cache: Path, key: str) -> dict | None:
         record, result = _read_cache_entry(cache, key)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    plain_json = (record.get("serializer") or {}).get("type") == "json" and record.get("expiration") is None
-    return result if plain_json and isinstance(result, dict) and not _holds_an_encoded_object(result) else None
-
-
-def _holds_an_encoded_object(value: object) -> bool:
-    """Whether Prefect's JSON decoder would turn part of it into an object (``{"__class__": …}``)."""
-    if isinstance(value, dict):
-        return "__class__" in value or any(_holds_an_encoded_object(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_an_encoded_object(v) for v in value)
-    return False
+    return result if isinstance(result, dict) and plain_json_entry(record, result) else None
 
 
 def with_servable(evaluation: EvaluationResult | None, servable: EvaluationResult | None) -> EvaluationResult | None:

@@ -36,6 +36,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from quantmill.cacheentry import plain_json_entry, plain_name
 from quantmill.errors import RunStoreError
 from quantmill.leases import Lease, objects_for
 from quantmill.recipe.schema import SLUG
@@ -167,10 +168,11 @@ class SharedStore:
             elif RUN_ID.fullmatch(parts[0]) and parts[1:] in RECORD_FILES and _newer(info, local):
                 (records if parts[-1] == RESULTS_FILE else run_files).append((path, local, info))
         # results before the keys naming them; what a run ran before its record
-        self._download(cache_results + cache_keys + run_files + records, f"pull {recipe}")
+        self._download(cache_results + cache_keys + run_files + records, f"pull {recipe}", _placeable)
 
-    def _download(self, items: list[_Item], doing: str) -> None:
-        """Fetch these files into a scratch folder in one batch, then move each into place in order."""
+    def _download(self, items: list[_Item], doing: str, placeable: Callable[[Path, Path], bool] | None = None) -> None:
+        """Fetch these files into a scratch folder in one batch, then move each into place in order
+        (those ``placeable(mirror path, fetched file)`` accepts, when given)."""
         if not items:
             return
         self.mirror.mkdir(parents=True, exist_ok=True)
@@ -178,7 +180,10 @@ class SharedStore:
             temporary = [str(Path(scratch) / str(n)) for n in range(len(items))]
             with self._talking(doing):
                 self.fs.get([remote for remote, _, _ in items], temporary)
-            for (_, local, info), fetched in zip(items, temporary, strict=True):
+            for (remote, local, info), fetched in zip(items, temporary, strict=True):
+                if placeable is not None and not placeable(local, Path(fetched)):
+                    log.warning("not using %s from the shared store: not a cache entry quantmill writes", remote)
+                    continue
                 local.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(fetched, local)
                 stamp = _mtime(info)
@@ -310,6 +315,22 @@ class _TalkingLease(Lease):
     def acquire(self) -> None:
         with self.store._talking(f"lock {self.label}"):
             super().acquire()
+
+
+def _placeable(local: Path, fetched: Path) -> bool:
+    """A pulled step-cache key record is used only when it and the result it names (pulled just
+    before it, or already here) are plain JSON entries (:mod:`quantmill.cacheentry`): whoever can
+    write the bucket could otherwise make every worker that pulls the entry unpickle it."""
+    if local.parent.name != "keys" or local.parent.parent.name != ".cache":
+        return True  # results alone are never read: only through a key record
+    try:
+        record = json.loads(fetched.read_text())
+        storage_key = record["storage_key"] if isinstance(record, dict) else None
+        result_file = local.parent.parent / "results" / str(storage_key)
+        result = json.loads(result_file.read_text()) if plain_name(str(storage_key)) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return plain_json_entry(record, result)
 
 
 def _is_local(fs: Any) -> bool:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from quantmill.cacheentry import PLAIN_JSON_SERIALIZER
 from quantmill.evaluation.results import EvaluationResult, MetricValue
 from quantmill.gates import check_gates
 from quantmill.pipeline import cached_result, discard_unreadable_cache_entry, slot_policy, start_run
@@ -59,9 +60,11 @@ def test_only_a_plain_json_result_is_read_as_cached(tmp_path):
     """A replay reads what the flow would get back: a JSON result that Prefect's decoder returns as it is."""
     (tmp_path / "keys").mkdir()
     (tmp_path / "results").mkdir()
-    json_serializer = {"type": "json"}
+    json_serializer = PLAIN_JSON_SERIALIZER
+    own_decoder = {**PLAIN_JSON_SERIALIZER, "object_decoder": "os.system"}
     entries = {
         "plain": ({"serializer": json_serializer}, {"metrics": {"acc": {"value": 0.9}}}),
+        "own-decoder": ({"serializer": own_decoder}, {"metrics": {}}),
         "pickled": ({"serializer": {"type": "pickle"}}, {"metrics": {}}),
         "expiring": ({"serializer": json_serializer, "expiration": "2030-01-01T00:00:00Z"}, {"metrics": {}}),
         "an-object": ({"serializer": json_serializer}, {"when": [{"__class__": "datetime.datetime", "data": "x"}]}),
@@ -72,7 +75,7 @@ def test_only_a_plain_json_result_is_read_as_cached(tmp_path):
         (tmp_path / "keys" / key).write_text(json.dumps({"storage_key": f"r-{key}", **record}))
     (tmp_path / "keys" / "cut").write_text('{"storage_key": "r-cu')
     assert cached_result(tmp_path, "plain") == {"metrics": {"acc": {"value": 0.9}}}
-    for key in ("pickled", "expiring", "an-object", "not-a-dict", "cut", "absent"):
+    for key in ("own-decoder", "pickled", "expiring", "an-object", "not-a-dict", "cut", "absent"):
         assert cached_result(tmp_path, key) is None, key
 
 

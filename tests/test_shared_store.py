@@ -3,9 +3,12 @@ and two workers with separate local homes sharing one recipe's work through it."
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import logging
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from quantmill.cacheentry import PLAIN_JSON_SERIALIZER
 from quantmill.errors import QuantmillError, RunStoreError
 from quantmill.leases import Lease
 from quantmill.pipeline import latest_completed
@@ -97,12 +101,35 @@ def test_a_record_rewritten_later_is_pulled_again(url, tmp_path, monkeypatch):
     assert store_b.runs("r")[0].read_record().status == RunStatus.COMPLETED
 
 
-def cache_entry(cache: Path, key: str) -> None:
+def cache_entry(cache: Path, key: str, result: str = '{"metrics": {}}', **record) -> None:
     """A step-cache entry as Prefect writes it: the result, and the key record naming it."""
     (cache / "results").mkdir(parents=True, exist_ok=True)
     (cache / "keys").mkdir(parents=True, exist_ok=True)
-    (cache / "results" / key).write_text(json.dumps({"metrics": {}}))
-    (cache / "keys" / key).write_text(json.dumps({"storage_key": key, "serializer": {"type": "json"}}))
+    (cache / "results" / key).write_text(result)
+    record = {"storage_key": key, "expiration": None, "serializer": PLAIN_JSON_SERIALIZER} | record
+    (cache / "keys" / key).write_text(json.dumps(record))
+
+
+@pytest.mark.fast
+def test_a_pulled_cache_entry_that_is_not_plain_json_is_not_used(url, tmp_path, monkeypatch, caplog):
+    store_a = worker(url, tmp_path / "a", monkeypatch)  # or anyone else who can write the bucket
+    cache_a = store_a.recipe_dir("r") / ".cache"
+    payload = base64.b64encode(pickle.dumps(print)).decode()  # Prefect would unpickle it: code runs
+    cache_entry(cache_a, "plain")
+    cache_entry(cache_a, "pickled", json.dumps(payload), serializer={"type": "pickle", "picklelib": "pickle"})
+    cache_entry(cache_a, "decoded", json.dumps({"x": {"__class__": "os.system", "data": "id"}}))
+    cache_entry(cache_a, "elsewhere", storage_key="../../outside")
+    cache_entry(cache_a, "expiring", expiration="2026-12-31T00:00:00Z")
+    for key in ("plain", "pickled", "decoded", "elsewhere", "expiring"):
+        store_a.shared.push_files([cache_a / "results" / key, cache_a / "keys" / key])  # written as they are
+
+    store_b = worker(url, tmp_path / "b", monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="quantmill.sharedstore"):
+        store_b.pull("r")
+    keys_b = store_b.recipe_dir("r") / ".cache" / "keys"
+    assert sorted(p.name for p in keys_b.iterdir()) == ["plain"]
+    refused = sorted(r.getMessage().split("/.cache/keys/")[1].split(" ")[0] for r in caplog.records)
+    assert refused == ["decoded", "elsewhere", "expiring", "pickled"]
 
 
 @pytest.mark.fast
