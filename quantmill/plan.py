@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from quantmill.recipe.checks import render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 from quantmill.recipe.schema import MixedSpace
@@ -121,10 +120,14 @@ def expected_bytes(loaded: LoadedRecipe, variant: Variant) -> int | None:
 
 
 def publish_destination(loaded: LoadedRecipe, variant: Variant) -> str | None:
+    """Where the variant would be published: the repo the publisher writes (a GGUF type of a recipe
+    without ``repo_name`` goes to the grouped ``{model}-GGUF`` repo), as a reviewer should see it."""
+    from quantmill.publish.publisher import repo_id_for
+
     publish = loaded.recipe.publish
     if publish.target == "none":
         return None
-    repo = f"{publish.namespace}/{render_repo_name(publish.repo_name, loaded.recipe, variant, loaded.name)}"
+    repo = repo_id_for(loaded, variant)
     if publish.target == "local":
         return f"{loaded.resolve(publish.path)}/{repo}"
     return f"{(publish.endpoint or 'https://huggingface.co').rstrip('/')}/{repo}"

@@ -228,7 +228,7 @@ def _unsafe_entries(named: str, resolved: Path, roots: list[Path]) -> list[str]:
 
 
 def _check_publish(
-    recipe: Recipe, doc: LocatedDocument, base_dir: Path, operator: OperatorSettings
+    recipe: Recipe, variants: list[Variant], doc: LocatedDocument, base_dir: Path, operator: OperatorSettings
 ) -> list[RecipeProblem]:
     publish = recipe.publish
     untrusted = operator.policy == "untrusted"
@@ -261,6 +261,16 @@ def _check_publish(
                 ("publish", "namespace"),
                 f"namespace '{publish.namespace}' is not one the operator allows",
                 f"use one of {', '.join(operator.namespaces)}",
+            )
+        )
+    grouped_gguf = "repo_name" not in publish.model_fields_set and any(v.method == "gguf" for v in variants)
+    if untrusted and publish.target == "hub" and grouped_gguf:
+        problems.append(
+            doc.problem(
+                ("publish", "repo_name"),
+                "the GGUF variants would go to the grouped repo '{model}-GGUF', which every recipe of this model "
+                "writes, replacing its files of the same types",
+                "set publish.repo_name with {variant} (one repo per GGUF type), e.g. '{model}-{variant}'",
             )
         )
     if untrusted and "{variant}" not in publish.repo_name:
@@ -300,7 +310,7 @@ def check_recipe_trust(
     problems = _check_caps(recipe, variants, doc, operator)
     listings = _list_task_folders(recipe, doc, base_dir, operator, problems)
     requests = requested_capabilities(recipe, listings)
-    problems += _check_publish(recipe, doc, base_dir, operator)
+    problems += _check_publish(recipe, variants, doc, base_dir, operator)
     if untrusted:
         problems += _check_paths(recipe, variants, doc, base_dir, listings, _roots(base_dir, operator.data_roots))
         own_file = operator_file()

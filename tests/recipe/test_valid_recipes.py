@@ -82,6 +82,10 @@ def test_plan_json_round_trips(capsys):
     assert plan.to_dict() == data
     sizes = {v.id: v.expected_bytes for v in plan.variants}
     assert sizes["gptq-w4-g128"] < sizes["gptq-w8-g128"] < plan.baseline_bytes
+    # where the publisher writes: the demo sets no repo_name, so its GGUF types share one repo
+    destinations = {v.id: v.publish_to.rsplit("/", 2)[-2:] for v in plan.variants if v.publish_to}
+    assert destinations["gguf-q2_k"] == destinations["gguf-q8_0"] == ["quantmill-demo", "tiny-llama-GGUF"]
+    assert destinations["gptq-w4-g128"] == ["quantmill-demo", "tiny-llama-gptq-w4-g128"]
 
 
 def test_schema_accepts_shipped_recipes_and_rejects_unknown_keys(capsys):
