@@ -38,6 +38,11 @@ def iter_texts(ref: DatasetRef, base_dir: Path) -> Iterator[str]:
         return
     from datasets import load_dataset
 
+    if Path(str(ref.hub)).exists():  # datasets would read the folder of that name here, not the Hub's
+        raise QuantmillError(
+            f"data set '{ref.hub}' is also a local file or folder here ({Path.cwd()}); "
+            "name local data with 'path:', or run from another folder"
+        )
     try:
         dataset = load_dataset(ref.hub, ref.subset, split=ref.split, revision=ref.revision)
     except Exception as exc:  # datasets raises many types for offline/missing data sets

@@ -103,3 +103,13 @@ def test_a_file_past_the_operator_limit_is_refused_with_its_name(huge_jsonl, tmp
         textdata.load_texts(DatasetRef(path=str(path)), tmp_path)  # all of it: reads into the hole
     message = str(refused.value)
     assert str(path) in message and str(text_bytes + 1000) in message and "QUANTMILL_MAX_DATA_FILE_BYTES" in message
+
+
+def test_a_hub_data_set_named_like_a_local_folder_is_not_read_from_that_folder(tmp_path, monkeypatch):
+    (tmp_path / "org" / "notes").mkdir(parents=True)  # datasets would load this folder's files as the data set
+    (tmp_path / "org" / "notes" / "secret.txt").write_text("not for the model\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(QuantmillError, match="data set 'org/notes' is also a local file or folder here"):
+        textdata.load_texts(DatasetRef(hub="org/notes"), tmp_path, limit=1)
+    with pytest.raises(ValueError, match="'../org' is not a Hub data set id"):
+        DatasetRef(hub="../org")
