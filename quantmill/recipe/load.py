@@ -16,7 +16,7 @@ from quantmill.errors import RecipeError, RecipeProblem
 from quantmill.modelinfo import ModelShape
 from quantmill.recipe import checks
 from quantmill.recipe.errors import problems_from_validation
-from quantmill.recipe.matrix import Variant, expand_matrix, expand_rows, merge_gates
+from quantmill.recipe.matrix import Variant, expand_matrix, expand_rows, matrix_size, merge_gates
 from quantmill.recipe.schema import SLUG, GateRule, MixedRow, MixedSpace, Recipe
 from quantmill.trust.boundary import check_recipe_trust
 from quantmill.trust.capabilities import CapabilityRequest
@@ -138,10 +138,50 @@ def _search_candidates(
             rows.append((index, row))
             continue
         try:
-            mixed.append(MixedRow.model_validate(row).mixed)
+            entry = MixedRow.model_validate(row).mixed
         except ValidationError as exc:
             problems.extend(problems_from_validation(exc, doc, MixedRow, ("search", "space", index)))
+            continue
+        if entry in mixed:
+            problems.append(doc.problem(("search", "space", index), "this mixed entry repeats an earlier one"))
+        mixed.append(entry)
+    if not _search_within_limits(doc, [row for _, row in rows], mixed, problems):
+        return [], []
     return expand_rows(doc, ("search", "space"), rows, list(search_gates(recipe)), problems), mixed
+
+
+#: mixed entries in one search: each runs its own sensitivity scan of the whole model
+MAX_MIXED_ENTRIES = 8
+
+
+def _search_within_limits(
+    doc: LocatedDocument, rows: list[object], mixed: list[MixedSpace], problems: list[RecipeProblem]
+) -> bool:
+    """Whether the space's candidates (its rows' matrix, and up to ``steps`` per mixed entry) fit the operator's
+    ``max_variants``, counted before anything is expanded, and its mixed entries the scans one search may run."""
+    uniform, at_most_mixed = matrix_size(rows), sum(entry.steps for entry in mixed)
+    limit = get_operator().max_variants
+    if uniform + at_most_mixed > limit:
+        problems.append(
+            doc.problem(
+                ("search", "space"),
+                f"the search space makes up to {uniform + at_most_mixed} candidates ({uniform} from its rows, "
+                f"up to {at_most_mixed} mixed), more than the limit of {limit}",
+                "shorten the rows' lists or the mixed entries' steps (the operator sets QUANTMILL_MAX_VARIANTS)",
+            )
+        )
+        return False
+    if len(mixed) > MAX_MIXED_ENTRIES:
+        problems.append(
+            doc.problem(
+                ("search", "space"),
+                f"the search space has {len(mixed)} mixed entries; at most {MAX_MIXED_ENTRIES} "
+                "(each runs its own sensitivity scan of the whole model)",
+                "merge entries: one entry may list several levels",
+            )
+        )
+        return False
+    return True
 
 
 def search_gates(recipe: Recipe) -> tuple[GateRule, ...]:

@@ -135,6 +135,33 @@ CASES = [
         "mixed:",
     ),
     (
+        "mixed-entry-repeated",
+        broken("group_size: 64}}\n", "group_size: 64}}\n    - {mixed: {method: gptq, bits: [2, 4, 8], group_size: 64}}\n"),
+        "search.space[3]",
+        "this mixed entry repeats an earlier one",
+        None,
+    ),
+    (
+        "too-many-candidates",  # 6 from the rows, up to 4 per mixed entry: 6 + 63 × 4 > 256
+        broken(
+            "    - {mixed: {method: gptq, bits: [2, 4, 8], group_size: 64}}\n",
+            "".join(f"    - {{mixed: {{method: rtn, bits: [2, 8], group_size: {g}}}}}\n" for g in range(1, 64)),
+        ),
+        "search.space",
+        "makes up to 258 candidates (6 from its rows, up to 252 mixed), more than the limit of 256",
+        "space:",
+    ),
+    (
+        "too-many-mixed-entries",
+        broken(
+            "    - {mixed: {method: gptq, bits: [2, 4, 8], group_size: 64}}\n",
+            "".join(f"    - {{mixed: {{method: rtn, bits: [2, 8], group_size: {g}}}}}\n" for g in range(1, 10)),
+        ),
+        "search.space",
+        "has 9 mixed entries; at most 8",
+        "space:",
+    ),
+    (
         "zero-budget",
         broken("{full_evaluations: 3}", "{full_evaluations: 0}"),
         "search.budget.full_evaluations",
