@@ -87,7 +87,18 @@ def resolve_model(loaded: LoadedRecipe) -> ResolvedModel:
             if is_local_model(model.tokenizer, loaded.base_dir)
             else _download(model.tokenizer, None)
         )
+    _refuse_unallowed_model_code(loaded, [path, tokenizer])
     return ResolvedModel(model.id, path, revision, tokenizer)
+
+
+def _refuse_unallowed_model_code(loaded: LoadedRecipe, folders: list[Path]) -> None:
+    """Validation could check only folders already on disk: a Hub model is checked here, once downloaded."""
+    from quantmill.trust.boundary import model_code_refusal
+
+    refused = model_code_refusal(loaded.recipe, loaded.variants, folders)
+    if refused is not None:
+        problem, hint = refused
+        raise QuantmillError(f"{loaded.recipe.model.id}: {problem} ({hint})")
 
 
 def resolve_device(device: str) -> str:

@@ -11,6 +11,7 @@ to no endpoint of its own, and names only repos that carry ``{variant}``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from quantmill.errors import RecipeProblem
@@ -23,7 +24,7 @@ from quantmill.trust.capabilities import (
     Loc,
     list_folder,
     may_be_hub_id,
-    model_ships_code,
+    model_code_map,
     requested_capabilities,
     task_file_data_paths,
 )
@@ -170,10 +171,18 @@ def _check_paths(
                     doc.problem(loc, f"the link {file} points outside the recipe's folder and data roots", hint)
                 )
                 continue
-            for data in task_file_data_paths(file):
+            for data, maybe_hub in task_file_data_paths(file):
+                scheme, _, rest = data.rpartition("://")
+                if scheme.lower() in REMOTE_SCHEMES:
+                    continue  # fetched, not read from this machine's disk
+                if scheme and scheme.lower() != "file":  # zip://, tar://, memory://…: refused, not interpreted
+                    problems.append(
+                        doc.problem(loc, f"{file.name} reads data through '{scheme}://', which is not allowed", hint)
+                    )
+                    continue
                 # relative names resolve against the worker's working folder or the task's: both must stay inside
-                places = [_resolve(base, data) for base in (file.parent, Path.cwd())]
-                if may_be_hub_id(data):  # "json", "org/name": read from disk only where such a folder exists
+                places = [_resolve(base, rest) for base in (file.parent, Path.cwd())]
+                if maybe_hub and not scheme and may_be_hub_id(rest):  # "json", "org/name": a folder only if one exists
                     places = [place for place in places if place.exists()]
                 if not all(inside(place, roots) for place in places):
                     problems.append(
@@ -183,6 +192,9 @@ def _check_paths(
                     )
     return problems
 
+
+#: URL schemes a task's data may name: fetched over the network (``hf://`` from the Hub), never from this disk
+REMOTE_SCHEMES = ("http", "https", "hf")
 
 #: entries walked in one named model, tokenizer or data folder (sharded checkpoints hold hundreds)
 MAX_FOLDER_ENTRIES = 10_000
@@ -334,17 +346,29 @@ def check_recipe_trust(
                     f"grants: {{{recipe_name}: [{request.capability}]}}",
                 )
             )
+    model = recipe.model
+    folders = [find_model_dir(model.id, base_dir, model.revision)]
+    if model.tokenizer:
+        folders.append(find_model_dir(model.tokenizer, base_dir))
+    refused = model_code_refusal(recipe, variants, [f for f in folders if f is not None])
+    if refused is not None:
+        problems.append(doc.problem(("model", "id"), *refused))
+    return requests, problems
+
+
+def model_code_refusal(recipe: Recipe, variants: Sequence[Variant], folders: list[Path]) -> tuple[str, str] | None:
+    """Why making the recipe's variants from these model folders would run the model's own code that the
+    recipe did not allow (problem, hint); None when nothing would. Checked at validation for folders on disk,
+    and again on the resolved folders before any variant is made (a Hub model is on disk only then)."""
     running = ", ".join(sorted({v.method for v in variants if v.spec.runs_model_code}))
-    if (
-        running
-        and not recipe.model.trust_remote_code
-        and model_ships_code(find_model_dir(recipe.model.id, base_dir, recipe.model.revision))
-    ):
-        problems.append(
-            doc.problem(
-                ("model", "id"),
-                f"the model ships its own code (auto_map in config.json), which making {running} variants runs",
+    if not running or recipe.model.trust_remote_code:
+        return None
+    for folder in folders:
+        code_map = model_code_map(folder)
+        if code_map is not None:
+            return (
+                f"the model ships its own code (auto_map in {folder.name}/{code_map}), which making {running} "
+                "variants runs",
                 f"set model.trust_remote_code: true (capability remote_code) to allow it, or drop the {running} rows",
             )
-        )
-    return requests, problems
+    return None

@@ -150,8 +150,13 @@ def task_file_findings(file: Path, folder: Path) -> list[tuple[str, str]]:
 def _metrics_loaded_as_code(data: Any) -> list[str]:
     """Metrics of a task that lm-eval would load as code: a name it has not registered goes to
     HF ``evaluate.load(name)``, which imports a local script at that path (or a Hub Space's)."""
-    entries = data.get("metric_list") if isinstance(data, dict) else None
-    named = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    named = [
+        entry
+        for config in _mappings(data)  # a group's inline task configs are tasks too
+        if isinstance(entries := config.get("metric_list"), list)
+        for entry in entries
+        if isinstance(entry, dict)
+    ]
     found = []
     for entry in named:
         metric = entry.get("metric")
@@ -183,42 +188,60 @@ def may_be_hub_id(name: str) -> bool:
 _DATA_FIELDS = ("data_files", "data_dir")
 
 
-def task_file_data_paths(file: Path) -> list[str]:
-    """Files and folders a task YAML's data set may read from disk: ``dataset_kwargs.data_files`` /
-    ``data_dir`` (a name, a list, or a split → name(s) mapping) and ``dataset_path`` (a Hub id
-    unless it is written as a path or names an existing folder: :func:`may_be_hub_id`)."""
+def task_file_data_paths(file: Path) -> list[tuple[str, bool]]:
+    """Where a task YAML's data sets may read from, in every task config it holds: ``dataset_path``
+    (paired with True: it may be a builder or a Hub id, :func:`may_be_hub_id`) and
+    ``dataset_kwargs.data_files`` / ``data_dir`` (a name or glob, a list, or a split → name(s) mapping;
+    paired with False: always a path or URL)."""
     if file.suffix not in (".yaml", ".yml"):
         return []
     try:
         data = yaml.load(file.read_text(), Loader=_TaggedLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
-    if not isinstance(data, dict):
-        return []
-    paths = []
-    dataset_path = data.get("dataset_path")
-    if isinstance(dataset_path, str) and "://" not in dataset_path:
-        paths.append(dataset_path)
-    kwargs = data.get("dataset_kwargs")
-    if not isinstance(kwargs, dict):
-        return paths
-    for field in _DATA_FIELDS:
-        value = kwargs.get(field)
-        values = value.values() if isinstance(value, dict) else [value]
-        for item in values:
-            paths += [v for v in (item if isinstance(item, list) else [item]) if isinstance(v, str) and "://" not in v]
+    paths: list[tuple[str, bool]] = []
+    for config in _mappings(data):  # a group's inline task configs are tasks too
+        dataset_path = config.get("dataset_path")
+        if isinstance(dataset_path, str):
+            paths.append((dataset_path, True))
+        kwargs = config.get("dataset_kwargs")
+        if not isinstance(kwargs, dict):
+            continue
+        for field in _DATA_FIELDS:
+            value = kwargs.get(field)
+            for item in value.values() if isinstance(value, dict) else [value]:
+                paths += [(v, False) for v in (item if isinstance(item, list) else [item]) if isinstance(v, str)]
     return paths
 
 
-def model_ships_code(model_dir: Path | None) -> bool:
-    """The model's ``config.json`` maps classes to its own Python files (``auto_map``)."""
+def _mappings(data: Any) -> Iterator[dict]:
+    """Every mapping in a nested YAML structure, ``data`` itself first."""
+    if isinstance(data, dict):
+        yield data
+        for value in data.values():
+            yield from _mappings(value)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _mappings(item)
+
+
+#: files in which a model maps classes to Python files of its own (``auto_map``): transformers imports
+#: them when ``trust_remote_code`` is on, as llama.cpp's converter sets it for several families
+CODE_MAPS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def model_code_map(model_dir: Path | None) -> str | None:
+    """The first file in ``model_dir`` that maps classes to the model's own code (``auto_map``), or None."""
     if model_dir is None:
-        return False
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and bool(config.get("auto_map"))
+        return None
+    for name in CODE_MAPS:
+        try:
+            config = json.loads((model_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("auto_map"):
+            return name
+    return None
 
 
 def requested_capabilities(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -129,6 +130,44 @@ def test_a_model_folder_may_link_only_to_files_in_the_roots_and_holds_no_special
     assert "the link 'chat_template.jinja' in 'model' points outside the recipe's folder and data roots" in said
     assert "the link 'extra' in 'model' leads to a folder or special file, not a file" in said
     assert "'special_tokens_map.json' in 'model' is not a regular file (a FIFO, socket or device)" in said
+
+
+def test_model_code_that_appears_after_validation_is_refused_before_any_variant_is_made(tmp_path):
+    from quantmill.errors import QuantmillError
+    from quantmill.resolve import resolve_model
+
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    gguf = RECIPE.replace(str(DEMO_MODEL), "model").replace("{method: rtn, bits: 8}", "{method: gguf, types: [q8_0]}")
+    loaded = load_recipe_text(gguf, tmp_path)
+    # what a Hub model brings once downloaded (not on disk at validation): the tokenizer maps to its own code
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["evil_tokenizer.EvilTokenizer", None]}
+    (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(QuantmillError, match=r"auto_map in model/tokenizer_config.json\), which making gguf"):
+        resolve_model(loaded)
+
+
+def test_every_task_config_in_a_task_file_is_checked_for_code_and_data_outside_the_roots(tmp_path, operator):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    inline = [  # a group's inline task configs, at any depth
+        {"task": "a", "metric_list": [{"metric": "acc"}, {"metric": "/tmp/x/metric.py"}]},
+        {"task": "b", "dataset_path": "text", "dataset_kwargs": {"data_files": {"test": "file:///proc/self/environ"}}},
+        {"task": "c", "dataset_path": "json", "dataset_kwargs": {"data_files": ["*/notes.txt", "zip://a::x.zip"]}},
+        {"task": "d", "dataset_path": "org/hub-name", "dataset_kwargs": {"data_files": "https://example.org/x.jsonl"}},
+    ]
+    (tasks / "group.yaml").write_text(json.dumps({"group": "g", "task": inline}))  # JSON is YAML
+    operator(policy="untrusted", data_roots=[str(Path(DEMO_MODEL).parent)])
+    problems = problems_of(RECIPE.replace("metrics: [size]}", "metrics: [size], include_paths: [tasks]}"), tmp_path)
+    said = "\n".join(problems)
+    assert (
+        "needs capability 'task_code' (group.yaml: metric_list: \"/tmp/x/metric.py\" is not an lm-eval metric" in said
+    )
+    assert "group.yaml reads data at 'file:///proc/self/environ', outside the recipe's folder" in said
+    assert "group.yaml reads data at '*/notes.txt', outside" in said  # relative: from the worker's folder
+    assert "group.yaml reads data through 'zip://', which is not allowed" in said
+    assert len(problems) == 4, said  # acc is lm-eval's; a Hub id and an https URL are not read from this disk
 
 
 def test_operator_file_inside_the_recipes_folder_is_refused(tmp_path, operator, monkeypatch):
