@@ -128,8 +128,14 @@ class OperatorSettings(BaseSettings):
         return tuple(sources)
 
     def granted(self, recipe_name: str, recipe_path: Path | None) -> set[str]:
-        """Capabilities granted to a recipe, matched by name or by its resolved path."""
-        names = [recipe_name] + ([str(recipe_path.resolve())] if recipe_path else [])
+        """Capabilities granted to a recipe, matched by its resolved path, or by its name when its file
+        is named after it (``demo`` for ``…/demo.yaml``; or the recipe was given as text, not a file).
+
+        The name is a field in the file: any new file could claim ``name: demo``. Renaming a file onto
+        ``demo.yaml`` replaces that recipe, which a review sees.
+        """
+        name_is_the_files = recipe_path is None or recipe_path.stem == recipe_name
+        names = ([recipe_name] if name_is_the_files else []) + ([str(recipe_path.resolve())] if recipe_path else [])
         return {
             capability
             for pattern, capabilities in self.grants.items()

@@ -93,6 +93,17 @@ def test_capabilities_are_listed_and_granted_per_recipe(tmp_path, operator):
     operator(policy="untrusted", data_roots=[str(DEMO_MODEL.parent)], grants={"un*": ["task_code"]})
     assert load_recipe_text(text, tmp_path).capabilities
 
+    # by name: only the file named after the recipe; any other file could say "name: unit"
+    (tmp_path / "unit.yaml").write_text(text)
+    (tmp_path / "claims-the-name.yaml").write_text(text)
+    assert load_recipe(tmp_path / "unit.yaml").capabilities
+    with pytest.raises(RecipeError, match="needs capability 'task_code'.*grants it to recipe 'unit'"):
+        load_recipe(tmp_path / "claims-the-name.yaml")
+    operator(
+        policy="untrusted", data_roots=[str(DEMO_MODEL.parent)], grants={str(tmp_path / "claims-*"): ["task_code"]}
+    )
+    assert load_recipe(tmp_path / "claims-the-name.yaml").capabilities  # by path: that file
+
 
 def test_plain_field_access_is_not_task_code():
     from quantmill.trust.capabilities import is_plain_jinja
