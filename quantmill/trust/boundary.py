@@ -58,7 +58,7 @@ def _roots(base_dir: Path, extra: list[Path]) -> list[Path]:
 
 def _recipe_paths(recipe: Recipe, variants: list[Variant], base_dir: Path) -> list[tuple[Loc, str]]:
     """Every local path a recipe names, with its location (model, tokenizer, data files, task folders)."""
-    from quantmill.recipe.checks import is_local_model
+    from quantmill.recipe.checks import is_local_model, variant_rows
 
     named: list[tuple[Loc, str]] = []
     if is_local_model(recipe.model.id, base_dir):
@@ -71,7 +71,7 @@ def _recipe_paths(recipe: Recipe, variants: list[Variant], base_dir: Path) -> li
     for variant in variants:
         training = getattr(variant.params, "training", None)
         if training is not None:
-            datasets.append((("variants", "methods", variant.row, "training", "dataset"), training.dataset))
+            datasets.append(((*variant_rows(recipe), variant.row, "training", "dataset"), training.dataset))
     for loc, ref in datasets:
         path = getattr(ref, "path", None)
         if path is not None:
@@ -83,6 +83,8 @@ def _recipe_paths(recipe: Recipe, variants: list[Variant], base_dir: Path) -> li
 def _check_caps(
     recipe: Recipe, variants: list[Variant], doc: LocatedDocument, operator: OperatorSettings
 ) -> list[RecipeProblem]:
+    from quantmill.recipe.checks import variant_rows  # checks imports the trust package
+
     problems = []
     hint = "the operator sets this limit (QUANTMILL_{}); ask them, or make the recipe smaller"
     calibration = recipe.calibration
@@ -109,7 +111,7 @@ def _check_caps(
         if tokens > operator.max_training_tokens:
             problems.append(
                 doc.problem(
-                    ("variants", "methods", variant.row, "training"),
+                    (*variant_rows(recipe), variant.row, "training"),
                     f"variant '{variant.id}' trains on {tokens} tokens (steps × batch_size × seq_len × "
                     f"gradient_accumulation), over the limit of {operator.max_training_tokens}",
                     hint.format("MAX_TRAINING_TOKENS"),

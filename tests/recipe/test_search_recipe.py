@@ -162,6 +162,16 @@ CASES = [
         "space:",
     ),
     (
+        "qat-row-over-the-training-cap",
+        broken(
+            "    - {method: gguf, types: [q4_k_m, q8_0]}\n",
+            "    - {method: gguf, types: [q4_k_m, q8_0]}\n    - {method: qat, bits: 4, training: {steps: 1000000}}\n",
+        ),
+        "search.space[2].training",
+        "over the limit of",
+        "method: qat",
+    ),
+    (
         "zero-budget",
         broken("{full_evaluations: 3}", "{full_evaluations: 0}"),
         "search.budget.full_evaluations",
