@@ -6,8 +6,6 @@ import re
 import string
 from pathlib import Path
 
-import yaml
-
 from quantmill.dataref import DatasetRef
 from quantmill.errors import RecipeProblem
 from quantmill.metrics import BUILTIN_METRICS, RULES_FOR_DIRECTION, Direction, metric_direction, split_task_metric
@@ -15,7 +13,7 @@ from quantmill.modelinfo import ModelShape, find_model_dir, read_model_shape
 from quantmill.recipe.matrix import Variant
 from quantmill.recipe.schema import GateRule, Recipe
 from quantmill.registry import did_you_mean
-from quantmill.trust.capabilities import list_folder
+from quantmill.trust.capabilities import TaskFileTooLarge, list_folder, read_task_yaml
 from quantmill.trust.operator import get_operator
 from quantmill.yamlio import LocatedDocument
 
@@ -58,13 +56,6 @@ def hub_name_problem(name: str) -> str | None:
     return None
 
 
-class _TaskYamlLoader(yaml.SafeLoader):
-    """Reads lm-eval task YAMLs; their ``!function`` tags are skipped, never run."""
-
-
-_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
 def local_task_metrics(include_paths: list[Path]) -> dict[str, dict[str, Direction]]:
     """Task name → metric → direction for every lm-eval task YAML under ``include_paths``.
 
@@ -82,9 +73,9 @@ def local_task_metrics(include_paths: list[Path]) -> dict[str, dict[str, Directi
             if file.suffix != ".yaml":
                 continue
             try:
-                config = yaml.load(file.read_text(), Loader=_TaskYamlLoader)
-            except (OSError, yaml.YAMLError):
-                continue
+                config = read_task_yaml(file)
+            except TaskFileTooLarge:
+                continue  # reported by the trust check
             if not isinstance(config, dict) or not isinstance(config.get("task"), str):
                 continue
             metrics = dict(_DEFAULT_TASK_METRICS.get(config.get("output_type", "generate_until"), {}))

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from quantmill.recipe.schema import Recipe
+from quantmill.yamlio import MAX_DEPTH, MAX_NODES
 
 Loc = tuple[str | int, ...]
 
@@ -100,6 +101,39 @@ _TaggedLoader.add_multi_constructor(
 )
 
 
+class TaskFileTooLarge(Exception):
+    """A task YAML whose aliases expand past the recipe loader's limits (lm-eval would hang or crash on it too)."""
+
+
+def read_task_yaml(file: Path) -> Any:
+    """A task YAML's data (tags such as ``!function`` kept as :class:`_Tagged`, never run); None when it is
+    unreadable. Aliases are counted on the composed node graph before anything is built: a 1 KB file of
+    nested aliases expands to billions of values, and an alias inside itself never ends.
+
+    Raises:
+        TaskFileTooLarge: past ``yamlio.MAX_NODES`` values or ``yamlio.MAX_DEPTH`` levels.
+    """
+    try:
+        text = file.read_text()
+        root = yaml.compose(text, Loader=_TaggedLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    stack, seen = [(root, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES or depth > MAX_DEPTH:
+            raise TaskFileTooLarge(f"expands to more than {MAX_NODES} values or {MAX_DEPTH} levels (YAML aliases)")
+        if isinstance(node, yaml.MappingNode):
+            stack += [(part, depth + 1) for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, depth + 1) for item in node.value]
+    try:
+        return yaml.load(text, Loader=_TaggedLoader)
+    except yaml.YAMLError:
+        return None
+
+
 def _values(data: Any, key: str = "") -> Iterator[tuple[str, Any]]:
     """Every (key, value) pair in a nested YAML structure, depth first."""
     if isinstance(data, dict):
@@ -127,9 +161,9 @@ def task_file_findings(file: Path, folder: Path) -> list[tuple[str, str]]:
     if file.suffix not in (".yaml", ".yml"):
         return []
     try:
-        data = yaml.load(file.read_text(), Loader=_TaggedLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
+        data = read_task_yaml(file)
+    except TaskFileTooLarge as too_large:
+        return [("task_code", f"{name}: {too_large}: cannot be checked")]
     findings = []
     for key, value in _values(data):
         if isinstance(value, _Tagged):
@@ -196,9 +230,9 @@ def task_file_data_paths(file: Path) -> list[tuple[str, bool]]:
     if file.suffix not in (".yaml", ".yml"):
         return []
     try:
-        data = yaml.load(file.read_text(), Loader=_TaggedLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
+        data = read_task_yaml(file)
+    except TaskFileTooLarge:
+        return []  # task_code, reported by task_file_findings
     paths: list[tuple[str, bool]] = []
     for config in _mappings(data):  # a group's inline task configs are tasks too
         dataset_path = config.get("dataset_path")
