@@ -10,6 +10,7 @@ to no endpoint of its own, and names only repos that carry ``{variant}``.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -236,9 +237,25 @@ def _unsafe_entries(named: str, resolved: Path, roots: list[Path]) -> list[str]:
                     problems.append(f"the link '{shown}' in '{named}' leads to a folder or special file, not a file")
             elif not entry.is_file():
                 problems.append(f"'{shown}' in '{named}' is not a regular file (a FIFO, socket or device)")
+            elif entry.name.endswith(".index.json"):
+                problems += [f"'{shown}' in '{named}' {why}" for why in _shards_elsewhere(entry)]
         except OSError as exc:
             problems.append(f"'{shown}' in '{named}' cannot be checked: {exc.strerror or exc}")
     return problems
+
+
+def _shards_elsewhere(index: Path) -> list[str]:
+    """A sharded checkpoint's index names its shards by file name; transformers (and llama.cpp's converter)
+    join each to the folder as written, so ``../../other-model/x.safetensors`` loads weights from elsewhere."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+    except (ValueError, AttributeError, TypeError):
+        return ["is not a readable shard index"]
+    foreign = sorted(str(s) for s in shards if not isinstance(s, str) or Path(s).name != s or s in ("", ".", ".."))
+    missing = sorted(s for s in shards - set(foreign) if not (index.parent / s).is_file())
+    problems = [f"names shards outside its folder: {', '.join(foreign[:3])}"] if foreign else []
+    return problems + ([f"names shards that are not in its folder: {', '.join(missing[:3])}"] if missing else [])
 
 
 def _check_publish(

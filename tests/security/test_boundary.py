@@ -135,12 +135,15 @@ def test_a_model_folder_may_link_only_to_files_in_the_roots_and_holds_no_special
     os.mkfifo(model / "special_tokens_map.json")  # a read that never ends
     (model / "chat_template.jinja").symlink_to("/proc/self/environ")
     (model / "extra").symlink_to(Path(DEMO_MODEL))  # a folder in the roots: not read file by file, so not allowed
+    index = {"weight_map": {"lm_head.weight": "../../private/model.safetensors", "x": "model.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))  # transformers loads what it names
     problems = problems_of(text, tmp_path)
-    assert len(problems) == 3 and all(": model.id: " in p for p in problems), problems
+    assert len(problems) == 4 and all(": model.id: " in p for p in problems), problems
     said = "\n".join(problems)
     assert "the link 'chat_template.jinja' in 'model' points outside the recipe's folder and data roots" in said
     assert "the link 'extra' in 'model' leads to a folder or special file, not a file" in said
     assert "'special_tokens_map.json' in 'model' is not a regular file (a FIFO, socket or device)" in said
+    assert "'model.safetensors.index.json' in 'model' names shards outside its folder: ../../private/model" in said
 
 
 def test_model_code_that_appears_after_validation_is_refused_before_any_variant_is_made(tmp_path):
