@@ -267,7 +267,15 @@ def publish_group(
         with tempfile.TemporaryDirectory(prefix=".publish-split-", dir=_staging_parent(files)) as staging:
             uploads = {n: p for f, p in files.items() for n, p in _uploads(f, p, layout.get(f, [f]), Path(staging))}
             commit = commit_unless_present(
-                target, repo_id, uploads, text, print_, message, loaded.recipe.publish, keep=sorted(keep - names)
+                target,
+                repo_id,
+                uploads,
+                text,
+                print_,
+                message,
+                loaded.recipe.publish,
+                loaded.name,
+                keep=sorted(keep - names),
             )
     if commit is None:
         commit = _commit_of_run(target, repo_id, record.run_id)

@@ -28,7 +28,7 @@ from quantmill.recipe.schema import Publish
 from quantmill.record import PublishOutcome, PublishStatus, VariantRecord, VariantStatus
 from quantmill.runstore import COMPLETE_MARKER, exclusive_lock
 from quantmill.settings import get_settings
-from quantmill.trust.operator import hub_endpoint
+from quantmill.trust.operator import get_operator, hub_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,28 @@ def holds(target: Target, repo_id: str, print_: str, names: Iterable[str]) -> bo
     )
 
 
+def refuse_unless_owned(target: Target, repo_id: str, recipe: str) -> None:
+    """Under the untrusted policy, refuse to commit to a repo that another recipe (or anyone but quantmill)
+    made: a recipe names its repo (``{variant}`` alone does not stop ``Llama-3.1-8B-Instruct-{variant}``),
+    and the zoo's production repos must not be replaced by whatever model a pull request brings.
+
+    Raises:
+        PublishError: the repo exists and its card does not name ``recipe`` as its publisher.
+    """
+    if get_operator().policy != "untrusted":
+        return
+    card = target.read_card(repo_id)
+    if card is None and not target.files(repo_id):
+        return  # a new repo
+    publisher = (front_matter(card or "").get("quantmill") or {}).get("recipe")
+    if publisher != recipe:
+        made_by = f"recipe '{publisher}'" if publisher else "someone other than quantmill"
+        raise PublishError(
+            f"{target.url(repo_id)} was published by {made_by}, not by recipe '{recipe}': under the untrusted "
+            "policy a recipe writes only repos it made (choose another repo_name, or have the operator publish it)"
+        )
+
+
 def commit_unless_present(
     target: Target,
     repo_id: str,
@@ -137,18 +159,21 @@ def commit_unless_present(
     print_: str,
     message: str,
     publish: Publish,
+    recipe: str,
     keep: Iterable[str] = (),
 ) -> str | None:
     """Commit ``files`` and the card (keeping ``keep`` as they are) as one commit; the commit id, or None
     when the target already holds exactly this: a card with fingerprint ``print_`` and no other file.
 
     Check and commit happen under one lock, so two runs on this machine publishing the same
-    content at once make one commit between them.
+    content at once make one commit between them. Under the untrusted policy ``recipe`` writes
+    only a new repo or one whose card says that recipe published it (:func:`refuse_unless_owned`).
     """
     lock_name = hashlib.sha256(target.url(repo_id).encode()).hexdigest()[:24]
     with exclusive_lock(get_settings().cache_dir / "publish-locks" / f"{lock_name}.lock"):
         if holds(target, repo_id, print_, [*files, *keep]):
             return None
+        refuse_unless_owned(target, repo_id, recipe)
         return target.commit(
             repo_id,
             {**files, CARD: card_text.encode()},
@@ -206,7 +231,7 @@ def publish_variant(
     message = f"quantmill: {variant.id} from recipe {loaded.name} (run {run_id})" + (
         " [forced]" if inputs.forced else ""
     )
-    commit = commit_unless_present(target, repo_id, files, text, print_, message, publish)
+    commit = commit_unless_present(target, repo_id, files, text, print_, message, publish, loaded.name)
     if commit is None:
         log.info("%s: %s already has this exact content; no commit", variant.id, repo_id)
         return PublishOutcome(

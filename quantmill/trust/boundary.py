@@ -11,6 +11,7 @@ to no endpoint of its own, and names only repos that carry ``{variant}``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -244,6 +245,34 @@ def _unsafe_entries(named: str, resolved: Path, roots: list[Path]) -> list[str]:
     return problems
 
 
+_NAME_LINE = re.compile(r"^name:\s*[\"']?([a-z0-9][a-z0-9._-]*)", re.MULTILINE)
+
+
+def _name_taken(recipe_path: Path, recipe_name: str) -> list[tuple[str, str]]:
+    """(problem, hint) when another recipe file in the same folder has this recipe's name.
+
+    A recipe's name picks its runs, its name grants and the repos it may write (a repo's card names the
+    recipe that made it): a new file claiming ``name: <a nightly recipe>`` would take them over.
+    """
+    for other in sorted(recipe_path.parent.glob("*.y*ml")):
+        try:
+            if other.suffix not in (".yaml", ".yml") or other.resolve() == recipe_path.resolve():
+                continue
+            text = other.read_text(errors="replace")[:65_536]
+        except OSError:
+            continue
+        found = _NAME_LINE.search(text)
+        if (found.group(1) if found else other.stem) == recipe_name:
+            return [
+                (
+                    f"recipe name '{recipe_name}' is also the name of {other.name}: a name picks runs, grants "
+                    "and the repos a recipe may write",
+                    "give each recipe its own name",
+                )
+            ]
+    return []
+
+
 def _shards_elsewhere(index: Path) -> list[str]:
     """A sharded checkpoint's index names its shards by file name; transformers (and llama.cpp's converter)
     join each to the folder as written, so ``../../other-model/x.safetensors`` loads weights from elsewhere."""
@@ -344,6 +373,8 @@ def check_recipe_trust(
     problems += _check_publish(recipe, variants, doc, base_dir, operator)
     if untrusted:
         problems += _check_paths(recipe, variants, doc, base_dir, listings, _roots(base_dir, operator.data_roots))
+        if recipe_path is not None:
+            problems += [doc.problem(("name",), *why) for why in _name_taken(recipe_path, recipe_name)]
         own_file = operator_file()
         if own_file is not None and inside(own_file, [base_dir.resolve()]):
             problems.append(

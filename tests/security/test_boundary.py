@@ -95,14 +95,19 @@ def test_capabilities_are_listed_and_granted_per_recipe(tmp_path, operator):
 
     # by name: only the file named after the recipe; any other file could say "name: unit"
     (tmp_path / "unit.yaml").write_text(text)
-    (tmp_path / "claims-the-name.yaml").write_text(text)
+    (tmp_path / "pr").mkdir()
+    claim = tmp_path / "pr" / "claims-the-name.yaml"
+    claim.write_text(text)
     assert load_recipe(tmp_path / "unit.yaml").capabilities
     with pytest.raises(RecipeError, match="needs capability 'task_code'.*grants it to recipe 'unit'"):
-        load_recipe(tmp_path / "claims-the-name.yaml")
-    operator(
-        policy="untrusted", data_roots=[str(DEMO_MODEL.parent)], grants={str(tmp_path / "claims-*"): ["task_code"]}
-    )
-    assert load_recipe(tmp_path / "claims-the-name.yaml").capabilities  # by path: that file
+        load_recipe(claim)
+    by_path = {str(tmp_path / "pr" / "*"): ["task_code"]}
+    operator(policy="untrusted", data_roots=[str(DEMO_MODEL.parent)], grants=by_path)
+    assert load_recipe(claim).capabilities  # by path: that file
+    # beside the recipe it names, a second file of that name is refused (names pick runs and repos too)
+    (tmp_path / "claims-too.yaml").write_text(text)
+    with pytest.raises(RecipeError, match="recipe name 'unit' is also the name of unit.yaml"):
+        load_recipe(tmp_path / "claims-too.yaml")
 
 
 def test_plain_field_access_is_not_task_code():
@@ -330,6 +335,33 @@ def test_local_zoo_never_writes_through_a_committed_link(tmp_path):
     (collections / "c.tmp").symlink_to(precious)
     LocalZoo(tmp_path / "zoo").add_to_collection("org", "c", "org/model", "note")
     assert precious.read_text() == "keep me"
+
+
+def test_an_untrusted_recipe_writes_only_repos_its_own_cards_name(tmp_path, operator):
+    from quantmill.publish.publisher import commit_unless_present
+    from quantmill.publish.targets import LocalZoo
+    from quantmill.recipe.schema import Publish
+
+    zoo = LocalZoo(tmp_path / "zoo")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+
+    def publish(recipe: str, repo: str, card_recipe: str) -> str | None:
+        print_ = f"{recipe}-{weights.read_bytes().hex()}"  # what the commit would hold
+        card = f"---\nquantmill:\n  recipe: {card_recipe}\n  fingerprint: {print_}\n---\ncard {recipe}\n"
+        files = {"model.safetensors": weights}
+        return commit_unless_present(zoo, repo, files, card, print_, "m", Publish(), recipe)
+
+    assert publish("nightly", "org/Llama-gguf-q4_k_m", "nightly")  # the zoo's production repo (trusted)
+    operator(policy="untrusted")
+    with pytest.raises(PublishError, match="was published by recipe 'nightly', not by recipe 'pull-request'"):
+        publish("pull-request", "org/Llama-gguf-q4_k_m", "pull-request")
+    assert "card nightly" in zoo.read_card("org/Llama-gguf-q4_k_m")
+    assert publish("pull-request", "org/tiny-gguf-q4_k_m", "pull-request")  # a new repo: its own from now on
+    assert publish("pull-request", "org/tiny-gguf-q4_k_m", "pull-request") is None  # unchanged: no commit
+    weights.write_bytes(b"weights, retrained")
+    assert publish("pull-request", "org/tiny-gguf-q4_k_m", "pull-request")  # its own repo, updated
+    assert publish("nightly", "org/Llama-gguf-q4_k_m", "nightly")  # and the owner still can
 
 
 # --- review: validate, plan, diff ----------------------------------------------------------------
