@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from quantmill.errors import RunStoreError
-from quantmill.leases import Lease, objects_for
+from quantmill.leases import Lease, is_local, objects_for
 from quantmill.recipe.schema import SLUG
 from quantmill.runstore import COMPLETE_MARKER, RUN_ID  # runstore imports this module only when a store opens
 from quantmill.settings import get_settings
@@ -85,7 +85,7 @@ class SharedStore:
 
             with self._talking("open"):
                 self._fs, self._root = url_to_fs(self.url, **self.options)
-                if _is_local(self._fs):
+                if is_local(self._fs):
                     self._fs.auto_mkdir = True  # object stores have no folders to make first
         return self._fs
 
@@ -196,7 +196,7 @@ class SharedStore:
     def _put(self, local: Path, remote: str | None = None) -> None:
         remote = remote or self.remote(local)
         with self._talking(f"write {remote}"):
-            if _is_local(self.fs):  # write beside, then rename: readers see the old file or the new one
+            if is_local(self.fs):  # write beside, then rename: readers see the old file or the new one
                 scratch = f"{remote}.{uuid.uuid4().hex[:8]}.tmp"
                 self.fs.put_file(str(local), scratch)
                 self.fs.mv(scratch, remote)
@@ -310,11 +310,6 @@ class _TalkingLease(Lease):
     def acquire(self) -> None:
         with self.store._talking(f"lock {self.label}"):
             super().acquire()
-
-
-def _is_local(fs: Any) -> bool:
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return bool(protocols & {"file", "local"})
 
 
 def _mtime(info: dict) -> float | None:
