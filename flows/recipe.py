@@ -31,14 +31,7 @@ from quantmill import progress
 from quantmill.devices import CPU_LIMIT, GPU_LIMIT, limit_name, this_process_gpu_ids, worker_gpu_env
 from quantmill.errors import QuantmillError
 from quantmill.flows.search import search_and_publish
-from quantmill.flows.variant_steps import (
-    RunSteps,
-    error_of,
-    evaluation_of,
-    publish_variants,
-    record_variant,
-    was_cached,
-)
+from quantmill.flows.variant_steps import RunSteps, publish_variants, record_baseline, record_variant
 from quantmill.notify import notify_error, notify_run
 from quantmill.outcome import Outcome, run_outcome
 from quantmill.pipeline import RecipeRun, slot_policy, start_run, step_keys
@@ -130,9 +123,7 @@ def quantize_evaluate_publish(
             slot = slots.for_step(needs_gpu=variant.spec.uses_gpu, run_placement=run_placement)
             quantized = steps.quantize(variant, slot)
             evaluations.append((variant, quantized, steps.evaluate(variant, quantized, slot), slot))
-        run.record_baseline(evaluation_of(baseline), error_of(baseline), was_cached(baseline))
-        status = "failed" if run.baseline_failed else "passed"
-        progress.emit(run_path, progress.BASELINE, "done", status=status, cached=was_cached(baseline))
+        record_baseline(run, baseline)
         branches = {}
         for variant, quantized, evaluated, slot in evaluations:
             # the check compares with the baseline's greedy tokens; a failed baseline fails every variant anyway

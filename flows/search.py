@@ -23,14 +23,7 @@ from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
 
 from quantmill import cachekeys, progress
-from quantmill.flows.variant_steps import (
-    RunSteps,
-    error_of,
-    evaluation_of,
-    publish_variants,
-    record_variant,
-    was_cached,
-)
+from quantmill.flows.variant_steps import RunSteps, error_of, publish_variants, record_baseline, record_variant
 from quantmill.pipeline import Publication, RecipeRun, StepSlot, step_keys
 from quantmill.plan import describe_gate, expected_bytes, variant_setting
 from quantmill.quantize import read_artifact
@@ -84,9 +77,7 @@ def search_variants(steps: RunSteps) -> None:
     run = steps.run
     with hold_slot(steps.slots.run) as run_placement:
         heavy = steps.slots.for_step(needs_gpu=True, run_placement=run_placement)
-        baseline = steps.baseline(heavy)
-        run.record_baseline(evaluation_of(baseline), error_of(baseline), was_cached(baseline))
-        progress.emit(steps.run_path, progress.BASELINE, "done", status="failed" if run.baseline_failed else "passed")
+        record_baseline(run, steps.baseline(heavy))
         if run.loaded.mixed_spaces:
             _with_mixed_candidates(run, heavy)
             keys = step_keys(run.loaded, run.variants, steps.resolved, steps.calibration, steps.device)

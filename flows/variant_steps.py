@@ -110,6 +110,13 @@ class RunSteps:
         )
 
 
+def record_baseline(run: RecipeRun, baseline: PrefectFuture) -> None:
+    """Record the baseline step's outcome and report it done (a failed baseline fails every variant)."""
+    run.record_baseline(evaluation_of(baseline), error_of(baseline), was_cached(baseline))
+    status = "failed" if run.baseline_failed else "passed"
+    progress.emit(run.path.resolve(), progress.BASELINE, "done", status=status, cached=was_cached(baseline))
+
+
 def record_variant(
     run: RecipeRun, variant: Variant, quantized: PrefectFuture, evaluated: PrefectFuture, checked: PrefectFuture | None
 ) -> None:
