@@ -118,3 +118,17 @@ def test_every_tensor_type_a_recipe_may_name_is_a_level_with_its_blocks_probe():
     levels = levels_for({"method": "gguf", "types": list(TENSOR_TYPES)})
     assert sorted(level.value for level in levels) == sorted(TENSOR_TYPES)
     assert {name: type_probe(name) for name in GGML_PROBES} == GGML_PROBES
+
+
+def test_a_mixed_variants_setting_says_it_is_mixed_and_a_uniform_ones_does_not():
+    """The label the console, the report and the card show (``plan.variant_setting``)."""
+    from quantmill.plan import variant_setting
+    from quantmill.registry import get_method
+
+    gguf = get_method("gguf")
+    mixed = gguf.params.model_validate({"type": "q2_k", "tensor_types": {"attn_v": "q6_k"}})
+    uniform = gguf.params.model_validate({"type": "q2_k"})
+    assert variant_setting(Variant(gguf.variant_id(mixed), "gguf", mixed, (), -1)) == "q2_k+mix"
+    assert variant_setting(Variant(gguf.variant_id(uniform), "gguf", uniform, (), 0)) == "q2_k"
+    layered = to_variant("rtn", choose(allocation_path(SENSITIVITY), LEVELS, steps=3)[1])
+    assert variant_setting(layered).endswith("+mix")
