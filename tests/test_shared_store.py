@@ -472,6 +472,19 @@ def test_a_sensitivity_scan_made_on_one_worker_is_read_on_another_not_made_again
     assert len(list((tmp_path / "b" / "cache" / "sensitivity").glob("*.json"))) == 1
     assert not (store_b.mirror / sensitivity.SHARED_FOLDER).exists()  # the mirror holds recipes only
 
+    # a scan made before the worker's store was shared reaches the store when next used
+    earlier = (*scanning[:-1], "another-fingerprint")
+    monkeypatch.delenv("QUANTMILL_RUNS_DIR")
+    monkeypatch.setenv("QUANTMILL_CACHE_DIR", str(tmp_path / "c" / "cache"))
+    get_settings.cache_clear()
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: made)
+    sensitivity.cached_sensitivity(*earlier)
+    worker(url, tmp_path / "c", monkeypatch)
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: pytest.fail("scanned again"))
+    sensitivity.cached_sensitivity(*earlier)
+    worker(url, tmp_path / "b", monkeypatch)
+    assert sensitivity.cached_sensitivity(*earlier) == made
+
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
