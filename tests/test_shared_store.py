@@ -516,4 +516,4 @@ def test_a_proxy_step_is_pushed_as_it_completes_and_another_worker_pulls_it(url,
     store_b.pull("r")
     cache_b = store_b.recipe_dir("r") / ".cache"
     assert (cache_b / "keys" / key).is_file()
-    assert json.loads((cache_b / "results" / key).read_text())["result"] == {"score": 12.5, "size_mb": 0.001}
+    assert json.loads((cache_b / "results" / key).read_text()) == {"score": 12.5, "size_mb": 0.001}
