@@ -1,6 +1,6 @@
 """What the matrix flow (``flows/recipe.py``) and the search flow (``flows/search.py``) both do with a run's steps:
-submit them as the recipe's cached tasks under the run's keys (:class:`RunSteps`), read their futures, record a
-variant from its branch's futures, and publish.
+submit them as the recipe's cached tasks under the run's keys (:class:`RunSteps`), read their futures, record the
+baseline or a variant from its futures, and publish.
 """
 
 from __future__ import annotations
