@@ -1,6 +1,6 @@
 """The recipe flow: resolve → baseline once → per variant quantize → evaluate → servable check → gate → publish.
 
-Thin by design: the flow only wires tasks (``tasks/steps.py``) around a
+Thin by design: the flow only wires tasks (``tasks/steps.py``, submitted through ``flows/variant_steps.py``) around a
 ``quantmill.pipeline.RecipeRun``, which holds every decision (keys, cache repair,
 slot policy, error precedence, the record, publish links, regressions).
 
@@ -23,54 +23,25 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from quantmill import progress
 from quantmill.devices import CPU_LIMIT, GPU_LIMIT, limit_name, this_process_gpu_ids, worker_gpu_env
 from quantmill.errors import QuantmillError
-from quantmill.evaluation.results import EvaluationResult
+from quantmill.flows.search import search_and_publish
+from quantmill.flows.variant_steps import RunSteps, publish_variants, record_baseline, record_variant
 from quantmill.notify import notify_error, notify_run
 from quantmill.outcome import Outcome, run_outcome
-from quantmill.pipeline import Publication, RecipeRun, describe_error, slot_policy, start_run, step_keys, with_servable
-from quantmill.quantize import local_artifact_path
+from quantmill.pipeline import RecipeRun, slot_policy, start_run, step_keys
 from quantmill.recipe import load_recipe
-from quantmill.record import CachedSteps, PublishOutcome, PublishStatus
 from quantmill.redact import redact
 from quantmill.resolve import resolve_device
 from quantmill.runstore import RunStore
 from quantmill.settings import get_settings
 from quantmill.tasks.limits import MACHINE_LIMITS_ENV, ensure_limit, hold_slot
-from quantmill.tasks.steps import (
-    calibration_task,
-    gate_task,
-    publish_task,
-    resolve_model_task,
-    steps_cached_in,
-)
-
-
-def _error(future: PrefectFuture) -> str | None:
-    """The failure message of a future once it finished (secrets masked), or None when it completed."""
-    future.wait()
-    state = future.state
-    if state.is_completed():
-        return None
-    try:
-        future.result(raise_on_failure=True)
-    except Exception as exc:  # noqa: BLE001 -- the task's own exception, re-raised by Prefect
-        return describe_error(exc)
-    return redact(f"{state.name}: {state.message or 'no result'}")
-
-
-def _evaluation(future: PrefectFuture) -> EvaluationResult | None:
-    return EvaluationResult.from_dict(future.result()) if _error(future) is None else None
-
-
-def _cached(future: PrefectFuture) -> bool:
-    return future.state.name == "Cached"
-
+from quantmill.tasks.steps import calibration_task, resolve_model_task, steps_cached_in
 
 # The runner of deployments; run_recipe() passes its own (``--workers``, ``--processes``).
 _THREADS: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=get_settings().workers)
@@ -135,95 +106,35 @@ def quantize_evaluate_publish(
     calibration = calibration_task(loaded, resolved) if loaded.recipe.calibration.dataset else None
     keys = step_keys(loaded, run.variants, resolved, calibration, device)
     all_cached = run.prepare_cache(keys)
-    steps = steps_cached_in(run.cache_dir, loaded.name)
+    cached_tasks = steps_cached_in(run.cache_dir, loaded.name)
     context = FlowRunContext.get()
     in_process = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
     slots = slot_policy(limit, tasks_in_this_process=in_process, all_cached=all_cached)
+    steps = RunSteps(run, cached_tasks, keys, slots, resolved, calibration, device)
     if loaded.recipe.search is not None:  # a goal instead of a matrix: only the winner is published
-        from quantmill.flows.search import search_and_publish  # it imports this module
-
-        search_and_publish(run, steps, keys, slots, resolved, calibration, device, publish, target)
+        search_and_publish(steps, publish, target)
         run.finish()
         _publish_artifacts(run)
         return _final_state(run)
     with hold_slot(slots.run) as run_placement:
-        baseline_slot = slots.for_step(needs_gpu=True, run_placement=run_placement)
-        baseline = steps.baseline.submit(loaded, resolved, baseline_slot, run_path, cache_key=keys.baseline)
+        baseline = steps.baseline(slots.for_step(needs_gpu=True, run_placement=run_placement))
         evaluations = []
         for variant in run.variants:
-            out_dir = run.artifact_dir(variant, keys)
             slot = slots.for_step(needs_gpu=variant.spec.uses_gpu, run_placement=run_placement)
-            args = (loaded, variant, resolved, calibration, out_dir, slot, run_path)
-            quantized = steps.quantize.submit(*args, cache_key=keys.quantize[variant.id])
-            evaluated = steps.evaluate.submit(
-                loaded,
-                variant,
-                quantized,
-                resolved.tokenizer_path,
-                slot,
-                run_path,
-                cache_key=keys.evaluate[variant.id],
-            )
-            evaluations.append((variant, quantized, evaluated, slot))
-        run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
-        status = "failed" if run.baseline_failed else "passed"
-        progress.emit(run_path, progress.BASELINE, "done", status=status, cached=_cached(baseline))
+            quantized = steps.quantize(variant, slot)
+            evaluations.append((variant, quantized, steps.evaluate(variant, quantized, slot), slot))
+        record_baseline(run, baseline)
         branches = {}
         for variant, quantized, evaluated, slot in evaluations:
             # the check compares with the baseline's greedy tokens; a failed baseline fails every variant anyway
-            checked = None
-            if not run.baseline_failed:
-                checked = steps.servable.submit(
-                    loaded,
-                    variant,
-                    quantized,
-                    run.record.baseline_evaluation(),
-                    slot,
-                    run_path,
-                    cache_key=keys.servable[variant.id],
-                    wait_for=[evaluated],
-                )
+            checked = None if run.baseline_failed else steps.check_servable(variant, quantized, evaluated, slot)
             branches[checked or evaluated] = (variant, quantized, evaluated, checked)
         for last in as_completed(list(branches)):
-            _record_variant(run, *branches[last])
-    _publish_passed(run, publish, target)
+            record_variant(run, *branches[last])
+    publish_variants(run, run.publication(publish, target))
     run.finish()
     _publish_artifacts(run)
     return _final_state(run)
-
-
-def _record_variant(
-    run: RecipeRun, variant, quantized: PrefectFuture, evaluated: PrefectFuture, checked: PrefectFuture | None
-) -> None:
-    error = run.variant_error(_error(quantized), _error(evaluated), _error(checked) if checked else None)
-    evaluation = with_servable(_evaluation(evaluated), _evaluation(checked) if checked else None)
-    verdict = gate_task(variant, evaluation, run.record.baseline_evaluation(), error)
-    # where this machine has (or will fetch) a folder another worker of a shared store made
-    artifact = local_artifact_path(Path(quantized.result()["path"])) if _error(quantized) is None else None
-    cached = CachedSteps(
-        quantize=_cached(quantized), evaluate=_cached(evaluated), servable=checked is not None and _cached(checked)
-    )
-    run.record_variant(variant, error=error, artifact=artifact, evaluation=evaluation, verdict=verdict, cached=cached)
-    run.report_done(variant.id)
-
-
-def _publish_passed(run: RecipeRun, publish: bool, target: str | None) -> None:
-    """Publish every passing variant, each as one commit (a task with retries); related repos link to each other."""
-    _publish(run, run.publication(publish, target))
-
-
-def _publish(run: RecipeRun, publication: Publication | None) -> None:
-    """Publish the variants of ``publication`` (if any), each as one commit (a task with retries)."""
-    if publication is None:
-        return
-    for variant_id in publication.variant_ids:
-        progress.emit(run.path.resolve(), variant_id, "publishing")
-        future = publish_task.submit(run.loaded, run.record, variant_id, publication.target, publication.related)
-        error = _error(future)
-        run.record_publish(
-            variant_id, future.result() if error is None else PublishOutcome(status=PublishStatus.FAILED, error=error)
-        )
-        run.report_done(variant_id)
 
 
 def _publish_artifacts(run: RecipeRun) -> None:

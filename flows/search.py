@@ -3,9 +3,10 @@ within the budget), each through the cached tasks of a matrix run, then only the
 
 Called by the recipe flow (``flows/recipe.py``) in place of the matrix; the decisions are
 ``quantmill.search.strategy``'s. Every step goes through the recipe's cache with the keys a matrix run
-uses (``quantmill.pipeline.step_keys``); the proxy has its own (``quantmill.search.proxy.proxy_key``). So a
-rerun, a larger budget or a widened space re-uses every quantization, proxy and evaluation already made,
-and a matrix of the same variants afterwards re-uses the search's work too.
+uses (``quantmill.pipeline.step_keys``); the proxy has its own (``quantmill.search.proxy.proxy_key``) in the
+same cache, copied to a shared run store as theirs are. So a rerun, a larger budget or a widened space re-uses
+every quantization, proxy and evaluation already made (on any worker of a shared store), and a matrix of the
+same variants afterwards re-uses the search's work too.
 
 Fully evaluated candidates are recorded as variants (their verdicts, as a matrix records them); every
 candidate, evaluated or not, is in the record's ``search`` trace with its outcome.
@@ -22,21 +23,19 @@ from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
 
 from quantmill import cachekeys, progress
-from quantmill.calibration import CalibrationSet
-from quantmill.flows.recipe import _cached, _error, _evaluation, _publish, _record_variant
-from quantmill.pipeline import Publication, RecipeRun, SlotPolicy, StepKeys, StepSlot, step_keys
+from quantmill.flows.variant_steps import RunSteps, error_of, publish_variants, record_baseline, record_variant
+from quantmill.pipeline import Publication, RecipeRun, StepSlot, step_keys
 from quantmill.plan import describe_gate, expected_bytes, variant_setting
 from quantmill.quantize import read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
 from quantmill.record import VariantStatus
 from quantmill.report.quality import quality_metric
-from quantmill.resolve import ResolvedModel
 from quantmill.search.proxy import describe_proxy, measure_proxy, proxy_key
 from quantmill.search.strategy import Candidate, Outcome, ProxyMeasurement, Search
 from quantmill.search.verdicts import full_measurement, trace_of
 from quantmill.tasks.limits import hold_slot
-from quantmill.tasks.steps import CachedTasks, StepKey, run_logged, run_step
+from quantmill.tasks.steps import StepKey, run_logged, run_step
 
 
 @task(name="search-proxy", cache_policy=StepKey(), persist_result=True, result_serializer="json")
@@ -73,28 +72,19 @@ def _with_mixed_candidates(run: RecipeRun, slot: StepSlot) -> None:
     run.variants = [*run.variants, *fresh]
 
 
-def search_variants(
-    run: RecipeRun,
-    steps: CachedTasks,
-    keys: StepKeys,
-    slots: SlotPolicy,
-    resolved: ResolvedModel,
-    calibration: CalibrationSet | None,
-    device: str,
-) -> None:
+def search_variants(steps: RunSteps) -> None:
     """Measure the baseline, run the search to its end, and record its trace (publishing is the caller's)."""
-    run_path = run.path.resolve()
-    with hold_slot(slots.run) as run_placement:
-        heavy = slots.for_step(needs_gpu=True, run_placement=run_placement)
-        baseline = steps.baseline.submit(run.loaded, resolved, heavy, run_path, cache_key=keys.baseline)
-        run.record_baseline(_evaluation(baseline), _error(baseline), _cached(baseline))
-        progress.emit(run_path, progress.BASELINE, "done", status="failed" if run.baseline_failed else "passed")
+    run = steps.run
+    with hold_slot(steps.slots.run) as run_placement:
+        heavy = steps.slots.for_step(needs_gpu=True, run_placement=run_placement)
+        record_baseline(run, steps.baseline(heavy))
         if run.loaded.mixed_spaces:
             _with_mixed_candidates(run, heavy)
-            keys = step_keys(run.loaded, run.variants, resolved, calibration, device)
+            keys = step_keys(run.loaded, run.variants, steps.resolved, steps.calibration, steps.device)
+            steps = replace(steps, keys=keys)
         search = _strategy(run)
         if not run.baseline_failed:  # every variant would fail its gates: nothing to search
-            _run_steps(run, search, steps, keys, slots, run_placement, resolved, calibration, device)
+            _run_steps(steps, search, run_placement)
     _record_trace(run, search)
 
 
@@ -109,42 +99,28 @@ def _strategy(run: RecipeRun) -> Search:
     return Search(candidates, objective.metric, objective.lower_is_better, search.budget.full_evaluations)
 
 
-def _run_steps(
-    run: RecipeRun,
-    search: Search,
-    steps: CachedTasks,
-    keys: StepKeys,
-    slots: SlotPolicy,
-    run_placement,
-    resolved: ResolvedModel,
-    calibration: CalibrationSet | None,
-    device: str,
-) -> None:
+def _run_steps(steps: RunSteps, search: Search, run_placement) -> None:
     """Ask the strategy for the next step and run it, until it has none (its steps are sequential: each
     decision depends on the numbers before it)."""
-    loaded, run_path = run.loaded, run.path.resolve()
+    run, run_path = steps.run, steps.run_path
+    loaded = run.loaded
     by_id = {v.id: v for v in run.variants}
-    storage = steps.quantize.result_storage  # cached where the recipe's other steps are (``steps_cached_in``)
-    assert storage is not None
-    proxy = proxy_task.with_options(cache_policy=steps.quantize.cache_policy, result_storage=storage)
+    proxy = steps.tasks.stored(proxy_task)  # cached (and shared) where the recipe's other steps are
     data = cachekeys.evaluation_data_fingerprint(loaded)
     quantized: dict[str, PrefectFuture] = {}
     objective = search.objective
     while (step := search.next_step()) is not None:
         variant = by_id[step.candidate]
-        slot = slots.for_step(needs_gpu=variant.spec.uses_gpu, run_placement=run_placement)
+        slot = steps.slots.for_step(needs_gpu=variant.spec.uses_gpu, run_placement=run_placement)
         if step.kind == "proxy":
-            out_dir = run.artifact_dir(variant, keys)
-            future = steps.quantize.submit(
-                loaded, variant, resolved, calibration, out_dir, slot, run_path, cache_key=keys.quantize[variant.id]
-            )
-            quantized[variant.id] = future
-            error = _error(future)
+            future = quantized[variant.id] = steps.quantize(variant, slot)
+            error = error_of(future)
             if error is None:
-                on = cachekeys.step_device(variant, device)
-                key = proxy_key(keys.quantize[variant.id], variant, loaded, on, data)
+                quantize_key = steps.keys.quantize[variant.id]
+                on = cachekeys.step_device(variant, steps.device)
+                key = proxy_key(quantize_key, variant, loaded, on, data)
                 screened = proxy.submit(loaded, variant, future.result(), slot, run_path, cache_key=key)
-                error = _error(screened)
+                error = error_of(screened)
             search.record_proxy(
                 variant.id, ProxyMeasurement(error=error) if error else ProxyMeasurement(**screened.result())
             )
@@ -152,26 +128,8 @@ def _run_steps(
                 progress.emit(run_path, variant.id, "done", status="failed")
             continue
         future = quantized[variant.id]
-        evaluated = steps.evaluate.submit(
-            loaded,
-            variant,
-            future,
-            resolved.tokenizer_path,
-            slot,
-            run_path,
-            cache_key=keys.evaluate[variant.id],
-        )
-        checked = steps.servable.submit(
-            loaded,
-            variant,
-            future,
-            run.record.baseline_evaluation(),
-            slot,
-            run_path,
-            cache_key=keys.servable[variant.id],
-            wait_for=[evaluated],
-        )
-        _record_variant(run, variant, future, evaluated, checked)
+        evaluated = steps.evaluate(variant, future, slot)
+        record_variant(run, variant, future, evaluated, steps.check_servable(variant, future, evaluated, slot))
         quality = quality_metric(run.record)
         search.record_full(variant.id, full_measurement(run.record.variants[variant.id], objective, quality))
 
@@ -225,17 +183,7 @@ def winner_publication(run: RecipeRun, publish: bool, target: str | None) -> Pub
     return Publication(kind, chosen, related_links(run.loaded, run.record, chosen, make_target(run.loaded, kind)))
 
 
-def search_and_publish(
-    run: RecipeRun,
-    steps: CachedTasks,
-    keys: StepKeys,
-    slots: SlotPolicy,
-    resolved: ResolvedModel,
-    calibration: CalibrationSet | None,
-    device: str,
-    publish: bool,
-    target: str | None,
-) -> None:
+def search_and_publish(steps: RunSteps, publish: bool, target: str | None) -> None:
     """The search (:func:`search_variants`), then its winner published."""
-    search_variants(run, steps, keys, slots, resolved, calibration, device)
-    _publish(run, winner_publication(run, publish, target))
+    search_variants(steps)
+    publish_variants(steps.run, winner_publication(steps.run, publish, target))

@@ -168,15 +168,24 @@ class LocalObjects:
             return None
 
 
+def protocols(fs: Any) -> set[str]:
+    """The names an fsspec file system answers to (``s3``/``s3a``, ``file``/``local`` …)."""
+    return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+
+
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is a local or mounted folder (``file://``), not an object store."""
+    return bool(protocols(fs) & {"file", "local"})
+
+
 def objects_for(fs: Any) -> ConditionalObjects:
     """The conditional operations of an fsspec file system (RunStoreError for one that has none we use)."""
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    if protocols & {"s3", "s3a"}:
+    if protocols(fs) & {"s3", "s3a"}:
         return S3Objects(fs)
-    if protocols & {"file", "local"}:
+    if is_local(fs):
         return LocalObjects()
     raise RunStoreError(
-        f"locks across machines need a store with conditional writes: s3:// or file:// (got {sorted(protocols)[0]}://)"
+        f"locks across machines need a store with conditional writes: s3:// or file:// (got {sorted(protocols(fs))[0]}://)"
     )
 
 

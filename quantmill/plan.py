@@ -101,10 +101,20 @@ def describe_gate(gate) -> str:
 _SHORT = {"bits": "w{}", "group_size": "g{}", "weight_bits": "w{}"}
 
 
+def is_mixed(variant: Variant) -> bool:
+    """Whether the variant gives single layers their own precision: its per-layer map (the parameters a dump
+    leaves out while empty, ``MethodParams.omitted_when_empty``) is not empty."""
+    params = variant.params
+    return any(getattr(params, name) for name in params.omitted_when_empty)
+
+
 def variant_setting(variant: Variant) -> str:
-    """The variant's matrix axes, compactly (``w4 g128``), then what it costs beyond quantizing, if anything."""
+    """The variant's matrix axes, compactly (``w4 g128``), ``+mix`` when layers have their own precision
+    (``q2_k+mix``: the axes give the rest), then what it costs beyond quantizing, if anything."""
     params = variant.params
     setting = " ".join(_SHORT.get(axis, "{}").format(getattr(params, axis)) for axis in params.axes) or "-"
+    if is_mixed(variant):
+        setting += "+mix"
     cost = variant.spec.cost_note(params)
     return f"{setting} · {cost}" if cost else setting
 

@@ -13,6 +13,9 @@ copies between the mirror and the store, keeping the store's layout (``quantmill
 - **push**, as work finishes: a step's cache entry, its result before its key record
   (:meth:`SharedStore.push_cache_entry`); an artifact folder's files, then its ``COMPLETE``
   marker, which lists them (:meth:`SharedStore.push_artifact`); run files as they are written.
+- **files outside every recipe** (a model's sensitivity scans, which any recipe may use): under a dot
+  folder of the store's root, pushed when made (:meth:`SharedStore.push_file`) and fetched one at a
+  time when this machine lacks one (:meth:`SharedStore.fetch_file`); they stay out of the mirror.
 
 Atomicity is the local store's: a single PUT is atomic on object storage, a ``file://`` store
 gets each file written beside its place and renamed; the object that makes an entry visible
@@ -38,7 +41,7 @@ from typing import Any
 
 from quantmill.cacheentry import plain_json_entry, plain_name
 from quantmill.errors import RunStoreError
-from quantmill.leases import Lease, objects_for
+from quantmill.leases import Lease, is_local, objects_for
 from quantmill.recipe.schema import SLUG
 from quantmill.runstore import COMPLETE_MARKER, RUN_ID  # runstore imports this module only when a store opens
 from quantmill.settings import get_settings
@@ -86,7 +89,7 @@ class SharedStore:
 
             with self._talking("open"):
                 self._fs, self._root = url_to_fs(self.url, **self.options)
-                if _is_local(self._fs):
+                if is_local(self._fs):
                     self._fs.auto_mkdir = True  # object stores have no folders to make first
         return self._fs
 
@@ -201,7 +204,7 @@ class SharedStore:
     def _put(self, local: Path, remote: str | None = None) -> None:
         remote = remote or self.remote(local)
         with self._talking(f"write {remote}"):
-            if _is_local(self.fs):  # write beside, then rename: readers see the old file or the new one
+            if is_local(self.fs):  # write beside, then rename: readers see the old file or the new one
                 scratch = f"{remote}.{uuid.uuid4().hex[:8]}.tmp"
                 self.fs.put_file(str(local), scratch)
                 self.fs.mv(scratch, remote)
@@ -216,13 +219,48 @@ class SharedStore:
         record = cache / "keys" / key
         if not record.is_file():
             return  # the step persisted nothing (it failed)
-        if unless_present:
-            with self._talking(f"look up cache key {key[:12]}"):
-                if self.fs.exists(self.remote(record)):
-                    return
+        if unless_present and self._exists(self.remote(record), f"look up cache key {key[:12]}"):
+            return
         storage_key = json.loads(record.read_text())["storage_key"]
         result = Path(storage_key) if Path(storage_key).is_absolute() else cache / "results" / storage_key
         self.push_files([result, record])
+
+    def _exists(self, remote: str, doing: str) -> bool:
+        with self._talking(doing):
+            return bool(self.fs.exists(remote))
+
+    # -- files outside every recipe (kept per model, for any recipe: sensitivity scans)
+
+    def _outside_recipes(self, name: str) -> str:
+        """The store path of ``name``, a path under its root in a folder no recipe can have (``.<folder>/…``)."""
+        if not name.startswith(".") or ".." in PurePosixPath(name).parts:
+            raise ValueError(f"{name!r} is not a file outside the store's recipes")
+        self.fs  # noqa: B018 -- sets _root
+        return f"{self._root}/{name}"
+
+    def push_file(self, local: Path, name: str, *, unless_present: bool = False) -> None:
+        """Copy a local file to ``name`` under the store's root (a write-once entry named by its key);
+        ``unless_present``: skip it when the store has it already (made before the store was shared)."""
+        remote = self._outside_recipes(name)
+        if unless_present and self._exists(remote, f"look up {name}"):
+            return
+        self._put(local, remote)
+
+    def fetch_file(self, name: str, local: Path) -> bool:
+        """Copy ``name`` under the store's root to ``local`` (written whole or not at all); whether the store has it."""
+        remote = self._outside_recipes(name)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        scratch = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.fetch")
+        try:
+            with self._talking(f"read {remote}"):
+                try:
+                    self.fs.get_file(remote, str(scratch))
+                except FileNotFoundError:
+                    return False
+            os.replace(scratch, local)
+        finally:
+            scratch.unlink(missing_ok=True)
+        return True
 
     def push_artifact(self, folder: Path, before_marker: Callable[[], None] = lambda: None) -> None:
         """Copy a finished artifact folder to the store: its files, then ``COMPLETE`` listing them.
@@ -331,11 +369,6 @@ def _placeable(local: Path, fetched: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return plain_json_entry(record, result)
-
-
-def _is_local(fs: Any) -> bool:
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return bool(protocols & {"file", "local"})
 
 
 def _mtime(info: dict) -> float | None:

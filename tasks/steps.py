@@ -218,14 +218,19 @@ def servable_task(
 
 @dataclass(frozen=True)
 class CachedTasks:
+    """The recipe's compute tasks, cached in its cache folder (:func:`steps_cached_in`); ``stored`` makes another
+    :class:`StepKey` task (the search's proxy) cached and shared the same way."""
+
     baseline: Task
     quantize: Task
     evaluate: Task
     servable: Task
+    stored: Callable[[Task], Task]
 
 
 def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
-    """The compute tasks, their cache keys and results stored in the recipe's cache folder (``keys/``, ``results/``)."""
+    """The compute tasks, their cache keys and results stored in the recipe's cache folder (``keys/``, ``results/``),
+    each entry copied to the shared store (if any) as its task completes."""
     storage = _result_storage(recipe_name, cache / "results")
     shared = store_holding(cache)
     pushed = [_push_cache_entry(shared, cache)] if shared is not None else []
@@ -238,7 +243,9 @@ def steps_cached_in(cache: Path, recipe_name: str) -> CachedTasks:
             on_completion=[*step.on_completion_hooks, *pushed],
         )
 
-    return CachedTasks(stored(baseline_task), stored(quantize_task), stored(evaluate_task), stored(servable_task))
+    return CachedTasks(
+        stored(baseline_task), stored(quantize_task), stored(evaluate_task), stored(servable_task), stored
+    )
 
 
 def _push_cache_entry(shared: SharedStore, cache: Path) -> Callable[[Task, TaskRun, State], None]:

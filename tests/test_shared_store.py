@@ -478,3 +478,69 @@ def test_a_variant_another_worker_finished_is_fetched_under_the_lock_not_made_ag
     got = quantize_variant(variant, source_dir=tmp_path, out_dir=out, calibration=None)
     assert got.path == out and (out / "model.safetensors").read_bytes() == b"\0" * 1000
     assert not store_b.shared.fs.exists(store_b.shared.remote(out.with_name(f".{out.name}.lease")))  # released
+
+
+@pytest.mark.fast
+def test_a_sensitivity_scan_made_on_one_worker_is_read_on_another_not_made_again(url, tmp_path, monkeypatch):
+    from quantmill.search import sensitivity
+    from quantmill.search.sensitivity import Level, Sensitivity, Unit
+
+    unit, level = Unit("model.layers.0.mlp.up_proj", "blk.0.ffn_up.weight", 4096), Level("q4_k", 4.5, 4, 32)
+    made = Sensitivity((unit,), (level,), {unit.key: {"q4_k": 0.25}}, 128)
+    scanning = (tmp_path / "model", "rev", [unit], [level], [[1, 2, 3]], "calibration-fingerprint")
+
+    worker(url, tmp_path / "a", monkeypatch)
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: made)
+    assert sensitivity.cached_sensitivity(*scanning) == made
+
+    store_b = worker(url, tmp_path / "b", monkeypatch).shared
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: pytest.fail("scanned again"))
+    assert sensitivity.cached_sensitivity(*scanning) == made
+    assert len(list((tmp_path / "b" / "cache" / "sensitivity").glob("*.json"))) == 1
+    assert not (store_b.mirror / sensitivity.SHARED_FOLDER).exists()  # the mirror holds recipes only
+
+    # a scan made before the worker's store was shared reaches the store when next used
+    earlier = (*scanning[:-1], "another-fingerprint")
+    monkeypatch.delenv("QUANTMILL_RUNS_DIR")
+    monkeypatch.setenv("QUANTMILL_CACHE_DIR", str(tmp_path / "c" / "cache"))
+    get_settings.cache_clear()
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: made)
+    sensitivity.cached_sensitivity(*earlier)
+    worker(url, tmp_path / "c", monkeypatch)
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: pytest.fail("scanned again"))
+    sensitivity.cached_sensitivity(*earlier)
+    worker(url, tmp_path / "b", monkeypatch)
+    assert sensitivity.cached_sensitivity(*earlier) == made
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_proxy_step_is_pushed_as_it_completes_and_another_worker_pulls_it(url, tmp_path, monkeypatch):
+    """The search's proxy goes through the recipe's cache like its other steps (``CachedTasks.stored``), so a
+    worker of the shared store does not measure a candidate's proxy again."""
+    from prefect import flow
+
+    from quantmill.flows import search
+    from quantmill.pipeline import StepSlot
+    from quantmill.recipe import matrix
+    from quantmill.tasks.steps import steps_cached_in
+
+    store_a = worker(url, tmp_path / "a", monkeypatch)
+    made = store_a.root / "r" / "artifacts" / "rtn-w4-g128-0123456789ab"
+    artifact(made)
+    rtn = matrix.get_method("rtn")
+    variant = matrix.Variant("rtn-w4-g128", "rtn", rtn.params.model_validate({"bits": 4, "group_size": 128}), (), 0)
+    monkeypatch.setattr(search, "measure_proxy", lambda *args: {"score": 12.5, "size_mb": 0.001})
+    key = "5" * 64
+    proxy = steps_cached_in(store_a.recipe_dir("r") / ".cache", "r").stored(search.proxy_task)
+
+    @flow
+    def screening() -> dict:
+        return proxy(None, variant, {"path": str(made)}, StepSlot(None), tmp_path / "run", cache_key=key)
+
+    assert screening() == {"score": 12.5, "size_mb": 0.001}
+    store_b = worker(url, tmp_path / "b", monkeypatch)
+    store_b.pull("r")
+    cache_b = store_b.recipe_dir("r") / ".cache"
+    assert (cache_b / "keys" / key).is_file()
+    assert json.loads((cache_b / "results" / key).read_text()) == {"score": 12.5, "size_mb": 0.001}

@@ -261,8 +261,9 @@ def _recipe_row(loaded: LoadedRecipe, variant: Variant) -> dict[str, Any]:
     return rows[variant.row] if 0 <= variant.row < len(rows) and isinstance(rows[variant.row], dict) else {}
 
 
-def search_section(loaded: LoadedRecipe) -> dict[str, str]:
-    """The card's "Found by search" section, for the winner of a recipe's search (the only variant it publishes)."""
+def search_section(loaded: LoadedRecipe, found: str = "This variant") -> dict[str, str]:
+    """The card's "Found by search" section, for the winner of a recipe's search (the only variant it publishes);
+    ``found``: what the card calls it (a grouped GGUF repo's card names its file)."""
     from quantmill.plan import describe_gate
 
     search = loaded.recipe.search
@@ -270,7 +271,7 @@ def search_section(loaded: LoadedRecipe) -> dict[str, str]:
         return {}
     constraints = "; ".join(f"`{describe_gate(g)}`" for g in search.constraints)
     text = (
-        f"This variant was found by search: the best under the goal **{search.objective.describe()}** that meets "
+        f"{found} was found by search: the best under the goal **{search.objective.describe()}** that meets "
         f"every constraint ({constraints}), among the candidates of recipe `{loaded.name}`'s search space, with at "
         f"most {search.budget.full_evaluations} full evaluations. The run's report lists every candidate, its numbers "
         "and why it lost."

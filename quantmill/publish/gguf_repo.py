@@ -34,7 +34,7 @@ from typing import Any
 from quantmill.errors import PublishError
 from quantmill.filehash import sha256_of
 from quantmill.metrics import metric_direction
-from quantmill.publish.card import hub_base_model
+from quantmill.publish.card import hub_base_model, search_section
 from quantmill.publish.gguf_split import repo_names, split
 from quantmill.publish.publisher import (
     card_license,
@@ -332,6 +332,18 @@ def _uploads(name: str, path: Path, names: list[str], staging: Path) -> list[tup
     return [(name, path)] if names == [name] else list(split(name, path, names, staging).items())
 
 
+def _search_winner_section(loaded: LoadedRecipe, record: RunRecord, rows: dict[str, dict]) -> dict[str, str]:
+    """The per-variant card's "Found by search" section, naming the file of the run's search winner when the
+    repo holds it (a forced loser of the search, or a file of an earlier run, was not found by this search)."""
+    from quantmill.plan import variant_setting
+
+    winner = record.search.winner if record.search else None
+    file = next((f for f, row in rows.items() if winner is not None and row["variant"] == winner), None)
+    if winner is None or file is None:
+        return {}
+    return search_section(loaded, f"`{file}` (variant `{winner}`, {variant_setting(loaded.variant(winner))})")
+
+
 def _card(
     loaded: LoadedRecipe,
     record: RunRecord,
@@ -376,6 +388,7 @@ def _card(
         tag=tag,
         recipe_name=loaded.name,
         recipe_sha256=loaded.sha256[:16],
+        extras=_search_winner_section(loaded, record, rows),
     )
     # the card holds each GGUF file's hash, and the imatrix's calibration fingerprint (it is made from nothing else)
     print_ = hashlib.sha256("\0".join([str(card), *sorted({*names, *keep})]).encode()).hexdigest()

@@ -36,25 +36,21 @@ if TYPE_CHECKING:
 DEFAULT_BITS = (2, 4, 8)
 DEFAULT_TYPES = ("q2_k", "q4_k", "q6_k", "q8_0")
 
-# The RTN probe of each llama.cpp tensor type: (bits, weights per scale, symmetric). K-quants with a
-# minimum (Q2_K, Q4_K, Q5_K) and the *_1 types are asymmetric.
-_TYPE_PROBES: dict[str, tuple[int, int, bool]] = {
-    "q2_k": (2, 16, False),
-    "q3_k": (3, 16, True),
-    "q4_k": (4, 32, False),
-    "q5_k": (5, 32, False),
-    "q6_k": (6, 16, True),
-    "q4_0": (4, 32, True),
-    "q4_1": (4, 32, False),
-    "q5_0": (5, 32, True),
-    "q5_1": (5, 32, False),
-    "q8_0": (8, 32, True),
-    "iq4_nl": (4, 32, True),
-    "iq4_xs": (4, 32, True),
-    "f16": (0, -1, True),
-    "bf16": (0, -1, True),
-    "f32": (0, -1, True),
-}
+
+def type_probe(tensor_type: str) -> tuple[int, int, bool]:
+    """The RTN probe of a llama.cpp tensor type (a key of ``TENSOR_TYPES``, the one list of them): its bits,
+    weights per scale and whether its grid is symmetric, from ggml's block layouts (``ggml-common.h``). A float
+    type is not quantized; the legacy and IQ4 types scale blocks of 32 weights, the ``*_1`` ones with a minimum;
+    K-quants scale sub-blocks of 16 weights (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K), those with a minimum
+    (``dmin``: Q2_K, Q4_K, Q5_K) asymmetric."""
+    if TENSOR_TYPES[tensor_type] >= 16:
+        return 0, -1, True
+    bits = int(next(c for c in tensor_type if c.isdigit()))
+    if tensor_type.endswith("_k"):
+        return bits, 32 if bits in (4, 5) else 16, bits in (3, 6)
+    return bits, 32, not tensor_type.endswith("_1")
+
+
 # The llama.cpp file type named in a mixed GGUF variant's `type` (its metadata; every tensor is named)
 _FILE_TYPE = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m", "f16": "q8_0", "bf16": "q8_0", "f32": "q8_0"}
 
@@ -77,12 +73,12 @@ def levels_for(space: Mapping[str, Any]) -> list[Level]:
     method = space["method"]
     if method == "gguf":
         types = [str(t).lower() for t in (space.get("types") or DEFAULT_TYPES)]
-        unknown = [t for t in types if t not in _TYPE_PROBES]
+        unknown = [t for t in types if t not in TENSOR_TYPES]
         if unknown:
             raise QuantizationError(
                 f"mixed gguf: unknown tensor type(s) {', '.join(unknown)}; valid: {', '.join(TENSOR_TYPES)}"
             )
-        levels = [Level(t, TENSOR_TYPES[t], *_TYPE_PROBES[t]) for t in dict.fromkeys(types)]
+        levels = [Level(t, TENSOR_TYPES[t], *type_probe(t)) for t in dict.fromkeys(types)]
     else:
         group_size = space.get("group_size") or get_method(method).params.model_fields["group_size"].default
         bits = sorted(set(space.get("bits") or DEFAULT_BITS))

@@ -12,7 +12,9 @@ layers, and what allocation needs, is how much a given weight error in that laye
 which the probe measures end to end. It costs one forward pass per layer and level, on the CPU too.
 
 A scan is kept on disk (``sensitivity/`` in quantmill's cache folder) under a key of the model
-revision, the layers, the levels and the calibration fingerprint, so it runs once per model.
+revision, the layers, the levels, the calibration fingerprint and the versions of quantmill, torch and
+transformers, so it runs once per model. With a shared run store (``quantmill.sharedstore``) it is also
+kept there (``.sensitivity/<key>.json``), so it runs once per model for every worker.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from quantmill import __version__
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: the scan reads at most this many calibration tokens, in windows of WINDOW tokens
 SLICE_TOKENS = 1024
@@ -126,6 +127,8 @@ def windows(input_ids: Sequence[Sequence[int]], tokens: int = SLICE_TOKENS, widt
 
 
 def scan_key(revision: str, units: Sequence[Unit], levels: Sequence[Level], fingerprint: str, dtype: str) -> str:
+    from quantmill.cachekeys import versions
+
     parts = {
         "probe": _PROBE,
         "revision": revision,
@@ -134,7 +137,7 @@ def scan_key(revision: str, units: Sequence[Unit], levels: Sequence[Level], fing
         "calibration": fingerprint,
         "slice": [SLICE_TOKENS, WINDOW],
         "dtype": dtype,
-        "quantmill": __version__,
+        "versions": versions(()),  # quantmill's, torch's and transformers', as every step's key
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -153,25 +156,63 @@ def cached_sensitivity(
     trust_remote_code: bool = False,
 ) -> Sensitivity:
     """:func:`scan` of ``units`` × ``levels``, kept in ``cache_dir`` (default: ``sensitivity/`` in
-    ``QUANTMILL_CACHE_DIR``) under :func:`scan_key`; a hit loads no model."""
+    ``QUANTMILL_CACHE_DIR``) under :func:`scan_key`, and in the shared run store if one is configured;
+    a hit in either loads no model."""
+    from quantmill.errors import RunStoreError
+    from quantmill.runstore import atomic_write_bytes
+    from quantmill.sharedstore import configured
+
     if cache_dir is None:
         from quantmill.settings import get_settings
 
         cache_dir = get_settings().cache_dir / "sensitivity"
     entry = cache_dir / f"{scan_key(revision, units, levels, fingerprint, dtype)}.json"
-    try:
-        return Sensitivity.from_dict(json.loads(entry.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not scanned yet, or a damaged entry: scan
+    shared = configured()
+    kept = _read(entry)
+    if kept is not None:
+        if shared is not None:  # made here, perhaps before the store was shared
+            _shared(lambda: shared.push_file(entry, _stored_as(entry), unless_present=True))
+        return kept
+    if shared is not None and _shared(lambda: shared.fetch_file(_stored_as(entry), entry)):
+        kept = _read(entry)
+        if kept is not None:
+            return kept
     result = scan(model_dir, units, levels, input_ids, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    from quantmill.errors import RunStoreError
-    from quantmill.runstore import atomic_write_bytes
-
     try:
         atomic_write_bytes(entry, json.dumps(result.to_dict()).encode())
     except RunStoreError as exc:  # the cache only saves time
         log.warning("sensitivity scan not cached: %s", exc)
+        return result
+    if shared is not None:
+        _shared(lambda: shared.push_file(entry, _stored_as(entry)))
     return result
+
+
+def _read(entry: Path) -> Sensitivity | None:
+    try:
+        return Sensitivity.from_dict(json.loads(entry.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not scanned yet, or a damaged entry: scan
+
+
+def _stored_as(entry: Path) -> str:
+    """Where a scan is in the shared run store: outside every recipe, since any recipe of the model may use it."""
+    return f"{SHARED_FOLDER}/{entry.name}"
+
+
+#: the shared run store's folder of scans
+SHARED_FOLDER = ".sensitivity"
+
+
+def _shared(call: Callable[[], T]) -> T | None:
+    """``call`` to the shared store, whose failure costs a scan (or its sharing), not the run: a warning."""
+    from quantmill.errors import RunStoreError
+
+    try:
+        return call()
+    except RunStoreError as exc:
+        log.warning("sensitivity scan not shared: %s", exc)
+        return None
 
 
 def scan(

@@ -376,3 +376,39 @@ def test_shards_that_are_not_a_faithful_split_are_refused(ran, tmp_path, split_a
     with pytest.raises(PublishError, match="not a faithful split .*tensor .* data differs"):
         publish_all(ran, ran.record, LocalZoo(zoo))
     assert not (zoo / REPO).exists()  # nothing was published
+
+
+SEARCH = """\
+search:
+  objective: {minimize: size_mb}
+  constraints:
+    - {metric: tiny_world_mc/acc, min_recovery: 0.5}
+  space:
+    - {method: gguf, types: [q8_0, q4_k_m]}
+  budget: {full_evaluations: 2}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.gguf
+def test_a_search_winner_in_the_grouped_repo_is_named_found_by_search(ran, tmp_path):
+    """A search publishes only its winner; in the grouped repo, the card says which file the search found, under
+    which goal (the section a winner's own repo card has); a matrix run's grouped card has no such section."""
+    from quantmill.recipe.load import load_recipe_text
+    from quantmill.search.trace import SearchTrace
+
+    matrix = RECIPE[RECIPE.index("variants:") : RECIPE.index("publish:")]
+    searched = load_recipe_text(RECIPE.replace(matrix, SEARCH), tmp_path)
+    trace = SearchTrace(
+        objective="minimize size_mb", constraints=[], budget=2, full_evaluations=1, candidates=[], summary="-"
+    )
+    record = with_variants(ran.record, gguf_q8_0=None, gguf_iq4_xs=None)
+    record = record.model_copy(update={"search": trace.model_copy(update={"winner": "gguf-q4_k_m"})})
+    publish_recorded(searched, record, "gguf-q4_k_m", LocalZoo(tmp_path / "zoo"), [])
+    card = (tmp_path / "zoo" / REPO / "README.md").read_text()
+    section = card[card.index("## Found by search") :]
+    assert section.startswith("## Found by search\n\n`tiny-llama-Q4_K_M.gguf` (variant `gguf-q4_k_m`, q4_k_m) was")
+    assert "**minimize size_mb**" in section and "`tiny_world_mc/acc min_recovery 0.5`" in section
+
+    publish_all(ran, ran.record, LocalZoo(tmp_path / "matrix-zoo"))
+    assert "Found by search" not in (tmp_path / "matrix-zoo" / REPO / "README.md").read_text()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from quantmill.methods.gguf import TENSOR_TYPES
 from quantmill.recipe.matrix import Variant
-from quantmill.search.mixed import allocation_path, choose, recipe_fragment, to_variant
+from quantmill.search.mixed import allocation_path, choose, levels_for, recipe_fragment, to_variant, type_probe
 from quantmill.search.sensitivity import Level, Sensitivity, Unit, fake_quantize
 
 pytestmark = pytest.mark.fast
@@ -92,3 +93,42 @@ def test_of_two_layers_whose_upgrade_saves_as_much_the_smaller_goes_up_first():
     path = allocation_path(Sensitivity(units, LEVELS, kld, 512))
     assert bits_of(path[1]) == {"small": 4, "large": 2}
     assert bits_of(path[-1]) == {"small": 4, "large": 4}  # 8 bits saves nothing more: never bought
+
+
+# (bits, weights per scale, symmetric) of each type's RTN probe, read off ggml-common.h's block structs
+GGML_PROBES = {
+    "q2_k": (2, 16, False),
+    "q3_k": (3, 16, True),
+    "q4_k": (4, 32, False),
+    "q5_k": (5, 32, False),
+    "q6_k": (6, 16, True),
+    "q4_0": (4, 32, True),
+    "q4_1": (4, 32, False),
+    "q5_0": (5, 32, True),
+    "q5_1": (5, 32, False),
+    "q8_0": (8, 32, True),
+    "iq4_nl": (4, 32, True),
+    "f16": (0, -1, True),
+}
+
+
+def test_every_tensor_type_a_recipe_may_name_is_a_level_with_its_blocks_probe():
+    """``TENSOR_TYPES`` (methods/gguf.py) is the one list of types: every type it allows is a level of a mixed
+    entry, probed as ggml lays out its blocks."""
+    levels = levels_for({"method": "gguf", "types": list(TENSOR_TYPES)})
+    assert sorted(level.value for level in levels) == sorted(TENSOR_TYPES)
+    assert {name: type_probe(name) for name in GGML_PROBES} == GGML_PROBES
+
+
+def test_a_mixed_variants_setting_says_it_is_mixed_and_a_uniform_ones_does_not():
+    """The label the console, the report and the card show (``plan.variant_setting``)."""
+    from quantmill.plan import variant_setting
+    from quantmill.registry import get_method
+
+    gguf = get_method("gguf")
+    mixed = gguf.params.model_validate({"type": "q2_k", "tensor_types": {"attn_v": "q6_k"}})
+    uniform = gguf.params.model_validate({"type": "q2_k"})
+    assert variant_setting(Variant(gguf.variant_id(mixed), "gguf", mixed, (), -1)) == "q2_k+mix"
+    assert variant_setting(Variant(gguf.variant_id(uniform), "gguf", uniform, (), 0)) == "q2_k"
+    layered = to_variant("rtn", choose(allocation_path(SENSITIVITY), LEVELS, steps=3)[1])
+    assert variant_setting(layered).endswith("+mix")

@@ -82,8 +82,11 @@ def test_a_mixed_winner_is_smaller_than_any_uniform_candidate_that_meets_the_con
     assert smaller and all(c["outcome"] == "failed a constraint" for c in smaller), smaller
     passing = [c for c in uniform if c["outcome"] not in ("failed a constraint", "screened out by proxy")]
     assert all(c["size_mb"] is None or c["size_mb"] > winner["size_mb"] for c in passing)
-    card = next((folder / "zoo" / "org").iterdir()) / "README.md"
-    assert "## Per-layer precision" in card.read_text()
+    card = (next((folder / "zoo" / "org").iterdir()) / "README.md").read_text()
+    assert "## Per-layer precision" in card
+    # the label the console, the report and the card show says it is mixed
+    assert winner["setting"].endswith("+mix") and record["variants"][trace["winner"]]["setting"] == winner["setting"]
+    assert f"quantized with **gguf** ({winner['setting']})" in card
 
 
 def test_the_budget_holds_and_unevaluated_candidates_are_not_variants(searched):
@@ -113,6 +116,6 @@ def test_the_report_shows_the_trace(searched):
     report = (run / "report.md").read_text()
     assert "## Search" in report and record["search"]["summary"] in report
     for candidate in record["search"]["candidates"]:
-        assert f"| {candidate['id']} |" in report
+        assert f"| {candidate['id']} | {candidate['method']} {candidate['setting']} |" in report
     saved = json.loads((run / "results.json").read_text())
     assert saved["search"] == record["search"]
