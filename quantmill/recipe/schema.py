@@ -18,7 +18,8 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN compares false with everything: a rule "max: .nan" would fail every variant while looking valid
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelRef(Strict):
@@ -59,7 +60,7 @@ class Calibration(Strict):
     dataset: DatasetRef | None = Field(None, description="required when a calibrated method is in the matrix")
     num_samples: int = Field(128, gt=0, le=100_000, description="samples drawn (128, as in the GPTQ paper)")
     seq_len: int = Field(512, gt=0, le=131_072, description="tokens per sample")
-    seed: int = Field(0, ge=0, description="sampling seed")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="sampling seed")
 
 
 class Perplexity(Strict):
@@ -90,7 +91,7 @@ class Evaluation(Strict):
     metrics: list[ExtraMetricGroup] = Field(
         default_factory=lambda: list(EXTRA_METRIC_GROUPS), description="extra measurements: size, speed, memory"
     )
-    seed: int = Field(1234, ge=0, description="lm-eval's random, numpy and torch seeds")
+    seed: int = Field(1234, ge=0, le=2**32 - 1, description="lm-eval's random, numpy and torch seeds")
 
     @field_validator("batch_size")
     @classmethod

@@ -51,6 +51,14 @@ CASES = [
         "'nf3' is not allowed",
         "nf3",
     ),
+    ("nan-threshold", add_gate("{metric: ppl, max: .nan}"), "gates[1].max", "should be a finite number", ".nan"),
+    (
+        "seed-beyond-numpy",
+        replace("evaluation:\n", "evaluation:\n  seed: 99999999999999999999\n"),
+        "evaluation.seed",
+        "less than or equal to 4294967295",
+        "seed: 9999",
+    ),
     ("awq-only-4-bit", add_row("{method: awq, bits: 3}"), "variants.methods[1].bits", "expected 4", "awq"),
     (
         "group-size-does-not-divide",
