@@ -102,6 +102,10 @@ def _check_dataset(ref: DatasetRef | None, loc: tuple, doc: LocatedDocument, bas
     return []
 
 
+#: a tokenizer folder holds at least one of these (fast, slow sentencepiece, or BPE vocabulary)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[ModelShape | None, list[RecipeProblem]]:
     model_id = recipe.model.id
     local = is_local_model(model_id, base_dir)
@@ -113,6 +117,17 @@ def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[M
                 "base_model names the Hub id of a local model folder; remove it for a Hub model",
             )
         ]
+    tokenizer = recipe.model.tokenizer
+    if tokenizer and is_local_model(tokenizer, base_dir):
+        folder = _resolve(base_dir, tokenizer)
+        if not any(_is(folder / name, "is_file") for name in TOKENIZER_FILES):
+            return None, [
+                doc.problem(
+                    ("model", "tokenizer"),
+                    f"no tokenizer at {folder}: none of {', '.join(TOKENIZER_FILES)}",
+                    "give a local tokenizer folder (relative to the recipe) or a hub id like 'org/name'",
+                )
+            ]
     if local:
         folder = _resolve(base_dir, model_id)
         if not _is(folder / "config.json", "is_file"):

@@ -51,6 +51,13 @@ CASES = [
         "'nf3' is not allowed",
         "nf3",
     ),
+    (
+        "tokenizer-folder-missing",
+        replace("model:\n", "model:\n  tokenizer: ./no-tokenizer-here\n"),
+        "model.tokenizer",
+        "no tokenizer at",
+        "tokenizer: ./no-tokenizer-here",
+    ),
     ("nan-threshold", add_gate("{metric: ppl, max: .nan}"), "gates[1].max", "should be a finite number", ".nan"),
     (
         "seed-beyond-numpy",
