@@ -1,8 +1,10 @@
 """Keep secrets out of everything quantmill writes: logs, errors, results, reports, cards.
 
 A secret is the value of an environment variable named ``HF_TOKEN``,
-``PREFECT_API_KEY`` or ending in ``_TOKEN``, ``_KEY`` or ``_SECRET``, or the token
-huggingface_hub reads from its token file. Such values are replaced by ``***``
+``PREFECT_API_KEY`` or ending in ``_TOKEN``, ``_KEY`` or ``_SECRET``, a secret-looking
+option (``secret``, ``key``, ``token``, ``password``) in ``QUANTMILL_STORE_OPTIONS``, the
+secret keys in the AWS shared credentials file, or the token huggingface_hub reads from
+its token file. Such values are replaced by ``***``
 wherever text leaves the process through quantmill; every log record of the process
 (Prefect's included, whatever handlers it installs) is masked when it is created;
 subprocesses get an environment without them; and :func:`secret_names_in` lets
@@ -11,6 +13,8 @@ publishing refuse a card that contains one.
 
 from __future__ import annotations
 
+import configparser
+import json
 import logging
 import os
 import re
@@ -36,17 +40,62 @@ def _hub_file_token() -> str | None:
         return None
 
 
+#: environment variables holding JSON options (fsspec's ``key``/``secret`` among them)
+OPTION_VARIABLES = ("QUANTMILL_STORE_OPTIONS",)
+_SECRET_OPTION = re.compile(r"(key|secret|token|password)$", re.IGNORECASE)
+AWS_CREDENTIALS_FILE = "AWS shared credentials file"
+
+
+def _option_secrets() -> dict[str, str]:
+    """String values under secret-looking keys (``secret``, ``aws_secret_access_key``…) of JSON option variables."""
+    found: dict[str, str] = {}
+
+    def walk(where: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if isinstance(inner, str) and _SECRET_OPTION.search(str(key)):
+                    found[f"{where}.{key}"] = inner
+                else:
+                    walk(f"{where}.{key}", inner)
+
+    for variable in OPTION_VARIABLES:
+        try:
+            walk(variable, json.loads(os.environ.get(variable) or "{}"))
+        except ValueError:
+            continue
+    return found
+
+
+@cache
+def _aws_file_secrets() -> tuple[str, ...]:
+    """Secret keys and session tokens in the AWS shared credentials file (the shared store's credentials)."""
+    path = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(path)
+    except (OSError, configparser.Error):
+        return ()
+    return tuple(
+        value
+        for section in parser.sections()
+        for key, value in parser.items(section)
+        if key in ("aws_secret_access_key", "aws_session_token") and value
+    )
+
+
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
 def named_secrets() -> dict[str, str]:
     """Where each known secret comes from → its value (values too short to mask are left out)."""
-    found = {k: v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LENGTH}
+    found = {k: v for k, v in os.environ.items() if is_secret_name(k)}
+    found |= _option_secrets()
+    found |= {f"{AWS_CREDENTIALS_FILE} ({n})": v for n, v in enumerate(_aws_file_secrets(), 1)}
     file_token = _hub_file_token()
-    if file_token and len(file_token) >= _MIN_SECRET_LENGTH:
+    if file_token:
         found[HUB_TOKEN_FILE] = file_token
-    return found
+    return {name: value for name, value in found.items() if len(value) >= _MIN_SECRET_LENGTH}
 
 
 def secrets() -> list[str]:
@@ -66,9 +115,11 @@ def secret_names_in(text: str) -> list[str]:
 
 def scrubbed_environ(base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process's environment) without secrets, for a subprocess."""
-    values = set(secrets())
+    values = secrets()
     return {
-        k: v for k, v in (os.environ if base is None else base).items() if not is_secret_name(k) and v not in values
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not is_secret_name(k) and not any(secret in v for secret in values)  # options JSON holding one too
     }
 
 

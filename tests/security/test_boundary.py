@@ -264,6 +264,25 @@ def test_the_hub_token_file_counts_as_a_secret(monkeypatch, tmp_path):
         redact._hub_file_token.cache_clear()
 
 
+def test_shared_store_credentials_count_as_secrets(monkeypatch, tmp_path):
+    from quantmill import redact
+
+    options = {"key": "AKIAEXAMPLEKEYID", "secret": SENTINEL, "client_kwargs": {"region_name": "eu-west-1"}}
+    monkeypatch.setenv("QUANTMILL_STORE_OPTIONS", json.dumps(options))
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKIAOTHER\naws_secret_access_key = fileSecretValue0123\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    redact._aws_file_secrets.cache_clear()
+    try:
+        said = redact.redact(f"store {SENTINEL} file fileSecretValue0123 region eu-west-1")
+        assert said == "store *** file *** region eu-west-1"
+        assert redact.secret_names_in(SENTINEL) == ["QUANTMILL_STORE_OPTIONS.secret"]
+        env = redact.scrubbed_environ({"QUANTMILL_STORE_OPTIONS": json.dumps(options), "B": "ok"})
+        assert env == {"B": "ok"}  # a variable holding a secret inside other text goes too
+    finally:
+        redact._aws_file_secrets.cache_clear()
+
+
 # --- logs and subprocesses -----------------------------------------------------------------------
 
 
