@@ -113,10 +113,11 @@ class SharedStore:
         ``<its mirror>/<recipe>/artifacts/<variant>-<key>``; the last three parts are the store's.
         """
         artifact = Path(artifact)
-        if self.holds(artifact) or artifact.parent.name != "artifacts":
+        if self.holds(artifact):
             return artifact
         recipe, folder = artifact.parent.parent.name, artifact.name
-        if not (SLUG.fullmatch(recipe) and ARTIFACT_FOLDER.fullmatch(folder)):  # a record naming anything else
+        # a record naming anything else (another store's folder, a path with '..') is never used as it is
+        if artifact.parent.name != "artifacts" or not (SLUG.fullmatch(recipe) and ARTIFACT_FOLDER.fullmatch(folder)):
             raise RunStoreError(f"shared run store {self.url}: {artifact} is not an artifact folder of a recipe")
         return self.mirror / recipe / "artifacts" / folder
 

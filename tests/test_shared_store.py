@@ -162,6 +162,16 @@ def test_a_cache_entry_is_shared_and_a_push_cut_short_never_shows_a_key_without_
     assert not (cache_b / "keys" / "k2").exists()  # half an entry is no entry
 
 
+@pytest.mark.fast
+def test_a_recorded_artifact_path_is_mapped_into_this_mirror_or_refused(url, tmp_path, monkeypatch):
+    store = worker(url, tmp_path / "a", monkeypatch).shared
+    made_elsewhere = Path("/home/other/cache/stores/x/r/artifacts/rtn-w4-0123456789ab")
+    assert store.localize(made_elsewhere) == store.mirror / "r" / "artifacts" / "rtn-w4-0123456789ab"
+    for recorded in ("/srv/private-store/r/models/rtn-w4-0123456789ab", "/srv/r/artifacts/rtn-w4-0123456789ab/.."):
+        with pytest.raises(RunStoreError, match="is not an artifact folder of a recipe"):
+            store.localize(Path(recorded))  # another folder of this machine is never used as this recipe's
+
+
 def artifact(folder: Path) -> None:
     (folder / "sub").mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"\0" * 1000)
