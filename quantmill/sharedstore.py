@@ -93,6 +93,27 @@ class SharedStore:
                     self._fs.auto_mkdir = True  # object stores have no folders to make first
         return self._fs
 
+    def _through_a_link(self, remote: str) -> bool:
+        """Whether a ``file://`` store path is a link or lies under one below the store's root: another
+        worker on the shared mount could point one at this machine's files (a read copies them into an
+        artifact; a write lands there). Object stores have no links."""
+        if not is_local(self.fs):
+            return False
+        root, path = Path(self._root), Path(remote)
+        if not path.is_relative_to(root):
+            return True
+        for part in [path, *path.parents]:
+            if part == root:
+                return False
+            if part.is_symlink():
+                return True
+        return True
+
+    def _refuse_links(self, remotes: list[str]) -> None:
+        linked = next((r for r in remotes if self._through_a_link(r)), None)
+        if linked is not None:
+            raise RunStoreError(f"shared run store {self.url}: {linked} is a link, or under one: not followed")
+
     def remote(self, local: Path) -> str:
         """The store path of a path in the mirror."""
         try:
@@ -177,6 +198,10 @@ class SharedStore:
     def _download(self, items: list[_Item], doing: str, placeable: Callable[[Path, Path], bool] | None = None) -> None:
         """Fetch these files into a scratch folder in one batch, then move each into place in order
         (those ``placeable(mirror path, fetched file)`` accepts, when given)."""
+        linked = [item for item in items if self._through_a_link(item[0])]
+        for remote, _, _ in linked:
+            log.warning("not using %s from the shared store: a link, or under one", remote)
+        items = [item for item in items if item not in linked]
         if not items:
             return
         self.mirror.mkdir(parents=True, exist_ok=True)
@@ -204,6 +229,7 @@ class SharedStore:
 
     def _put(self, local: Path, remote: str | None = None) -> None:
         remote = remote or self.remote(local)
+        self._refuse_links([remote])
         with self._talking(f"write {remote}"):
             if is_local(self.fs):  # write beside, then rename: readers see the old file or the new one
                 scratch = f"{remote}.{uuid.uuid4().hex[:8]}.tmp"
@@ -272,6 +298,7 @@ class SharedStore:
         """
         files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != COMPLETE_MARKER)
         remote = self.remote(folder)
+        self._refuse_links([remote, *(self.remote(f) for f in files)])
         before_marker()
         with self._talking(f"write {remote}"):
             if files:
@@ -313,6 +340,7 @@ class SharedStore:
             except FileNotFoundError:
                 return folder  # not finished anywhere: absent
         files = _listed_files(marker, f"{self.url}: {remote}/{COMPLETE_MARKER}")
+        self._refuse_links([f"{remote}/{COMPLETE_MARKER}"] + [f"{remote}/{n}" for n in files])
         local.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.fetch-", dir=local.parent))
         try:

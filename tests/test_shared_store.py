@@ -335,6 +335,33 @@ def test_a_file_url_store_shares_runs_and_locks_too(tmp_path, monkeypatch):
 
 
 @pytest.mark.fast
+def test_links_another_worker_plants_in_a_file_url_store_are_not_followed(tmp_path, monkeypatch, caplog):
+    url = (tmp_path / "shared").as_uri()
+    store_a = worker(url, tmp_path / "a", monkeypatch)
+    run = store_a.create_run("r", "name: r\n", {})
+    run.write_record(record_of(run))
+    victim = tmp_path / "b-secrets"  # a file of worker B's machine
+    victim.mkdir()
+    (victim / "token").write_text("hf_theVictimsTokenValue")
+    planted = tmp_path / "shared" / "r" / run.run_id / "plan.json"
+    planted.unlink()
+    planted.symlink_to(victim / "token")  # read: would copy B's token into B's mirror, and on into artifacts
+    (tmp_path / "shared" / "r" / "artifacts").symlink_to(victim, target_is_directory=True)  # write: would land there
+
+    store_b = worker(url, tmp_path / "b", monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="quantmill.sharedstore"):
+        store_b.pull("r")
+    mirror_run = store_b.recipe_dir("r") / run.run_id
+    assert (mirror_run / "results.json").is_file() and not (mirror_run / "plan.json").exists()
+    assert "plan.json from the shared store: a link, or under one" in caplog.text
+    folder = store_b.recipe_dir("r") / "artifacts" / "rtn-w4-0123456789ab"
+    artifact(folder)
+    with pytest.raises(RunStoreError, match="is a link, or under one: not followed"):
+        store_b.shared.push_artifact(folder)
+    assert sorted(p.name for p in victim.iterdir()) == ["token"]
+
+
+@pytest.mark.fast
 def test_a_missing_bucket_is_one_clear_line(s3, tmp_path, monkeypatch):
     store = worker("s3://no-such-bucket/runs", tmp_path / "a", monkeypatch)
     with pytest.raises(RunStoreError) as caught:
