@@ -109,8 +109,11 @@ def mix_suffix(pairs: Pairs) -> str:
 
 
 def linear_layers(shape: ModelShape) -> dict[str, int]:
-    """The decoder's linear layers (what GPTQ and RTN quantize) and their parameters."""
-    return {name: n for name, n in shape.weight_parameters.items() if ".layers." in name and name.endswith("proj")}
+    """The decoder's linear layers (what GPTQ and RTN quantize, :func:`quantmill.modelinfo.is_block_linear`)
+    and their parameters."""
+    from quantmill.modelinfo import is_block_linear
+
+    return {name: n for name, n in shape.weight_parameters.items() if is_block_linear(name)}
 
 
 def unknown_name_findings(
