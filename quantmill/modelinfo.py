@@ -196,3 +196,31 @@ def _module_of(tensor: str) -> str | None:
         if part.startswith("weight"):
             return ".".join(parts[:i])
     return None if parts[-1].endswith("bias") else ".".join(parts[:-1])
+
+
+_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def unquantized_linear_layers(model_dir: Path) -> tuple[list[str], int] | None:
+    """The block linear layers (:func:`is_block_linear`) of a safetensors checkpoint that are stored as plain
+    float weights with nothing beside them (no scales, no packed data), and how many block linear layers it
+    has; None when the folder has no safetensors files. A quantizer that leaves all of them so did nothing."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    tensors: dict[str, list[tuple[str, str]]] = {}  # module → (tensor name, dtype)
+    for file in files:
+        try:
+            header = _safetensors_header(file)
+        except (OSError, ValueError, struct.error):
+            return None  # not a readable safetensors file: the format's own loader will say so
+        for name, info in header.items():
+            module = _module_of(name)
+            if name != "__metadata__" and module is not None and is_block_linear(module):
+                tensors.setdefault(module, []).append((name.removeprefix(module + "."), info["dtype"]))
+    plain = [
+        module
+        for module, parts in tensors.items()
+        if all(part == "weight" and dtype in _FLOAT_DTYPES for part, dtype in parts)
+    ]
+    return sorted(plain), len(tensors)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from quantmill import steplog
 from quantmill.errors import QuantizationError, QuantmillError
-from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, route_llama_log, run_tool
+from quantmill.llamacpp import LlamaCpp, LlamaCppError, find_llama_cpp, parse_fallbacks, route_llama_log, run_tool
 from quantmill.methods._sentencepiece import is_llama_style_bpe, write_sentencepiece_model
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.runstore import exclusive_lock
@@ -99,9 +99,26 @@ def base_gguf(llama: LlamaCpp, ctx: QuantizeContext, outtype: str = "f16") -> Pa
         if not target.is_file():
             partial = target.with_suffix(".partial")
             with _conversion_folder(ctx, route) as folder:
-                llama.convert(folder, partial, outtype)
+                try:
+                    llama.convert(folder, partial, outtype)
+                except LlamaCppError as exc:  # its whole output is in the step's log
+                    raise QuantizationError(
+                        f"llama.cpp's converter failed for {_architecture(ctx.source_dir) or model_name(ctx)}: "
+                        f"{converter_failure(str(exc))}"
+                    ) from exc
             os.replace(partial, target)
     return target
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit)\b:?.*$")
+
+
+def converter_failure(output: str) -> str:
+    """The one line of a failed conversion's output that says why: its last exception line (``KeyError: 'n_ctx'``,
+    ``NotImplementedError: BPE pre-tokenizer was not recognized …``), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    reasons = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (reasons or lines or ["no output"])[-1][:300]
 
 
 def importance_matrix(llama: LlamaCpp, ctx: QuantizeContext, base: Path) -> tuple[Path, dict]:

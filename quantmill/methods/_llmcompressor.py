@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from quantmill.errors import QuantizationError
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.methods.formats import TransformersFormat
-from quantmill.methods.spec import Finding
+from quantmill.methods.spec import Finding, conv1d_findings
 
 if TYPE_CHECKING:  # the servable probe imports the methods and needs no recipe or calibration code
     from quantmill.calibration import CalibrationSet
@@ -30,18 +30,8 @@ COMPRESSED_TENSORS = TransformersFormat(
 
 
 def linear_only_findings(shape: ModelShape | None) -> list[Finding]:
-    """llm-compressor quantizes ``nn.Linear`` layers: a model whose layers are ``Conv1D`` (GPT-2) would come out
-    unquantized."""
-    if shape is None or not shape.conv1d_linears:
-        return []
-    return [
-        Finding(
-            "method",
-            f"llm-compressor quantizes nn.Linear layers only; {shape.architecture or shape.model_type}'s layers are "
-            "Conv1D, so nothing would be quantized",
-            "use gguf or bnb for this model",
-        )
-    ]
+    """llm-compressor quantizes ``nn.Linear`` layers only (:func:`~quantmill.methods.spec.conv1d_findings`)."""
+    return conv1d_findings(shape, "llm-compressor")
 
 
 def weight_args(bits: int, group_size: int, symmetric: bool):

@@ -109,8 +109,8 @@ def test_quantized_tensors_count_towards_their_layer():
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "int8", "fp8"])
-def test_llm_compressor_methods_refuse_conv1d_models_at_validation(tmp_path, method):
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq", "int8", "fp8", "torchao", "hqq"])
+def test_linear_only_methods_refuse_conv1d_models_at_validation(tmp_path, method):
     shape = read_model_shape(write_header_only(tmp_path / "gpt2", GPT2, "gpt2", "GPT2LMHeadModel"))
     spec = get_method(method)
 
@@ -119,6 +119,17 @@ def test_llm_compressor_methods_refuse_conv1d_models_at_validation(tmp_path, met
     assert any("Conv1D" in f.message and "GPT2LMHeadModel" in f.message for f in findings), findings
     phi3 = read_model_shape(write_header_only(tmp_path / "phi3", PHI3, "phi3", "Phi3ForCausalLM"))
     assert not [f for f in spec.check(spec.params(), phi3, "cpu") if f.field == "method"]
+
+
+@pytest.mark.fast
+def test_hqq_refuses_a_decoder_outside_model_layers_at_validation(tmp_path):
+    spec = get_method("hqq")
+    neox = read_model_shape(write_header_only(tmp_path / "neox", NEOX, "gpt_neox", "GPTNeoXForCausalLM"))
+
+    findings = spec.check(spec.params(), neox, "cpu")
+
+    assert [f.field for f in findings] == ["method"]
+    assert "GPTNeoXForCausalLM" in findings[0].message and "gpt_neox.layers.0" in findings[0].message
 
 
 @pytest.mark.fast
