@@ -49,8 +49,19 @@ def vocabulary_route(source_dir: Path) -> str:
 
 
 #: config keys llama.cpp's converter reads that transformers 5 no longer writes: model type → {key: where its
-#: value is now} (a GPT-2 saved by transformers 5 has ``n_positions`` but no ``n_ctx``: KeyError in the converter)
-LEGACY_CONFIG_KEYS: dict[str, dict[str, str]] = {"gpt2": {"n_ctx": "n_positions"}}
+#: value is now, a dotted path} (a GPT-2 saved by transformers 5 has ``n_positions`` but no ``n_ctx``, a GPT-NeoX
+#: has ``rope_parameters.partial_rotary_factor`` but no ``rotary_pct``: KeyError in the converter)
+LEGACY_CONFIG_KEYS: dict[str, dict[str, str]] = {
+    "gpt2": {"n_ctx": "n_positions"},
+    "gpt_neox": {"rotary_pct": "rope_parameters.partial_rotary_factor"},
+}
+
+
+def _lookup(config: dict, path: str) -> object:
+    value: object = config
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def converter_config(source_dir: Path) -> dict | None:
@@ -63,7 +74,8 @@ def converter_config(source_dir: Path) -> dict | None:
     if not isinstance(config, dict):
         return None
     legacy = LEGACY_CONFIG_KEYS.get(str(config.get("model_type")), {})
-    missing = {key: config[now] for key, now in legacy.items() if key not in config and now in config}
+    missing = {key: _lookup(config, now) for key, now in legacy.items() if key not in config}
+    missing = {key: value for key, value in missing.items() if value is not None}
     return {**config, **missing} if missing else None
 
 

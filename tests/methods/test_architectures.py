@@ -203,3 +203,24 @@ def test_llm_compressor_never_saves_an_unquantized_conv1d_model(models, tmp_path
     with pytest.raises(QuantizationError, match="quantized no layer of this GPT2LMHeadModel"):
         quantize("rtn", {"bits": 8, "group_size": 64}, models("gpt2"), tmp_path / "gpt2")
     assert not (tmp_path / "gpt2").exists()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("config", "restored"),
+    [
+        ({"model_type": "gpt2", "n_positions": 1024}, {"n_ctx": 1024}),
+        ({"model_type": "gpt_neox", "rope_parameters": {"partial_rotary_factor": 0.25}}, {"rotary_pct": 0.25}),
+        ({"model_type": "gpt2", "n_positions": 1024, "n_ctx": 2048}, None),  # a config that has it keeps its own
+        ({"model_type": "llama", "hidden_size": 256}, None),
+    ],
+    ids=["gpt2", "gpt-neox", "has-it", "llama"],
+)
+def test_llama_cpp_converter_gets_the_config_keys_transformers_5_no_longer_writes(tmp_path, config, restored):
+    from quantmill.methods._gguf import converter_config
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    patched = converter_config(tmp_path)
+
+    assert patched == (None if restored is None else {**config, **restored})
