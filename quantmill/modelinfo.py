@@ -11,6 +11,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CANDIDATE_GROUP_SIZES = (16, 32, 64, 128, 256)
 
@@ -115,7 +116,7 @@ def read_model_shape(model_dir: Path) -> ModelShape | None:
     return ModelShape(llama_like, total, linear, size, matrices, **kind)
 
 
-def _llama_like_in_features(text: dict) -> dict[str, int] | None:
+def _llama_like_in_features(text: Any) -> dict[str, int] | None:
     hidden = text.get("hidden_size")
     intermediate = text.get("intermediate_size")
     heads = text.get("num_attention_heads")

@@ -275,7 +275,7 @@ def unsupported_architecture(architecture: str | None) -> str | None:
     known = converter_architectures(llama.tree)
     if not known or architecture in known:
         return None
-    return f"llama.cpp's converter ({llama.tree.name}) has no support for {architecture}"
+    return f"llama.cpp's converter has no support for {architecture} (its tree: {llama.tree})"
 
 
 def quantize(params, ctx: QuantizeContext) -> dict:

@@ -198,10 +198,20 @@ def test_rtn_w8_reloads_close_to_the_baseline(models, tmp_path, family):
 
 
 @pytest.mark.slow
-def test_llm_compressor_never_saves_an_unquantized_conv1d_model(models, tmp_path):
-    """Past validation (a config read elsewhere), llm-compressor's no-op on GPT-2 fails the variant."""
-    with pytest.raises(QuantizationError, match="quantized no layer of this GPT2LMHeadModel"):
-        quantize("rtn", {"bits": 8, "group_size": 64}, models("gpt2"), tmp_path / "gpt2")
+@pytest.mark.parametrize(
+    ("method", "params", "error"),
+    [
+        # llm-compressor's own count of the layers it quantized
+        ("rtn", {"bits": 8, "group_size": 64}, "quantized no layer of this GPT2LMHeadModel"),
+        # any method: the saved folder's decoder linears are all still plain float weights
+        ("torchao", {"scheme": "int8-weight-only"}, "quantized none of the 8 linear layers of GPT2LMHeadModel"),
+    ],
+    ids=["llm-compressor", "any-method"],
+)
+def test_a_method_that_quantizes_nothing_never_saves_the_baseline(models, tmp_path, method, params, error):
+    """Past validation (a config read elsewhere), a backend's silent no-op on GPT-2's Conv1D fails the variant."""
+    with pytest.raises(QuantizationError, match=error):
+        quantize(method, params, models("gpt2"), tmp_path / "gpt2")
     assert not (tmp_path / "gpt2").exists()
 
 
