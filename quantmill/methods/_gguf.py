@@ -49,12 +49,11 @@ def vocabulary_route(source_dir: Path) -> str:
 
 
 #: config keys llama.cpp's converter reads that transformers 5 no longer writes: model type → {key: where its
-#: value is now, a dotted path} (a GPT-2 saved by transformers 5 has ``n_positions`` but no ``n_ctx``, a GPT-NeoX
-#: has ``rope_parameters.partial_rotary_factor`` but no ``rotary_pct``: KeyError in the converter)
-LEGACY_CONFIG_KEYS: dict[str, dict[str, str]] = {
-    "gpt2": {"n_ctx": "n_positions"},
-    "gpt_neox": {"rotary_pct": "rope_parameters.partial_rotary_factor"},
-}
+#: value is now, a dotted path} (a GPT-2 saved by transformers 5 has ``n_positions`` but no ``n_ctx``: KeyError in
+#: the converter). Only keys transformers' config class keeps help: the converter reads the config through
+#: ``AutoConfig``, so GPT-NeoX's ``rotary_pct``, which transformers 5 folds into ``rope_parameters``, cannot be
+#: restored this way (its conversion fails with ``KeyError: 'rotary_pct'``, reported in one line).
+LEGACY_CONFIG_KEYS: dict[str, dict[str, str]] = {"gpt2": {"n_ctx": "n_positions"}}
 
 
 def _lookup(config: dict, path: str) -> object:

@@ -220,11 +220,10 @@ def test_a_method_that_quantizes_nothing_never_saves_the_baseline(models, tmp_pa
     ("config", "restored"),
     [
         ({"model_type": "gpt2", "n_positions": 1024}, {"n_ctx": 1024}),
-        ({"model_type": "gpt_neox", "rope_parameters": {"partial_rotary_factor": 0.25}}, {"rotary_pct": 0.25}),
         ({"model_type": "gpt2", "n_positions": 1024, "n_ctx": 2048}, None),  # a config that has it keeps its own
         ({"model_type": "llama", "hidden_size": 256}, None),
     ],
-    ids=["gpt2", "gpt-neox", "has-it", "llama"],
+    ids=["gpt2", "has-it", "llama"],
 )
 def test_llama_cpp_converter_gets_the_config_keys_transformers_5_no_longer_writes(tmp_path, config, restored):
     from quantmill.methods._gguf import converter_config
