@@ -27,6 +27,7 @@ from quantmill.calibration import CalibrationSet
 from quantmill.errors import MissingDependencyError, QuantizationError, QuantmillError
 from quantmill.measure import measure
 from quantmill.methods.base import COMMON_PACKAGES, QuantizeContext, package_version
+from quantmill.modelinfo import read_model_shape, unquantized_linear_layers
 from quantmill.recipe.matrix import Variant
 from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, exclusive_lock, read_json
 from quantmill.sharedstore import configured, store_holding
@@ -162,6 +163,7 @@ def quantize_variant(
                 details = spec.quantize(variant.params, ctx)
             if spec.output_format.has_tokenizer and not any((staging / n).exists() for n in _TOKENIZER_FILES):
                 ctx.load_tokenizer().save_pretrained(staging)
+            _require_quantized_layers(variant, source_dir, staging)
         except QuantmillError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -195,6 +197,26 @@ def quantize_variant(
         if shared is not None and lease is not None:
             shared.push_artifact(out_dir, before_marker=lease.check)
     return read_artifact(out_dir)
+
+
+def _require_quantized_layers(variant: Variant, source_dir: Path, staging: Path) -> None:
+    """Refuse an output whose every decoder linear layer is still a plain float weight: the backend skipped
+    layers it does not handle (``Conv1D``, an unknown layout) and saving it would publish the baseline
+    under a quantized variant's name. Formats without safetensors (GGUF, hqq's own) are not read here."""
+    found = unquantized_linear_layers(staging)
+    if found is None:
+        return
+    plain, layers = found
+    if layers and len(plain) == layers:
+        raise QuantizationError(
+            f"{variant.id}: {variant.spec.name} quantized none of the {layers} linear layers of "
+            f"{_architecture(source_dir)} (e.g. {plain[0]}): it does not handle this architecture's layers"
+        )
+
+
+def _architecture(model_dir: Path) -> str:
+    shape = read_model_shape(model_dir)
+    return (shape.architecture or shape.model_type or "this model") if shape else "this model"
 
 
 def _describe(calibration: CalibrationSet) -> dict[str, Any]:

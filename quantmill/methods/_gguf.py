@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -19,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from quantmill import steplog
-from quantmill.errors import QuantizationError
-from quantmill.llamacpp import LlamaCpp, find_llama_cpp, parse_fallbacks, route_llama_log, run_tool
+from quantmill.errors import QuantizationError, QuantmillError
+from quantmill.llamacpp import LlamaCpp, LlamaCppError, find_llama_cpp, parse_fallbacks, route_llama_log, run_tool
 from quantmill.methods._sentencepiece import is_llama_style_bpe, write_sentencepiece_model
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.runstore import exclusive_lock
@@ -46,21 +48,57 @@ def vocabulary_route(source_dir: Path) -> str:
     return SENTENCEPIECE_FROM_MERGES if is_llama_style_bpe(source_dir) else "llama.cpp"
 
 
+#: config keys llama.cpp's converter reads that transformers 5 no longer writes: model type → {key: where its
+#: value is now, a dotted path} (a GPT-2 saved by transformers 5 has ``n_positions`` but no ``n_ctx``: KeyError in
+#: the converter). Only keys transformers' config class keeps help: the converter reads the config through
+#: ``AutoConfig``, so GPT-NeoX's ``rotary_pct``, which transformers 5 folds into ``rope_parameters``, cannot be
+#: restored this way (its conversion fails with ``KeyError: 'rotary_pct'``, reported in one line).
+LEGACY_CONFIG_KEYS: dict[str, dict[str, str]] = {"gpt2": {"n_ctx": "n_positions"}}
+
+
+def _lookup(config: dict, path: str) -> object:
+    value: object = config
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def converter_config(source_dir: Path) -> dict | None:
+    """``config.json`` with the keys llama.cpp's converter expects restored (:data:`LEGACY_CONFIG_KEYS`);
+    None when it needs none."""
+    try:
+        config = json.loads((source_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    legacy = LEGACY_CONFIG_KEYS.get(str(config.get("model_type")), {})
+    missing = {key: _lookup(config, now) for key, now in legacy.items() if key not in config}
+    missing = {key: value for key, value in missing.items() if value is not None}
+    return {**config, **missing} if missing else None
+
+
 @contextlib.contextmanager
 def _conversion_folder(ctx: QuantizeContext, route: str) -> Iterator[Path]:
-    """The folder the converter reads: the source itself, or a staging copy with the SentencePiece model.
+    """The folder the converter reads: the source itself, or a staging copy with the SentencePiece model
+    and/or a ``config.json`` with the keys the converter expects (:func:`converter_config`).
 
     The staging copy links the source's files (the user's model folder is never written to).
     """
-    if route != SENTENCEPIECE_FROM_MERGES:
+    config = converter_config(ctx.source_dir)
+    if route != SENTENCEPIECE_FROM_MERGES and config is None:
         yield ctx.source_dir
         return
     ctx.shared_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="convert-", dir=ctx.shared_dir) as staging:
         folder = Path(staging)
         for entry in ctx.source_dir.iterdir():
-            (folder / entry.name).symlink_to(entry.resolve())
-        write_sentencepiece_model(ctx.source_dir, folder / "tokenizer.model")
+            if not (config is not None and entry.name == "config.json"):
+                (folder / entry.name).symlink_to(entry.resolve())
+        if config is not None:
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+        if route == SENTENCEPIECE_FROM_MERGES:
+            write_sentencepiece_model(ctx.source_dir, folder / "tokenizer.model")
         yield folder
 
 
@@ -72,9 +110,26 @@ def base_gguf(llama: LlamaCpp, ctx: QuantizeContext, outtype: str = "f16") -> Pa
         if not target.is_file():
             partial = target.with_suffix(".partial")
             with _conversion_folder(ctx, route) as folder:
-                llama.convert(folder, partial, outtype)
+                try:
+                    llama.convert(folder, partial, outtype)
+                except LlamaCppError as exc:  # its whole output is in the step's log
+                    raise QuantizationError(
+                        f"llama.cpp's converter failed for {_architecture(ctx.source_dir) or model_name(ctx)}: "
+                        f"{converter_failure(str(exc))}"
+                    ) from exc
             os.replace(partial, target)
     return target
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit)\b:?.*$")
+
+
+def converter_failure(output: str) -> str:
+    """The one line of a failed conversion's output that says why: its last exception line (``KeyError: 'n_ctx'``,
+    ``NotImplementedError: BPE pre-tokenizer was not recognized …``), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    reasons = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (reasons or lines or ["no output"])[-1][:300]
 
 
 def importance_matrix(llama: LlamaCpp, ctx: QuantizeContext, base: Path) -> tuple[Path, dict]:
@@ -181,6 +236,47 @@ def tensor_type_arguments(tensor_types: tuple[tuple[str, str], ...], folder: Pat
     return ["--tensor-type-file", str(file)]
 
 
+_REGISTER = re.compile(r"ModelBase\.register\(([^)]*)\)")
+_QUOTED = re.compile(r"[\"']([A-Za-z0-9_]+)[\"']")
+
+
+@functools.cache
+def converter_architectures(tree: Path) -> frozenset[str]:
+    """The ``architectures`` names llama.cpp's converter in ``tree`` registers a model class for (read from its
+    source: ``@ModelBase.register("LlamaForCausalLM", …)`` in ``convert_hf_to_gguf.py`` or ``conversion/*.py``)."""
+    names: set[str] = set()
+    for source in [tree / "convert_hf_to_gguf.py", *sorted((tree / "conversion").glob("*.py"))]:
+        with contextlib.suppress(OSError):
+            for call in _REGISTER.findall(source.read_text(errors="replace")):
+                names.update(_QUOTED.findall(call))
+    return frozenset(names)
+
+
+def _architecture(model_dir: Path) -> str | None:
+    try:
+        architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or [None]
+    except (OSError, ValueError, AttributeError):
+        return None
+    return architectures[0] if isinstance(architectures[0], str) else None
+
+
+def unsupported_architecture(architecture: str | None) -> str | None:
+    """Why llama.cpp's converter cannot convert a model of this ``architectures`` name, or None when it can
+    (or when it cannot be told: no architecture, no llama.cpp tree set up here)."""
+    if not architecture:
+        return None
+    try:
+        llama = find_llama_cpp()
+    except QuantmillError:
+        return None
+    if llama is None:
+        return None
+    known = converter_architectures(llama.tree)
+    if not known or architecture in known:
+        return None
+    return f"llama.cpp's converter has no support for {architecture} (its tree: {llama.tree})"
+
+
 def quantize(params, ctx: QuantizeContext) -> dict:
     llama = find_llama_cpp()
     if llama is None:
@@ -188,6 +284,9 @@ def quantize(params, ctx: QuantizeContext) -> dict:
             "GGUF needs llama.cpp's convert_hf_to_gguf.py: run `quantmill setup llama-cpp` "
             "(or set LLAMA_CPP_DIR to a llama.cpp checkout)"
         )
+    unsupported = unsupported_architecture(_architecture(ctx.source_dir))
+    if unsupported:  # known before converting (validate says it too when the model's config is on disk)
+        raise QuantizationError(f"{model_name(ctx)}: gguf cannot convert this model: {unsupported}")
     gguf_type = params.type
     out = ctx.out_dir / f"{model_name(ctx)}-{gguf_type.upper()}.gguf"
     if gguf_type in ("f16", "bf16", "f32"):

@@ -8,11 +8,14 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from quantmill.errors import QuantizationError
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.methods.formats import TransformersFormat
+from quantmill.methods.spec import Finding, conv1d_findings
 
 if TYPE_CHECKING:  # the servable probe imports the methods and needs no recipe or calibration code
     from quantmill.calibration import CalibrationSet
+    from quantmill.modelinfo import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,11 @@ PACKAGES = ("llmcompressor", "compressed-tensors")
 COMPRESSED_TENSORS = TransformersFormat(
     "compressed-tensors", serve_note="Serve with vLLM:\n\n```bash\nvllm serve {repo}\n```"
 )
+
+
+def linear_only_findings(shape: ModelShape | None) -> list[Finding]:
+    """llm-compressor quantizes ``nn.Linear`` layers only (:func:`~quantmill.methods.spec.conv1d_findings`)."""
+    return conv1d_findings(shape, "llm-compressor")
 
 
 def weight_args(bits: int, group_size: int, symmetric: bool):
@@ -168,6 +176,11 @@ def compress(
         )
     with no_pinning_without_accelerator() as pinning_disabled, onloading_to(ctx.device):
         oneshot(model=model, recipe=modifiers, pipeline=pipeline, tokenizer=tokenizer, **kwargs)
+    quantized = sum(1 for module in model.modules() if getattr(module, "quantization_scheme", None) is not None)
+    if quantized == 0:  # e.g. Conv1D layers (GPT-2): saving would publish the unquantized model under this name
+        raise QuantizationError(
+            f"llm-compressor quantized no layer of this {type(model).__name__}: it quantizes nn.Linear layers only"
+        )
     model.save_pretrained(ctx.out_dir, save_compressed=True)
     tokenizer.save_pretrained(ctx.out_dir)
     details: dict[str, Any] = {

@@ -6,7 +6,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress, weight_scheme
+from quantmill.methods._llmcompressor import (
+    COMPRESSED_TENSORS,
+    EXTRA,
+    IGNORE,
+    PACKAGES,
+    compress,
+    linear_only_findings,
+    weight_scheme,
+)
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings, scale_bits
 
@@ -44,5 +52,5 @@ SPEC = MethodSpec(
     needs_calibration=lambda p: True,
     variant_id=lambda p: f"awq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}",
     bits_per_weight=lambda p: p.bits + scale_bits(p.group_size, 32),
-    check=lambda p, shape, device: group_size_findings(p.group_size, shape),
+    check=lambda p, shape, device: linear_only_findings(shape) + group_size_findings(p.group_size, shape),
 )

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress
+from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress, linear_only_findings
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec
 
@@ -38,4 +38,5 @@ SPEC = MethodSpec(
     needs_calibration=lambda p: p.scheme == "static",
     variant_id=lambda p: f"fp8-{p.scheme}",
     bits_per_weight=lambda p: 8 + 32 / 256,
+    check=lambda p, shape, device: linear_only_findings(shape),
 )

@@ -242,7 +242,21 @@ class GGUFFormat(OutputFormat):
         return gguf_greedy_generate(self.usage(repo_id, provenance), prompts, max_new_tokens)
 
 
-def _tensor_findings(params: GGUFParams, shape: ModelShape | None, device: str) -> list[Finding]:
+def _findings(params: GGUFParams, shape: ModelShape | None, device: str) -> list[Finding]:
+    return _architecture_findings(shape) + _tensor_findings(params, shape)
+
+
+def _architecture_findings(shape: ModelShape | None) -> list[Finding]:
+    """llama.cpp's converter must know the model's architecture (checked when llama.cpp is set up here)."""
+    from quantmill.methods._gguf import unsupported_architecture
+
+    reason = unsupported_architecture(shape.architecture if shape else None)
+    if reason is None:
+        return []
+    return [Finding("method", f"gguf cannot convert this model: {reason}", "use a transformers-format method")]
+
+
+def _tensor_findings(params: GGUFParams, shape: ModelShape | None) -> list[Finding]:
     """``tensor_types`` patterns must compile and match a tensor of the model (when its shape is known)."""
     invalid = invalid_pattern_findings("tensor_types", params.tensor_types)
     if invalid or shape is None or not params.tensor_types:
@@ -285,7 +299,7 @@ SPEC = MethodSpec(
     quantizes_embeddings=True,
     # convert_hf_to_gguf.py loads some tokenizers with AutoTokenizer(..., trust_remote_code=True)
     runs_model_code=True,
-    check=_tensor_findings,
+    check=_findings,
     layer_bits_per_weight=_tensor_bits,
     layer_precision=_tensor_rows,
 )

@@ -10,7 +10,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress, weight_scheme
+from quantmill.methods._llmcompressor import (
+    COMPRESSED_TENSORS,
+    EXTRA,
+    IGNORE,
+    PACKAGES,
+    compress,
+    linear_only_findings,
+    weight_scheme,
+)
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.layers import (
     LayerBits,
@@ -66,7 +74,9 @@ SPEC = MethodSpec(
     variant_id=lambda p: f"gptq-w{p.bits}-g{p.group_size if p.group_size > 0 else 'ch'}{mix_suffix(p.layer_bits)}",
     bits_per_weight=lambda p: p.bits + scale_bits(p.group_size),
     check=lambda p, shape, device: (
-        group_size_findings(p.group_size, shape) + linear_layer_findings(p.layer_bits, shape)
+        linear_only_findings(shape)
+        + group_size_findings(p.group_size, shape)
+        + linear_layer_findings(p.layer_bits, shape)
     ),
     layer_bits_per_weight=lambda p, shape: linear_bits_per_weight(
         p.layer_bits, shape, p.bits, lambda bits: bits + scale_bits(p.group_size)

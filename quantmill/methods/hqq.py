@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
+from quantmill.errors import QuantizationError
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.methods.formats import TransformersFormat
-from quantmill.methods.spec import MethodParams, MethodSpec, group_size_findings, scale_bits
+from quantmill.methods.layers import linear_layers
+from quantmill.methods.spec import Finding, MethodParams, MethodSpec, conv1d_findings, group_size_findings, scale_bits
+
+if TYPE_CHECKING:
+    from quantmill.modelinfo import ModelShape
 
 
 class HQQParams(MethodParams):
@@ -20,11 +25,39 @@ class HQQParams(MethodParams):
     group_size: int = Field(64, gt=0)
 
 
+#: where hqq's model patcher looks for the decoder blocks (``model.model.layers``: Llama, Qwen2, Mistral, Phi-3 …)
+HQQ_BLOCKS = "model.layers."
+
+
+def layout_findings(shape: ModelShape | None) -> list[Finding]:
+    """hqq quantizes ``nn.Linear`` layers of decoders whose blocks are ``model.layers.N``; other layouts
+    (GPT-2's ``transformer.h``, GPT-NeoX's ``gpt_neox.layers``, OPT's ``model.decoder.layers``) fail inside it."""
+    if shape is None:
+        return []
+    findings = conv1d_findings(shape, "hqq")
+    layers = linear_layers(shape)
+    if not findings and layers and not any(name.startswith(HQQ_BLOCKS) for name in layers):
+        example = min(layers)
+        findings.append(
+            Finding(
+                "method",
+                f"hqq handles decoders whose blocks are {HQQ_BLOCKS}N; "
+                f"{shape.architecture or shape.model_type} has them elsewhere (e.g. {example})",
+                "use bnb, torchao or gguf for this model",
+            )
+        )
+    return findings
+
+
 def quantize(params: HQQParams, ctx: QuantizeContext) -> dict:
     from hqq.core.quantize import BaseQuantizeConfig
     from hqq.models.hf.base import AutoHQQHFModel
 
     model = ctx.load_model()
+    if not hasattr(getattr(model, "model", None), "layers"):  # hqq would fail with a TypeError deep inside
+        raise QuantizationError(
+            f"hqq handles decoders whose blocks are {HQQ_BLOCKS}N; {type(model).__name__} has no model.layers"
+        )
     AutoHQQHFModel.quantize_model(
         model,
         quant_config=BaseQuantizeConfig(nbits=params.bits, group_size=params.group_size),
@@ -75,5 +108,5 @@ SPEC = MethodSpec(
     quantize=quantize,
     variant_id=lambda p: f"hqq-w{p.bits}-g{p.group_size}",
     bits_per_weight=lambda p: p.bits + scale_bits(p.group_size, 32),
-    check=lambda p, shape, device: group_size_findings(p.group_size, shape),
+    check=lambda p, shape, device: layout_findings(shape) + group_size_findings(p.group_size, shape),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress
+from quantmill.methods._llmcompressor import COMPRESSED_TENSORS, EXTRA, IGNORE, PACKAGES, compress, linear_only_findings
 from quantmill.methods.base import QuantizeContext
 from quantmill.methods.spec import MethodParams, MethodSpec
 
@@ -39,4 +39,5 @@ SPEC = MethodSpec(
     needs_calibration=lambda p: p.smoothquant,
     variant_id=lambda p: "int8-w8a8" + ("-sq" if p.smoothquant else ""),
     bits_per_weight=lambda p: 8 + 32 / 256,
+    check=lambda p, shape, device: linear_only_findings(shape),
 )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 from quantmill.methods.spec import Finding
+from quantmill.modelinfo import is_block_linear
 
 if TYPE_CHECKING:
     from quantmill.modelinfo import ModelShape
@@ -109,8 +110,9 @@ def mix_suffix(pairs: Pairs) -> str:
 
 
 def linear_layers(shape: ModelShape) -> dict[str, int]:
-    """The decoder's linear layers (what GPTQ and RTN quantize) and their parameters."""
-    return {name: n for name, n in shape.weight_parameters.items() if ".layers." in name and name.endswith("proj")}
+    """The decoder's linear layers (what GPTQ and RTN quantize, :func:`quantmill.modelinfo.is_block_linear`)
+    and their parameters."""
+    return {name: n for name, n in shape.weight_parameters.items() if is_block_linear(name)}
 
 
 def unknown_name_findings(

@@ -171,3 +171,18 @@ def group_size_findings(group_size: int | None, shape: ModelShape | None) -> lis
             f"valid group sizes for this model: {', '.join(map(str, valid)) or 'none'}, or -1 for per-channel",
         )
     ]
+
+
+def conv1d_findings(shape: ModelShape | None, backend: str) -> list[Finding]:
+    """A backend that quantizes ``nn.Linear`` layers only would leave a model whose layers are transformers'
+    ``Conv1D`` (GPT-2 and kin) unquantized: refused before anything runs."""
+    if shape is None or not shape.conv1d_linears:
+        return []
+    return [
+        Finding(
+            "method",
+            f"{backend} quantizes nn.Linear layers only; {shape.architecture or shape.model_type}'s layers are "
+            "Conv1D, so nothing would be quantized",
+            "use gguf or bnb for this model",
+        )
+    ]

@@ -9,7 +9,14 @@ from pydantic import Field
 from quantmill.errors import QuantizationError
 from quantmill.methods.base import QuantizeContext, package_version
 from quantmill.methods.formats import TransformersFormat
-from quantmill.methods.spec import Finding, MethodParams, MethodSpec, group_size_findings, scale_bits
+from quantmill.methods.spec import (
+    Finding,
+    MethodParams,
+    MethodSpec,
+    conv1d_findings,
+    group_size_findings,
+    scale_bits,
+)
 
 #: torchao checkpoints load with transformers' ``TorchAoConfig``; QAT writes the same format.
 TORCHAO = TransformersFormat("torchao")
@@ -24,7 +31,8 @@ class TorchAoParams(MethodParams):
 
 
 def _check(p: TorchAoParams, shape, device: str) -> list[Finding]:
-    findings = group_size_findings(p.group_size, shape) if p.scheme != "int8-weight-only" else []
+    findings = conv1d_findings(shape, "torchao")
+    findings += group_size_findings(p.group_size, shape) if p.scheme != "int8-weight-only" else []
     if p.scheme == "int4-weight-only" and device == "cpu":
         findings.append(
             Finding(
