@@ -44,7 +44,9 @@ def two_commits(tmp_path):
         "    - {method: rtn, bits: 2, group_size: 64}\n",
         "    - {method: rtn, bits: 2, group_size: 64}\n    - {method: awq, bits: 4, group_size: 128}\n",
     )
-    text = text.replace("min_recovery: 0.97}", "min_recovery: 0.95}").replace("  target: local\n", "  target: hub\n")
+    text = text.replace("min_recovery: 0.97}", "min_recovery: 0.95}")
+    # to the Hub, the GGUF types each in their own repo (the grouped repo is refused under untrusted)
+    text = text.replace("  target: local\n", '  target: hub\n  repo_name: "{model}-{variant}"\n')
     demo.write_text(text)
     git(repo, "checkout", "-q", "-b", "change")
     git(repo, "commit", "-qam", "change")
