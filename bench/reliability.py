@@ -1,6 +1,6 @@
 """The large versions of the reliability tests: fuzzed recipes, kill -9 points, token leaks.
 
-    python bench/reliability.py [--cases 10000] [--kill-points 20] [--seed 7]
+    python bench/reliability.py [--cases 10000] [--kill-points 20] [--seed 7] [--server]
 
 Prints the figures: cases tried and tracebacks (must be 0), kill points survived,
 leaks found (must be 0).
