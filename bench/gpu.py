@@ -41,9 +41,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from _env import REPO
+
 DEMO = REPO / "quantmill" / "demo"
 DATA = DEMO / "lm_eval_tasks" / "tiny_world" / "data"
 ROWS = {

@@ -22,21 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
+from _env import REPO
 
-from quantmill.testing.recipes import DEMO_DATA, DEMO_MODEL, DEMO_TASKS  # noqa: E402
+from quantmill.testing.recipes import DEMO_DATA, DEMO_MODEL, DEMO_TASKS
 
 STORIES = REPO.parent / "shared" / "models" / "stories260K" / "hf"
 CORPUS = DEMO_DATA / "tiny_world_ppl.jsonl"

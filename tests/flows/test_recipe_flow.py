@@ -381,8 +381,14 @@ def test_a_corrupt_cached_result_heals_on_rerun(tmp_path, write_recipe, calls):
 
 
 def test_two_concurrent_runs_of_one_recipe(tmp_path, write_recipe):
+    from prefect.settings import PREFECT_API_URL
+
     recipe = write_recipe(fast_recipe("    - {method: rtn, bits: [4, 8], group_size: 128}\n"))
-    env = {**os.environ, "QUANTMILL_RUNS_DIR": str(tmp_path / "runs")}
+    env = {
+        **os.environ,
+        "QUANTMILL_RUNS_DIR": str(tmp_path / "runs"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),  # the test's server: neither run starts an ephemeral one
+    }
     processes = [
         subprocess.Popen(
             [*QUANTMILL, "run", str(recipe)],
