@@ -14,28 +14,32 @@ memory (``VmHWM``) is its own:
 - ``load``: the libraries quantization imports, then the baseline loaded as ``compress`` loads it;
 - ``gptq``: the same imports, then GPTQ W4 g128 through ``quantize_variant`` (load, calibrate, save).
 
-For each it prints the peak, the peak over the fp16 size, and the peak's growth over the process
-right after its imports (torch, transformers and llm-compressor alone take ~0.6 GB, a fixed cost
-that is most of the ratio for small models). Runs on the CPU.
+For each it prints the peak (``VmHWM``, exact, kernel-kept), the peak over the fp16 size, the peak's
+growth over the process right after its imports, and the peak of anonymous memory (``RssAnon``, sampled
+from this process every 20 ms): ``VmHWM`` also counts file-backed pages (shared libraries, the
+memory-mapped checkpoint), which the kernel can drop, anonymous ones it cannot without swap. It also
+prints the imports alone (torch, transformers and llm-compressor take ~0.6 GB, a fixed cost that is most
+of the ratio for small models) and what the highest sampled resident memory was made of. Runs on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from _env import REPO
+
 DEMO = REPO / "quantmill" / "demo"
 CALIBRATION_TEXTS = DEMO / "lm_eval_tasks" / "tiny_world" / "data" / "calibration.jsonl"
 SAMPLES, SAMPLE_TOKENS = 16, 128
 STEPS = ("load", "gptq")
+SAMPLE_SECONDS = 0.02
 
 
 def resident_bytes(field: str) -> int:
@@ -91,7 +95,7 @@ def measure_step(step: str, model_dir: Path, work: Path) -> dict:
 
     from quantmill.methods.base import QuantizeContext
 
-    after_imports = resident_bytes("VmRSS")
+    after_imports, imports_peak = resident_bytes("VmRSS"), resident_bytes("VmHWM")
     if step == "load":
         ctx = QuantizeContext(
             source_dir=model_dir,
@@ -121,19 +125,60 @@ def measure_step(step: str, model_dir: Path, work: Path) -> dict:
         )
         parameters = None
         print(f"gptq took {artifact.seconds:.1f} s", file=sys.stderr)
-    return {"after_imports_bytes": after_imports, "peak_bytes": resident_bytes("VmHWM"), "parameters": parameters}
+    return {
+        "after_imports_bytes": after_imports,
+        "imports_peak_bytes": imports_peak,
+        "peak_bytes": resident_bytes("VmHWM"),
+        "parameters": parameters,
+    }
+
+
+def sample_resident(pid: int) -> tuple[int, int] | None:
+    """``(RssAnon, RssFile)`` of process ``pid`` now, in bytes; None once it has exited."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                fields[name] = int(value.split()[0]) * 1024
+    except OSError:
+        return None
+    return (fields["RssAnon"], fields["RssFile"]) if len(fields) == 2 else None
 
 
 def run_step(step: str, model_dir: Path, work: Path) -> dict:
-    result = subprocess.run(
+    """Run ``step`` in a fresh process, sampling its anonymous and file-backed resident memory from here.
+
+    ``VmHWM`` (the kernel's exact peak) counts file-backed pages (the memory-mapped checkpoint, shared
+    libraries), which the kernel can drop at any time; the peak of anonymous memory, which it cannot drop
+    without swap, is only known by sampling (every ``SAMPLE_SECONDS``: a shorter spike can be missed).
+    """
+    child = subprocess.Popen(
         [sys.executable, __file__, "--step", step, "--model", str(model_dir), "--work", str(work)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
-    if result.returncode != 0:
-        raise SystemExit(f"the {step} step failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    peak_anon, file_at_peak_anon, peak_sampled = 0, 0, (0, 0)
+    with ThreadPoolExecutor(max_workers=2) as pipes:  # drain both pipes while sampling
+        stdout, stderr = pipes.submit(child.stdout.read), pipes.submit(child.stderr.read)
+        while child.poll() is None:
+            sample = sample_resident(child.pid)
+            if sample and sample[0] > peak_anon:
+                peak_anon, file_at_peak_anon = sample
+            if sample and sum(sample) > sum(peak_sampled):
+                peak_sampled = sample
+            time.sleep(SAMPLE_SECONDS)
+        out, err = stdout.result(), stderr.result()
+    if child.wait() != 0:
+        raise SystemExit(f"the {step} step failed:\n{err[-3000:]}")
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures.update(
+        peak_anon_bytes=peak_anon,
+        file_at_peak_anon_bytes=file_at_peak_anon,
+        sampled_peak_anon_file_bytes=peak_sampled,  # what the highest sampled resident memory was made of
+    )
+    return figures
 
 
 def main() -> None:
@@ -143,7 +188,7 @@ def main() -> None:
     parser.add_argument(
         "--vocab",
         type=int,
-        default=768,
+        default=120_000,
         help="vocabulary (the demo tokenizer uses ids < 768; more adds embedding rows)",
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -193,14 +238,29 @@ def main() -> None:
         fp16_bytes = 2 * parameters
         figures["parameters"], figures["fp16_bytes"] = parameters, fp16_bytes
     print(f"model: {parameters / 1e6:.1f}M parameters, fp16 size {fp16_bytes / 1e9:.3f} GB")
-    print(f"{'step':6} {'peak RSS':>10} {'peak/fp16':>10} {'after imports':>14} {'growth/fp16':>12}")
+    imports_peak = figures["gptq"]["imports_peak_bytes"]
+    figures["imports_over_fp16"] = round(imports_peak / fp16_bytes, 3)
+    print(
+        f"imports alone (torch, transformers, llm-compressor): {imports_peak / 1e9:.3f} GB, "
+        f"{figures['imports_over_fp16']:.2f}x fp16"
+    )
+    print(
+        f"{'step':6} {'VmHWM':>9} {'/fp16':>6} {'growth/fp16':>12} {'peak RssAnon':>13} {'/fp16':>6} {'RssFile then':>13}"
+    )
     for step in STEPS:
         row = figures[step]
         row["peak_over_fp16"] = round(row["peak_bytes"] / fp16_bytes, 3)
         row["growth_over_fp16"] = round((row["peak_bytes"] - row["after_imports_bytes"]) / fp16_bytes, 3)
+        row["peak_anon_over_fp16"] = round(row["peak_anon_bytes"] / fp16_bytes, 3)
         print(
-            f"{step:6} {row['peak_bytes'] / 1e9:8.3f}GB {row['peak_over_fp16']:9.2f}x "
-            f"{row['after_imports_bytes'] / 1e9:12.3f}GB {row['growth_over_fp16']:11.2f}x"
+            f"{step:6} {row['peak_bytes'] / 1e9:7.3f}GB {row['peak_over_fp16']:5.2f}x {row['growth_over_fp16']:11.2f}x "
+            f"{row['peak_anon_bytes'] / 1e9:11.3f}GB {row['peak_anon_over_fp16']:5.2f}x "
+            f"{row['file_at_peak_anon_bytes'] / 1e9:11.3f}GB"
+        )
+    for step in STEPS:
+        anon, file = figures[step]["sampled_peak_anon_file_bytes"]
+        print(
+            f"{step}: highest sampled resident memory {(anon + file) / 1e9:.3f} GB = {anon / 1e9:.3f} anonymous + {file / 1e9:.3f} file-backed"
         )
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantmill.errors import QuantizationError
@@ -151,6 +152,69 @@ def return_freed_buffers_to_the_os() -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, FREED_BUFFERS_RETURNED_FROM))
 
 
+#: the size up to which ``compress`` fills one output shard; a tensor larger than it gets a shard of its own
+SAVE_SHARD_SIZE = "256MB"
+# madvise advice (Linux >= 5.4): reclaim these pages now; nondestructive, the data is read back on the next access
+_MADV_PAGEOUT = 21
+
+
+def checkpoint_mappings(folder: Path) -> list[tuple[int, int]]:
+    """``(start, length)`` of this process's memory mappings of the safetensors files in ``folder``."""
+    files = {str(path.resolve()) for path in folder.glob("*.safetensors")}
+    mappings = []
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() in files:
+                start, end = (int(address, 16) for address in fields[0].split("-"))
+                mappings.append((start, end - start))
+    return mappings
+
+
+def release_checkpoint_pages(folder: Path) -> bool:
+    """Ask the kernel to reclaim this process's resident pages of the checkpoint in ``folder``; True where it could.
+
+    transformers memory-maps the baseline's safetensors, so a tensor quantization never changes (the
+    embeddings, the output head) is read only when it is saved, and its pages then stay resident (file-backed,
+    counted in the peak) as long as the model holds the mapping. ``MADV_PAGEOUT`` drops them: it is
+    nondestructive (a page written since, such as a weight updated in place, keeps its data; unchanged ones are
+    read again from the file if needed), and the kernel applies it to file pages only where this process could
+    open the file for writing (otherwise it leaves them, harmlessly).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return False
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    results = [libc.madvise(start, length, _MADV_PAGEOUT) for start, length in checkpoint_mappings(folder)]
+    return bool(results) and all(result == 0 for result in results)
+
+
+@contextlib.contextmanager
+def releasing_checkpoint_pages_per_shard(folder: Path) -> Iterator[None]:
+    """While saving, release the checkpoint in ``folder``'s pages after each shard is written.
+
+    With :data:`SAVE_SHARD_SIZE` shards, the unchanged tensors read to be saved are resident one shard at a
+    time instead of all together. transformers writes each shard with ``safe_save_file``, looked up in its
+    module at call time.
+    """
+    from transformers import modeling_utils
+
+    original = modeling_utils.safe_save_file
+
+    def save_shard_then_release(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        release_checkpoint_pages(folder)
+
+    modeling_utils.safe_save_file = save_shard_then_release
+    try:
+        yield
+    finally:
+        modeling_utils.safe_save_file = original
+
+
 def compress(
     ctx: QuantizeContext, modifiers: list, *, calibration: CalibrationSet | None, pipeline: str
 ) -> dict[str, Any]:
@@ -158,8 +222,10 @@ def compress(
 
     ``pipeline`` is ``sequential`` (layer by layer, so a model larger than device
     memory can still be calibrated) or ``datafree``. The baseline is loaded lazily in the
-    recipe's dtype (safetensors are memory-mapped, so a layer is read when it is first used), and
-    freed temporaries are returned to the OS (:func:`return_freed_buffers_to_the_os`).
+    recipe's dtype (safetensors are memory-mapped, so a layer is read when it is first used),
+    freed temporaries are returned to the OS (:func:`return_freed_buffers_to_the_os`), and the output is
+    saved in shards of :data:`SAVE_SHARD_SIZE`, the baseline's pages read for each released once it is
+    written (:func:`releasing_checkpoint_pages_per_shard`).
     """
     from llmcompressor import oneshot
 
@@ -181,7 +247,8 @@ def compress(
         raise QuantizationError(
             f"llm-compressor quantized no layer of this {type(model).__name__}: it quantizes nn.Linear layers only"
         )
-    model.save_pretrained(ctx.out_dir, save_compressed=True)
+    with releasing_checkpoint_pages_per_shard(ctx.source_dir):
+        model.save_pretrained(ctx.out_dir, save_compressed=True, max_shard_size=SAVE_SHARD_SIZE)
     tokenizer.save_pretrained(ctx.out_dir)
     details: dict[str, Any] = {
         "backend": "llm-compressor",
