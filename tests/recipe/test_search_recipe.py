@@ -136,7 +136,9 @@ CASES = [
     ),
     (
         "mixed-entry-repeated",
-        broken("group_size: 64}}\n", "group_size: 64}}\n    - {mixed: {method: gptq, bits: [2, 4, 8], group_size: 64}}\n"),
+        broken(
+            "group_size: 64}}\n", "group_size: 64}}\n    - {mixed: {method: gptq, bits: [2, 4, 8], group_size: 64}}\n"
+        ),
         "search.space[3]",
         "this mixed entry repeats an earlier one",
         None,
