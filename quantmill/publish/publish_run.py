@@ -9,9 +9,10 @@ for a finished run's, with the recipe the run saved.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
-from quantmill.errors import PublishError
+from quantmill.errors import PublishError, QuantmillError
 from quantmill.publish.publisher import is_grouped, make_target, publish_variant, publishable, repo_id_for
 from quantmill.publish.targets import Target
 from quantmill.quantize import read_artifact
@@ -131,6 +132,30 @@ def recipe_of_run(run: Run, record: RunRecord) -> LoadedRecipe:
     return validate_document(load_yaml_text(text, str(snapshot)), recipe_path.parent, recipe_path, text)
 
 
+def with_candidates_made_at_run_time(loaded: LoadedRecipe, record: RunRecord) -> LoadedRecipe:
+    """``loaded`` with the variants its recipe does not list but its run made: a search's mixed candidates
+    come from its sensitivity scan, so they are rebuilt from what their outputs record (method and
+    parameters, which give the same id), judged by the search's rules as the run judged them."""
+    from quantmill.recipe.load import search_gates
+    from quantmill.recipe.matrix import Variant
+    from quantmill.registry import get_method
+
+    known = {variant.id for variant in loaded.variants}
+    made: list[Variant] = []
+    for variant_id, entry in record.variants.items():
+        if variant_id in known or entry.artifact is None:
+            continue
+        try:
+            provenance = read_artifact(entry.artifact).provenance
+            spec = get_method(provenance["method"])
+            params = spec.params.model_validate(provenance["parameters"])
+        except (QuantmillError, KeyError, ValueError):
+            continue  # publishing it says what is missing
+        if spec.variant_id(params) == variant_id:
+            made.append(Variant(variant_id, spec.name, params, search_gates(loaded.recipe), -1))
+    return replace(loaded, variants=loaded.variants + tuple(made)) if made else loaded
+
+
 def publish_run(run_path: Path, *, force: list[str], target: str | None = None) -> list[PublishOutcome]:
     """Publish the run's passing variants, plus the ``force``d ones (marked as forced in their cards),
     with the recipe as the run saved it (:func:`recipe_of_run`), not the file as it is today.
@@ -140,7 +165,7 @@ def publish_run(run_path: Path, *, force: list[str], target: str | None = None) 
     """
     run = Run(Path(run_path))
     record = run.read_record()
-    loaded = recipe_of_run(run, record)
+    loaded = with_candidates_made_at_run_time(recipe_of_run(run, record), record)
     unknown = [v for v in force if v not in record.variants]
     if unknown:
         raise PublishError(f"no variant {', '.join(unknown)} in this run (variants: {', '.join(record.variants)})")

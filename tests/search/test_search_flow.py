@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from quantmill.record import PublishStatus
 from quantmill.testing.search import search_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -119,3 +120,13 @@ def test_the_report_shows_the_trace(searched):
         assert f"| {candidate['id']} | {candidate['method']} {candidate['setting']} |" in report
     saved = json.loads((run / "results.json").read_text())
     assert saved["search"] == record["search"]
+
+
+def test_quantmill_publish_of_the_run_folder_publishes_its_mixed_winner_again(searched):
+    from quantmill.publish.publish_run import publish_run
+
+    record, folder = searched
+    winner = record["search"]["winner"]
+    assert "-mix" in winner  # a candidate the recipe does not list: made from the run's sensitivity scan
+    again = publish_run(folder / "runs" / "flowtest" / record["run_id"], force=[])
+    assert [(o.variant, o.status) for o in again] == [(winner, PublishStatus.UNCHANGED)]  # the same repo, as it is
