@@ -96,7 +96,11 @@ def find_model_dir(model_id: str, base_dir: Path | None = None, revision: str | 
 
 def read_model_shape(model_dir: Path) -> ModelShape | None:
     """The shape of a decoder from its safetensors headers (any architecture), or, without weight files,
-    from a Llama-like ``config.json``; None when neither tells."""
+    from a Llama-like ``config.json``; None when neither tells.
+
+    Raises:
+        ValueError: a weight file is not a readable safetensors file (:func:`_safetensors_header`).
+    """
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError):
@@ -104,9 +108,11 @@ def read_model_shape(model_dir: Path) -> ModelShape | None:
     if not isinstance(config, dict):
         return None
     text = config.get("text_config", config)
-    model_type = text.get("model_type") or config.get("model_type")
-    architectures = config.get("architectures") or [None]
-    kind = {"model_type": model_type, "architecture": architectures[0]}
+    text = text if isinstance(text, dict) else config
+    model_type = next((t for t in (text.get("model_type"), config.get("model_type")) if isinstance(t, str)), None)
+    architectures = config.get("architectures")
+    first = architectures[0] if isinstance(architectures, list) and architectures else None
+    kind = {"model_type": model_type, "architecture": first if isinstance(first, str) else None}
     total, linear, size, matrices, in_features = _count_parameters(model_dir, model_type in CONV1D_MODEL_TYPES)
     if in_features:
         return ModelShape(in_features, total, linear, size, matrices, **kind)
@@ -122,7 +128,8 @@ def _llama_like_in_features(text: Any) -> dict[str, int] | None:
     heads = text.get("num_attention_heads")
     if not all(isinstance(v, int) and v > 0 for v in (hidden, intermediate, heads)):
         return None
-    head_dim = text.get("head_dim") or hidden // heads
+    head_dim = text.get("head_dim")
+    head_dim = head_dim if isinstance(head_dim, int) and head_dim > 0 else hidden // heads
     return {
         "self_attn.q_proj": hidden,
         "self_attn.k_proj": hidden,
@@ -163,10 +170,53 @@ def _count_parameters(
     return total, linear, size, matrices, in_features
 
 
+#: safetensors' own limit on a header (the Rust loader refuses larger ones)
+MAX_HEADER_BYTES = 100_000_000
+
+
 def _safetensors_header(path: Path) -> dict:
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(fh.read(length))
+    """The tensor table of a safetensors file, checked as far as quantmill reads it.
+
+    Raises:
+        ValueError: naming the file and what is wrong (not a regular file, a header that does not fit the
+            file or safetensors' limit, not a table of tensors with integer shapes and offsets).
+    """
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path.name} is not a readable safetensors file: {why}")
+
+    try:
+        if not path.is_file():
+            raise bad("not a regular file")
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise bad(f"{size} bytes, shorter than a header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise bad(f"its header claims {length} bytes")
+            header = json.loads(fh.read(length))
+    except OSError as exc:
+        raise bad(exc.strerror or str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad(f"its header is not JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a table of tensors")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape, offsets = (info.get("shape"), info.get("data_offsets")) if isinstance(info, dict) else (None, None)
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and d >= 0 for d in shape)
+            and isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and o >= 0 for o in offsets)
+            and isinstance(info.get("dtype"), str)
+        ):
+            raise bad(f"tensor {name[:80]!r} has no valid shape, dtype and offsets")
+    return header
 
 
 def linear_weight_bytes(model_dir: Path) -> int | None:

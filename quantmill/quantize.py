@@ -215,7 +215,10 @@ def _require_quantized_layers(variant: Variant, source_dir: Path, staging: Path)
 
 
 def _architecture(model_dir: Path) -> str:
-    shape = read_model_shape(model_dir)
+    try:
+        shape = read_model_shape(model_dir)
+    except ValueError:
+        return "this model"
     return (shape.architecture or shape.model_type or "this model") if shape else "this model"
 
 

@@ -138,9 +138,16 @@ def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[M
                     "give a local model folder (relative to the recipe) or a hub id like 'org/name'",
                 )
             ]
-        return read_model_shape(folder), []
+        return _shape_of(folder, doc)
     cached = find_model_dir(model_id, revision=recipe.model.revision)
-    return (read_model_shape(cached) if cached else None), []
+    return _shape_of(cached, doc) if cached else (None, [])
+
+
+def _shape_of(folder: Path, doc: LocatedDocument) -> tuple[ModelShape | None, list[RecipeProblem]]:
+    try:
+        return read_model_shape(folder), []
+    except ValueError as exc:  # a weight file that is not safetensors: say which, before anything loads it
+        return None, [doc.problem(("model", "id"), f"{folder}: {exc}", "replace the model's weight files")]
 
 
 def variant_rows(recipe: Recipe) -> tuple[str, str]:

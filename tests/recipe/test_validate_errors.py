@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import struct
+
 import pytest
 
 from quantmill.cli import main
-from tests.conftest import BASE_RECIPE
+from tests.conftest import BASE_RECIPE, DEMO_MODEL
 
 pytestmark = pytest.mark.fast
 
@@ -364,3 +367,37 @@ def test_binary_garbage_and_directories(tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("weights", "config", "fragment"),
+    [
+        (struct.pack("<Q", 2) + b"[]", None, "its header is not a table of tensors"),
+        (b"ab", None, "2 bytes, shorter than a header"),
+        (struct.pack("<Q", 10**12) + b"{}", None, "its header claims 1000000000000 bytes"),
+        (struct.pack("<Q", 20) + b'{"a":{"shape":"xx"}}', None, "tensor 'a' has no valid shape, dtype and offsets"),
+        (struct.pack("<Q", 4) + b"\xff\xfe{}", None, "its header is not JSON"),
+        (None, "[]", None),  # a config that is not a mapping: no shape, no crash
+        (None, '{"text_config": 5, "architectures": "x", "model_type": ["llama"], "head_dim": "x"}', None),
+    ],
+    ids=["list-header", "two-bytes", "huge-length", "string-shape", "not-utf8", "config-list", "config-odd"],
+)
+def test_malformed_model_files_are_a_located_problem_not_a_crash(tmp_path, capsys, weights, config, fragment):
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    if weights is not None:
+        (model / "model.safetensors").write_bytes(weights)
+    if config is not None:
+        (model / "config.json").write_text(config)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE_RECIPE.replace(f"id: {DEMO_MODEL}", "id: model"))
+    code = main(["validate", str(recipe)])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "internal error" not in out.err, out.err
+    if fragment is None:
+        assert code == 0, out.err
+    else:
+        assert (
+            code == 2
+            and f"model.id: {model}: model.safetensors is not a readable safetensors file: {fragment}" in out.err
+        )
