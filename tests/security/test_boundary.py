@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -108,6 +109,15 @@ def test_capabilities_are_listed_and_granted_per_recipe(tmp_path, operator):
     (tmp_path / "claims-too.yaml").write_text(text)
     with pytest.raises(RecipeError, match="recipe name 'unit' is also the name of unit.yaml"):
         load_recipe(tmp_path / "claims-too.yaml")
+
+
+def test_the_metrics_that_are_not_code_are_lm_evals_own():
+    from quantmill.trust.capabilities import LM_EVAL_METRICS
+
+    # a fresh process: tasks imported by other tests register metrics of their own
+    registered = "import json, lm_eval.api.metrics as m, lm_eval.api.registry as r; print(json.dumps(list(r.metric_registry.keys())))"
+    names = subprocess.run([sys.executable, "-c", registered], capture_output=True, text=True, check=True).stdout
+    assert frozenset(json.loads(names)) == LM_EVAL_METRICS  # lm-eval changed: update the copy
 
 
 def test_plain_field_access_is_not_task_code():
