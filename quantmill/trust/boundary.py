@@ -238,7 +238,7 @@ def _unsafe_entries(named: str, resolved: Path, roots: list[Path]) -> list[str]:
                     problems.append(f"the link '{shown}' in '{named}' leads to a folder or special file, not a file")
             elif not entry.is_file():
                 problems.append(f"'{shown}' in '{named}' is not a regular file (a FIFO, socket or device)")
-            elif entry.name.endswith(".index.json"):
+            if entry.name.endswith(".index.json") and entry.is_file():  # a Hub cache snapshot's is a link
                 problems += [f"'{shown}' in '{named}' {why}" for why in _shards_elsewhere(entry)]
         except OSError as exc:
             problems.append(f"'{shown}' in '{named}' cannot be checked: {exc.strerror or exc}")
@@ -385,6 +385,9 @@ def check_recipe_trust(
                 )
             )
     allowed = {c for c in CAPABILITIES if operator.allows(c, recipe_name, recipe_path)}
+    # a name grant holds only for the file named after the recipe (OperatorSettings.granted): else its path
+    by_name = recipe_path is None or recipe_path.stem == recipe_name
+    grant_key = recipe_name if by_name else f"'{recipe_path.resolve() if recipe_path else ''}'"
     for request in requests:
         if request.capability not in allowed:
             problems.append(
@@ -392,8 +395,8 @@ def check_recipe_trust(
                     request.loc,
                     f"needs capability '{request.capability}' ({request.detail}), which the untrusted policy "
                     f"refuses unless the operator grants it to recipe '{recipe_name}'",
-                    f"an operator grants it in the operator settings file: "
-                    f"grants: {{{recipe_name}: [{request.capability}]}}",
+                    "an operator grants it in the operator settings file: "
+                    f"grants: {{{grant_key}: [{request.capability}]}}",
                 )
             )
     model = recipe.model

@@ -100,8 +100,9 @@ def test_capabilities_are_listed_and_granted_per_recipe(tmp_path, operator):
     claim = tmp_path / "pr" / "claims-the-name.yaml"
     claim.write_text(text)
     assert load_recipe(tmp_path / "unit.yaml").capabilities
-    with pytest.raises(RecipeError, match="needs capability 'task_code'.*grants it to recipe 'unit'"):
+    with pytest.raises(RecipeError, match="needs capability 'task_code'.*grants it to recipe 'unit'") as refused:
         load_recipe(claim)
+    assert f"grants: {{'{claim}': [task_code]}}" in str(refused.value)  # the grant that would hold: its path
     by_path = {str(tmp_path / "pr" / "*"): ["task_code"]}
     operator(policy="untrusted", data_roots=[str(DEMO_MODEL.parent)], grants=by_path)
     assert load_recipe(claim).capabilities  # by path: that file
@@ -151,7 +152,10 @@ def test_a_model_folder_may_link_only_to_files_in_the_roots_and_holds_no_special
     (model / "chat_template.jinja").symlink_to("/proc/self/environ")
     (model / "extra").symlink_to(Path(DEMO_MODEL))  # a folder in the roots: not read file by file, so not allowed
     index = {"weight_map": {"lm_head.weight": "../../private/model.safetensors", "x": "model.safetensors"}}
-    (model / "model.safetensors.index.json").write_text(json.dumps(index))  # transformers loads what it names
+    blob = tmp_path / "blobs" / "0a1b2c"  # as in a Hub cache snapshot, the index is a link to a blob in the roots
+    blob.parent.mkdir()
+    blob.write_text(json.dumps(index))  # transformers loads what it names, joined to the snapshot folder
+    (model / "model.safetensors.index.json").symlink_to(blob)
     problems = problems_of(text, tmp_path)
     assert len(problems) == 4 and all(": model.id: " in p for p in problems), problems
     said = "\n".join(problems)
