@@ -39,7 +39,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from quantmill.cacheentry import plain_json_entry, plain_name
+from quantmill.cacheentry import holds_an_encoded_object, plain_json_entry, plain_name
 from quantmill.errors import RunStoreError
 from quantmill.leases import Lease, is_local, objects_for
 from quantmill.recipe.schema import SLUG
@@ -388,8 +388,15 @@ def _placeable(local: Path, fetched: Path) -> bool:
     """A pulled step-cache key record is used only when it and the result it names (pulled just
     before it, or already here) are plain JSON entries (:mod:`quantmill.cacheentry`): whoever can
     write the bucket could otherwise make every worker that pulls the entry unpickle it."""
-    if local.parent.name != "keys" or local.parent.parent.name != ".cache":
-        return True  # results alone are never read: only through a key record
+    if local.parent.parent.name != ".cache":
+        return True
+    if local.parent.name == "results":  # a key record of this machine may name it: Prefect's JSON decoder imports
+        try:  # the class an {"__class__": …} names
+            return not holds_an_encoded_object(json.loads(fetched.read_text()))
+        except (OSError, ValueError):
+            return False
+    if local.parent.name != "keys":
+        return True
     try:
         record = json.loads(fetched.read_text())
         storage_key = record["storage_key"] if isinstance(record, dict) else None
