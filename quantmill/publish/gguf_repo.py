@@ -46,7 +46,7 @@ from quantmill.publish.publisher import (
     upload_files,
 )
 from quantmill.publish.sandbox import render_model_card
-from quantmill.publish.targets import Target, front_matter
+from quantmill.publish.targets import Target, quantmill_metadata
 from quantmill.quantize import PROVENANCE_FILE, read_artifact
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.record import PublishOutcome, PublishStatus, RunRecord, VariantStatus
@@ -245,7 +245,7 @@ def publish_group(
     layout = {name: repo_names(name, files[name]) for name in owners}  # the file, or its shards
     quality = quality_metric(record)
     rows = {layout[f][0]: measured_row(record, v, quality, layout[f], sha256_of(files[f])) for f, v in owners.items()}
-    previous = front_matter(target.read_card(repo_id) or "").get("quantmill") or {}
+    previous = quantmill_metadata(target.read_card(repo_id))
     present = target.files(repo_id)
     # types this run did not measure keep their files and row; measured ones are this run's
     kept = {
@@ -338,7 +338,7 @@ def _search_winner_section(loaded: LoadedRecipe, record: RunRecord, rows: dict[s
     from quantmill.plan import variant_setting
 
     winner = record.search.winner if record.search else None
-    file = next((f for f, row in rows.items() if winner is not None and row["variant"] == winner), None)
+    file = next((f for f, row in rows.items() if winner is not None and row.get("variant") == winner), None)
     if winner is None or file is None:
         return {}
     return search_section(loaded, f"`{file}` (variant `{winner}`, {variant_setting(loaded.variant(winner))})")

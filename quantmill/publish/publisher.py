@@ -20,7 +20,7 @@ from quantmill.evaluation.results import EvaluationResult
 from quantmill.filehash import sha256_of
 from quantmill.gates import Verdict
 from quantmill.publish.card import CardInputs, render_card
-from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_matter, stale_files
+from quantmill.publish.targets import CARD, HubTarget, LocalZoo, Target, front_matter, quantmill_metadata, stale_files
 from quantmill.recipe.checks import is_local_model, render_repo_name
 from quantmill.recipe.load import LoadedRecipe
 from quantmill.recipe.matrix import Variant
@@ -124,7 +124,7 @@ def holds(target: Target, repo_id: str, print_: str, names: Iterable[str]) -> bo
     existing = target.read_card(repo_id)
     return (
         existing is not None
-        and (front_matter(existing).get("quantmill") or {}).get("fingerprint") == print_
+        and quantmill_metadata(existing).get("fingerprint") == print_
         and not stale_files(target.files(repo_id), [*names, CARD])  # (a quantmill before deletions left some)
     )
 
@@ -142,7 +142,7 @@ def refuse_unless_owned(target: Target, repo_id: str, recipe: str) -> None:
     card = target.read_card(repo_id)
     if card is None and not target.files(repo_id):
         return  # a new repo
-    publisher = (front_matter(card or "").get("quantmill") or {}).get("recipe")
+    publisher = quantmill_metadata(card).get("recipe")
     if publisher != recipe:
         made_by = f"recipe '{publisher}'" if publisher else "someone other than quantmill"
         raise PublishError(

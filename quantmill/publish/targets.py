@@ -41,8 +41,17 @@ def front_matter(text: str) -> dict:
     end = text.find("\n---", 3)
     if end < 0:
         return {}
-    data = yaml.safe_load(text[3:end])
+    try:
+        data = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:  # someone else's card: unreadable metadata is no metadata
+        return {}
     return data if isinstance(data, dict) else {}
+
+
+def quantmill_metadata(card: str | None) -> dict:
+    """The ``quantmill`` block of a card's metadata ({} when there is none or it is not a mapping)."""
+    block = front_matter(card or "").get("quantmill")
+    return block if isinstance(block, dict) else {}
 
 
 class Target(Protocol):

@@ -395,6 +395,9 @@ def test_an_untrusted_recipe_writes_only_repos_its_own_cards_name(tmp_path, oper
     weights.write_bytes(b"weights, retrained")
     assert publish("pull-request", "org/tiny-gguf-q4_k_m", "pull-request")  # its own repo, updated
     assert publish("nightly", "org/Llama-gguf-q4_k_m", "nightly")  # and the owner still can
+    zoo.commit("org/hand-made", {"README.md": b"---\nquantmill: just text\n---\n", "w.bin": b"x"}, "by hand")
+    with pytest.raises(PublishError, match="was published by someone other than quantmill"):
+        publish("pull-request", "org/hand-made", "pull-request")
 
 
 # --- review: validate, plan, diff ----------------------------------------------------------------
