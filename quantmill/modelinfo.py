@@ -144,7 +144,7 @@ def _llama_like_in_features(text: Any) -> dict[str, int] | None:
 def _count_parameters(
     model_dir: Path, conv1d: bool
 ) -> tuple[int | None, int | None, int | None, dict[str, int], dict[str, int]]:
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = weight_files(model_dir)
     if not files:
         return None, None, None, {}, {}
     total = linear = size = 0
@@ -168,6 +168,23 @@ def _count_parameters(
                 linear += count
                 in_features[layer_kind(module)] = info["shape"][0 if conv1d else 1]
     return total, linear, size, matrices, in_features
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files transformers loads from ``model_dir``: those its index names, else
+    ``model.safetensors``, else every ``*.safetensors`` (a folder may also hold other checkpoints, such
+    as Mistral's ``consolidated.safetensors``, which would count every weight twice)."""
+    index = model_dir / "model.safetensors.index.json"
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map") if index.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        weight_map = None
+    if isinstance(weight_map, dict):
+        named = sorted({model_dir / str(name) for name in weight_map.values()})
+        return [file for file in named if file.is_file()]
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    return sorted(model_dir.glob("*.safetensors"))
 
 
 #: safetensors' own limit on a header (the Rust loader refuses larger ones)
@@ -225,7 +242,7 @@ def linear_weight_bytes(model_dir: Path) -> int | None:
     Counts every tensor of a block linear module (:func:`is_block_linear`), whatever the format stores
     there (packed weights, scales, zero points, absmax …). None when the folder has no safetensors files.
     """
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = weight_files(model_dir)
     if not files:
         return None
     total = 0
@@ -256,7 +273,7 @@ def unquantized_linear_layers(model_dir: Path) -> tuple[list[str], int] | None:
     """The block linear layers (:func:`is_block_linear`) of a safetensors checkpoint that are stored as plain
     float weights with nothing beside them (no scales, no packed data), and how many block linear layers it
     has; None when the folder has no safetensors files. A quantizer that leaves all of them so did nothing."""
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = weight_files(model_dir)
     if not files:
         return None
     tensors: dict[str, list[tuple[str, str]]] = {}  # module → (tensor name, dtype)

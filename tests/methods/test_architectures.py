@@ -4,6 +4,7 @@ projections, OPT (which llama.cpp cannot convert). The full arch × method matri
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 
 import pytest
@@ -233,3 +234,16 @@ def test_llama_cpp_converter_gets_the_config_keys_transformers_5_no_longer_write
     patched = converter_config(tmp_path)
 
     assert patched == (None if restored is None else {**config, **restored})
+
+
+@pytest.mark.fast
+def test_a_second_checkpoint_beside_the_model_is_not_counted(tmp_path):
+    from quantmill.testing.recipes import DEMO_MODEL
+
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    alone = read_model_shape(model)
+    shutil.copy(model / "model.safetensors", model / "consolidated.safetensors")  # as Mistral's repos ship
+    beside = read_model_shape(model)
+    assert alone is not None and beside is not None
+    assert (beside.parameters, beside.linear_parameters) == (alone.parameters, alone.linear_parameters)
