@@ -88,12 +88,13 @@ def saved_tensors(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def released(baseline, tmp_path_factory):
     """Quantize with the release on; record the baseline's resident file-backed bytes after each shard."""
-    after_each_shard: list[int] = []
+    after_each_shard: list[tuple[int, bool, int]] = []  # (resident before, released, resident after)
     real_release = _llmcompressor.release_checkpoint_pages
 
     def release_and_record(folder: Path) -> bool:
+        before = resident_file_bytes(baseline)
         released = real_release(folder)
-        after_each_shard.append(resident_file_bytes(baseline))
+        after_each_shard.append((before, released, resident_file_bytes(baseline)))
         return released
 
     out = tmp_path_factory.mktemp("released") / "rtn"
@@ -109,7 +110,9 @@ def test_the_baselines_pages_are_released_after_each_shard(released):
     shards = sorted(out.glob("*.safetensors"))
     assert len(shards) >= 3  # both embedding tables in shards of their own, the rest beside
     assert len(after_each_shard) == len(shards)
-    assert after_each_shard == [0] * len(shards)  # not one page of the baseline left resident
+    before, released_ok, after = zip(*after_each_shard, strict=True)
+    assert any(before) and all(released_ok)  # the baseline was mapped and resident: the release had work to do
+    assert list(after) == [0] * len(shards)  # not one page of the baseline left resident
 
 
 def test_the_release_changes_no_saved_weight_and_the_output_loads(released, baseline, tmp_path):
