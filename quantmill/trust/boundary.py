@@ -4,8 +4,13 @@
 problem with it under the operator's settings. Rules that the operator configured
 (a namespace allowlist, a zoo root, an endpoint, the caps) hold under every policy;
 under the ``untrusted`` policy a recipe also gets no capability it was not granted,
-names no file outside its own folder and the operator's data roots, sends the token
-to no endpoint of its own, and names only repos that carry ``{variant}``.
+names no file outside its own folder and the operator's data roots (nor a model or data
+folder holding links out of them, special files, or a shard index naming files elsewhere;
+nor task data outside them), sends the token to no endpoint of its own, names only repos
+that carry ``{variant}`` (and no grouped GGUF repo on the Hub), and has a name no other
+recipe file in its folder has. Under every policy, a model whose own code (``auto_map``)
+the GGUF converter would run needs ``trust_remote_code`` (:func:`model_code_refusal`,
+checked again on the downloaded folder by :mod:`quantmill.resolve`).
 """
 
 from __future__ import annotations

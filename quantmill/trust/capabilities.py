@@ -4,13 +4,18 @@ Three capabilities exist (see :data:`quantmill.trust.operator.CAPABILITIES`):
 
 * ``remote_code``: ``model.trust_remote_code``, or a task's ``dataset_kwargs.trust_remote_code``;
 * ``task_code``: in an ``include_paths`` folder, a ``!function`` tag, a Python file, an
-  ``include`` of a YAML outside the folder, or a Jinja prompt template doing more than
+  ``include`` of a YAML outside the folder, a Jinja prompt template doing more than
   reading a field (``{{question}}``, ``{{doc.choices[0]}}`` are plain; ``{% … %}``,
-  calls, filters and ``_``-attributes are code);
+  calls, filters and ``_``-attributes are code), a metric lm-eval has not registered
+  (it would load it through HF ``evaluate.load``), or a YAML file whose aliases expand
+  past the recipe loader's limits (it cannot be checked) — in every task config of a
+  file, a group's inline tasks included;
 * ``card_template``: ``publish.card_template``.
 
 Task folders are walked without following links and at most ``max_files`` entries deep,
 so ``include_paths: ["/"]`` costs a bounded listing, never a walk of the filesystem.
+:func:`task_file_data_paths` lists where each task's data is read from, for the path
+rules of :mod:`quantmill.trust.boundary`; :func:`model_code_map` finds a model's own code.
 """
 
 from __future__ import annotations
