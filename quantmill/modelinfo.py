@@ -170,6 +170,10 @@ def _count_parameters(
     return total, linear, size, matrices, in_features
 
 
+#: a tokenizer folder holds at least one of these (fast, sentencepiece, or a BPE vocabulary)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files transformers loads from ``model_dir``: those its index names, else
     ``model.safetensors``, else every ``*.safetensors`` (a folder may also hold other checkpoints, such

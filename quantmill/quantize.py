@@ -27,7 +27,7 @@ from quantmill.calibration import CalibrationSet
 from quantmill.errors import MissingDependencyError, QuantizationError, QuantmillError
 from quantmill.measure import measure
 from quantmill.methods.base import COMMON_PACKAGES, QuantizeContext, package_version
-from quantmill.modelinfo import read_model_shape, unquantized_linear_layers
+from quantmill.modelinfo import TOKENIZER_FILES, read_model_shape, unquantized_linear_layers
 from quantmill.recipe.matrix import Variant
 from quantmill.runstore import COMPLETE_MARKER, atomic_write_json, exclusive_lock, read_json
 from quantmill.sharedstore import configured, store_holding
@@ -35,7 +35,6 @@ from quantmill.sharedstore import configured, store_holding
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "quantmill.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ def quantize_variant(
         try:
             with measure() as cost:
                 details = spec.quantize(variant.params, ctx)
-            if spec.output_format.has_tokenizer and not any((staging / n).exists() for n in _TOKENIZER_FILES):
+            if spec.output_format.has_tokenizer and not any((staging / n).exists() for n in TOKENIZER_FILES):
                 ctx.load_tokenizer().save_pretrained(staging)
             _require_quantized_layers(variant, source_dir, staging)
         except QuantmillError:

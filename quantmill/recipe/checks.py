@@ -9,7 +9,7 @@ from pathlib import Path
 from quantmill.dataref import DatasetRef
 from quantmill.errors import RecipeProblem
 from quantmill.metrics import BUILTIN_METRICS, RULES_FOR_DIRECTION, Direction, metric_direction, split_task_metric
-from quantmill.modelinfo import ModelShape, find_model_dir, read_model_shape
+from quantmill.modelinfo import TOKENIZER_FILES, ModelShape, find_model_dir, read_model_shape
 from quantmill.recipe.matrix import Variant
 from quantmill.recipe.schema import GateRule, Recipe
 from quantmill.registry import did_you_mean
@@ -100,10 +100,6 @@ def _check_dataset(ref: DatasetRef | None, loc: tuple, doc: LocatedDocument, bas
     if path.suffix not in (".txt", ".jsonl", ".json"):
         return [doc.problem(loc + ("path",), f"unsupported data file type '{path.suffix}'", "use .txt or .jsonl")]
     return []
-
-
-#: a tokenizer folder holds at least one of these (fast, slow sentencepiece, or BPE vocabulary)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def check_model(recipe: Recipe, doc: LocatedDocument, base_dir: Path) -> tuple[ModelShape | None, list[RecipeProblem]]:
