@@ -276,6 +276,7 @@ class SharedStore:
     def fetch_file(self, name: str, local: Path) -> bool:
         """Copy ``name`` under the store's root to ``local`` (written whole or not at all); whether the store has it."""
         remote = self._outside_recipes(name)
+        self._refuse_links([remote])
         local.parent.mkdir(parents=True, exist_ok=True)
         scratch = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.fetch")
         try:

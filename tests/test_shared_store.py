@@ -550,6 +550,20 @@ def test_a_sensitivity_scan_made_on_one_worker_is_read_on_another_not_made_again
     worker(url, tmp_path / "b", monkeypatch)
     assert sensitivity.cached_sensitivity(*earlier) == made
 
+    # a scan in the store that is not one of the asked units and levels (anyone can write there) is not used
+    other = (*scanning[:-1], "a-third-fingerprint")
+    key = sensitivity.scan_key("rev", [unit], [level], "a-third-fingerprint", "float32")
+    planted = Sensitivity(
+        (Unit("model.layers.9.x", "blk.9.x.weight", 1),), (level,), {"blk.9.x.weight": {"q4_k": 0}}, 1
+    )
+    store_d = worker(url, tmp_path / "d", monkeypatch).shared
+    store_d.fs.pipe(
+        f"{store_d.remote(store_d.mirror)}/{sensitivity.SHARED_FOLDER}/{key}.json",
+        json.dumps(planted.to_dict()).encode(),
+    )
+    monkeypatch.setattr(sensitivity, "scan", lambda *args, **kwargs: made)
+    assert sensitivity.cached_sensitivity(*other) == made  # scanned here instead
+
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,13 +169,13 @@ def cached_sensitivity(
         cache_dir = get_settings().cache_dir / "sensitivity"
     entry = cache_dir / f"{scan_key(revision, units, levels, fingerprint, dtype)}.json"
     shared = configured()
-    kept = _read(entry)
+    kept = _read(entry, units, levels)
     if kept is not None:
         if shared is not None:  # made here, perhaps before the store was shared
             _shared(lambda: shared.push_file(entry, _stored_as(entry), unless_present=True))
         return kept
     if shared is not None and _shared(lambda: shared.fetch_file(_stored_as(entry), entry)):
-        kept = _read(entry)
+        kept = _read(entry, units, levels)
         if kept is not None:
             return kept
     result = scan(model_dir, units, levels, input_ids, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -188,11 +189,15 @@ def cached_sensitivity(
     return result
 
 
-def _read(entry: Path) -> Sensitivity | None:
+def _read(entry: Path, units: Sequence[Unit], levels: Sequence[Level]) -> Sensitivity | None:
+    """The scan kept at ``entry`` when it is one of exactly these units and levels, with a finite number for
+    each pair (an entry fetched from a shared store is anyone's writing); None: scan."""
     try:
-        return Sensitivity.from_dict(json.loads(entry.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+        kept = Sensitivity.from_dict(json.loads(entry.read_text()))
+        complete = all(math.isfinite(float(kept.of(unit, level))) for unit in kept.units for level in kept.levels)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # not scanned yet, or a damaged entry: scan
+    return kept if complete and (kept.units, kept.levels) == (tuple(units), tuple(levels)) else None
 
 
 def _stored_as(entry: Path) -> str:
