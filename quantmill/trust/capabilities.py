@@ -221,7 +221,6 @@ LM_EVAL_METRICS = frozenset(
 )  # fmt: skip
 
 
-
 def may_be_hub_id(name: str) -> bool:
     """``name`` reads as a builder (``json``) or a Hub data set id (``org/name``), not as a path."""
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1
