@@ -37,10 +37,12 @@ token: {{ cycler.__init__ is defined }}
 
 
 @pytest.fixture
-def granted(monkeypatch):
+def granted(monkeypatch, tmp_path):
     monkeypatch.setenv("QUANTMILL_POLICY", "untrusted")
     monkeypatch.setenv("QUANTMILL_DATA_ROOTS", json.dumps([str(DEMO_MODEL.parent)]))
-    monkeypatch.setenv("QUANTMILL_GRANTS", json.dumps({"flowtest": ["task_code", "card_template"]}))
+    # by path: the recipe 'flowtest' is in recipe.yaml, and a name grant holds only for flowtest.yaml
+    recipe_file = str((tmp_path / "recipe.yaml").resolve())
+    monkeypatch.setenv("QUANTMILL_GRANTS", json.dumps({recipe_file: ["task_code", "card_template"]}))
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
     get_operator.cache_clear()
     yield
